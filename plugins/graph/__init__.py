@@ -1,0 +1,1 @@
+"""Graph-rewrite plugins: freezing Keras models and GraphDef passes."""

@@ -1,0 +1,234 @@
+"""The public plugin API: everything a plugin (built-in or third-party) imports.
+
+A plugin is a module registered under the ``tinybuild`` entry-point group. It
+implements hooks from :mod:`tinybuild.hookspecs` with :data:`hookimpl`, and the
+registry hooks return the declarations defined here:
+
+* :class:`StepType` -- a kind of build step (``train``, ``tflite``, ...);
+* :class:`GraphPass` -- a GraphDef -> GraphDef rewrite used by graph optimizers.
+
+This module must stay cheap to import: it is loaded on every ``tinybuild``
+invocation, including fully cached builds that must never import TensorFlow.
+Plugins therefore import heavy libraries *inside* their ``run`` functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Callable, Mapping, Protocol, Sequence
+
+import pluggy
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+
+PROJECT = "tinybuild"
+
+#: Decorator for hook implementations: ``@hookimpl def tinybuild_step_types(): ...``
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class Kind:
+    """Artifact kinds: the type system the planner checks before anything runs.
+
+    Each kind is a directory of files with a fixed layout, so that a plugin
+    can consume another plugin's output without importing it.
+    """
+
+    #: ``x_{train,val,test}.npy``, ``y_{train,val,test}.npy``, ``meta.json``
+    DATASET = "dataset"
+    #: ``model.json`` + weights, see ``tinybuild_plugins/_keras_io.py``
+    KERAS_MODEL = "keras-model"
+    #: ``graph.pb`` (serialized frozen GraphDef) + ``signature.json``
+    GRAPHDEF = "graphdef"
+    #: ``model.tflite``
+    TFLITE = "tflite"
+    #: ``<identifier>.h`` + ``<identifier>.cc``
+    C_SOURCE = "c-source"
+    #: ``metrics.json``
+    METRICS = "metrics"
+    #: ``report.md``, ``report.json``, ``report.html``, ``build.log``
+    REPORT = "report"
+
+
+# --------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------
+
+
+class Params(BaseModel):
+    """Base class for a step type's parameters.
+
+    Unknown keys are rejected (the recipe loader turns them into "did you
+    mean" errors), and params are frozen so a running step cannot change
+    what its cache key was computed from.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve_against_recipe(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    value = Path(value).expanduser()
+    if base is not None and not value.is_absolute():
+        value = Path(base) / value
+    return value
+
+
+class _InputFileMarker:
+    """Marks a params field as a file the step reads: hashed by content."""
+
+    def __repr__(self) -> str:  # shown in JSON schema titles / debug output
+        return "InputFile"
+
+
+INPUT_FILE = _InputFileMarker()
+
+#: A params field holding a path to a file the step reads. Relative paths are
+#: resolved against the recipe's folder; the file's *content digest* (not its
+#: path) enters the step's cache key, so moving data with ``${VAR}`` does not
+#: invalidate the cache while editing the data does.
+InputFile = Annotated[Path, AfterValidator(_resolve_against_recipe), INPUT_FILE]
+
+
+# --------------------------------------------------------------------------
+# Artifacts and the step context
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A step's output as seen by the steps that consume it.
+
+    ``path`` is a directory holding ``files``; treat it as read-only.
+    ``digest`` covers kind and every file's content, so two artifacts with the
+    same digest are interchangeable (this is what makes early cutoff work).
+    """
+
+    step: str
+    kind: str
+    path: Path
+    files: Mapping[str, str]
+    digest: str
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+    def file(self, name: str) -> Path:
+        """Path of one of this artifact's files; a clear error if absent."""
+        if name not in self.files:
+            raise StepError(
+                f"artifact of step '{self.step}' ({self.kind}) has no file '{name}'; "
+                f"it has: {', '.join(sorted(self.files)) or 'no files'}"
+            )
+        return self.path / name
+
+
+class StepContext(Protocol):
+    """What the core hands to ``StepType.run`` besides inputs and params."""
+
+    #: the step's name in the recipe (``[steps.<name>]``)
+    step: str
+    #: empty directory the step writes its output files into
+    out_dir: Path
+    #: the recipe seed; steps must derive all randomness from it
+    seed: int
+    #: the recipe's dataset artifact, for step types with ``uses_dataset``
+    dataset: Artifact | None
+    #: folder of the recipe file (relative paths are already resolved)
+    recipe_dir: Path
+    #: the recipe's ``[target]`` table (device budgets), possibly empty
+    target: Mapping[str, Any]
+
+    def progress(self, completed: float, total: float | None = None, description: str = "") -> None:
+        """Report progress (epochs, batches...) to the live display."""
+
+    def log(self, message: str) -> None:
+        """A line for the build log (shown in plain output, kept in verbose mode)."""
+
+    def graph_passes(self) -> Mapping[str, "GraphPass"]:
+        """Every registered graph pass, by name."""
+
+
+RunFunction = Callable[[StepContext, Sequence[Artifact], Any], "Mapping[str, Any] | None"]
+
+
+@dataclass(frozen=True)
+class StepType:
+    """Declaration of a step type, returned by ``tinybuild_step_types``.
+
+    ``run(ctx, inputs, params)`` writes its files into ``ctx.out_dir`` and may
+    return a JSON-serializable dict of metrics; both are cached together.
+    Raise :class:`StepError` for failures the user can fix (the message is
+    shown without a traceback) and :class:`GateFailed` for budget gates.
+    """
+
+    name: str
+    version: str
+    produces: str
+    run: RunFunction
+    #: artifact kinds accepted as inputs (checked at plan time)
+    consumes: tuple[str, ...] = ()
+    params: type[Params] = Params
+    #: (minimum, maximum) number of inputs; maximum None = unbounded
+    arity: tuple[int, int | None] = (1, 1)
+    #: input used when the recipe names none (e.g. "model" for train)
+    default_input: str | None = None
+    #: whether ``ctx.dataset`` must be provided (adds a dependency on it)
+    uses_dataset: bool = False
+    #: distributions whose installed versions enter the cache key
+    toolchain: tuple[str, ...] = ()
+    #: one-line summary shown by ``tinybuild plugins`` and the README
+    description: str = ""
+    #: extra modules whose source enters the plugin fingerprint (helpers the
+    #: ``run`` module imports); the module defining ``run`` is always included
+    fingerprint_modules: tuple[str, ...] = ()
+    #: extra files read by the step, beyond ``InputFile`` fields (e.g. the
+    #: Python file of a ``builder = "file.py:func"`` reference); their content
+    #: digests enter the cache key
+    input_files: Callable[[Any], Mapping[str, Path]] | None = None
+    #: extra JSON-able key material derived from params and the registered
+    #: graph passes (e.g. the versions of the passes a step will apply)
+    key_extras: Callable[[Any, Mapping[str, "GraphPass"]], Mapping[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class GraphPass:
+    """A graph rewrite, returned by ``tinybuild_graph_passes``.
+
+    ``apply`` is a pure function GraphDef -> GraphDef (TensorFlow protos; it
+    imports TensorFlow lazily). ``exact`` passes must preserve outputs to
+    within 1e-6; inexact ones are verified against a tolerance.
+    """
+
+    name: str
+    version: str
+    exact: bool
+    apply: Callable[[Any], Any]
+    description: str = ""
+    fingerprint_modules: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------
+# Errors a plugin may raise
+# --------------------------------------------------------------------------
+
+
+class StepError(Exception):
+    """A step failed for a reason the user can act on; shown without traceback."""
+
+
+class GateFailed(Exception):
+    """A budget gate failed (model too big, too inaccurate...): exit code 3."""
+
+
+__all__ = [
+    "Artifact",
+    "GateFailed",
+    "GraphPass",
+    "INPUT_FILE",
+    "InputFile",
+    "Kind",
+    "Params",
+    "StepContext",
+    "StepError",
+    "StepType",
+    "hookimpl",
+]

@@ -171,8 +171,11 @@ class StepType:
     arity: tuple[int, int | None] = (1, 1)
     #: input used when the recipe names none (e.g. "model" for train)
     default_input: str | None = None
-    #: whether ``ctx.dataset`` must be provided (adds a dependency on it)
+    #: whether the step reads the recipe's dataset (``ctx.dataset``); adds a
+    #: dependency on the dataset step. Without a dataset in the recipe this is
+    #: a plan-time error, unless ``dataset_optional`` (then ``ctx.dataset`` is None)
     uses_dataset: bool = False
+    dataset_optional: bool = False
     #: distributions whose installed versions enter the cache key
     toolchain: tuple[str, ...] = ()
     #: one-line summary shown by ``tinybuild plugins`` and the README

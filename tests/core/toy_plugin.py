@@ -1,0 +1,120 @@
+"""A small plugin used by the core tests: real step types with trivial work.
+
+Artifacts are text files, so the core's behaviour (keys, cache, early
+cutoff, failure handling) is tested without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import Field
+
+from tinybuild.api import GateFailed, InputFile, Kind, Params, StepError, StepType, hookimpl
+
+# Test hooks: tests append to these to observe lifecycle events.
+EVENTS: list[tuple] = []
+
+
+def _read(artifact, name: str) -> str:
+    return artifact.file(name).read_text()
+
+
+class DataParams(Params):
+    file: InputFile = Field(description="a text file of numbers")
+    scale: int = Field(1, ge=1, description="multiply every number")
+
+
+def run_data(ctx, inputs, params: DataParams):
+    try:
+        numbers = [int(x) for x in params.file.read_text().split()]
+    except ValueError as exc:
+        raise StepError(f"{params.file}: not a list of integers ({exc})") from None
+    (ctx.out_dir / "data.json").write_text(json.dumps([n * params.scale for n in numbers]))
+    return {"count": len(numbers)}
+
+
+class ModelParams(Params):
+    width: int = Field(4, ge=1)
+
+
+def run_model(ctx, inputs, params: ModelParams):
+    data = json.loads(ctx.dataset.file("data.json").read_text())
+    (ctx.out_dir / "model.txt").write_text(f"model width={params.width} n={len(data)} seed={ctx.seed}\n")
+
+
+class TrainParams(Params):
+    epochs: int = Field(2, ge=1)
+    learning_rate: float = 0.1
+    note: str = Field("", description="free text that does not change the output (for early cutoff)")
+    crash: bool = Field(False, description="raise after writing half the output")
+    mutate_input: bool = Field(False, description="touch the input while running")
+
+
+def run_train(ctx, inputs, params: TrainParams):
+    text = _read(inputs[0], "model.txt")
+    for epoch in range(1, params.epochs + 1):
+        ctx.progress(epoch, params.epochs, f"epoch {epoch}/{params.epochs}")
+    (ctx.out_dir / "model.txt").write_text(text + f"trained epochs={params.epochs} lr={params.learning_rate}\n")
+    if params.crash:
+        (ctx.out_dir / "half.bin").write_bytes(b"partial")
+        raise RuntimeError("simulated crash halfway")
+    if params.mutate_input:
+        src = Path(ctx.dataset.path) / "data.json"
+        os.chmod(src, 0o644)
+        src.write_text(src.read_text() + " ")
+    return {"epochs": params.epochs}
+
+
+class ConvertParams(Params):
+    mode: str = Field("float32", pattern="^(float32|int8)$")
+
+
+def run_convert(ctx, inputs, params: ConvertParams):
+    (ctx.out_dir / "model.tflite").write_bytes((_read(inputs[0], "model.txt") + params.mode).encode())
+    return {"size": len(_read(inputs[0], "model.txt")) + len(params.mode)}
+
+
+class ReportParams(Params):
+    max_size: int | None = None
+    fail: bool = False
+
+
+def run_report(ctx, inputs, params: ReportParams):
+    lines = [f"{a.step}: {a.kind} {a.digest[:8]}" for a in inputs]
+    (ctx.out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    if params.fail:
+        raise StepError("report was told to fail")
+    if params.max_size is not None:
+        for a in inputs:
+            size = a.metrics.get("size", 0)
+            if size > params.max_size:
+                raise GateFailed(f"variant {a.step}: size {size} B > budget {params.max_size} B")
+    return {"variants": len(inputs)}
+
+
+STEP_TYPES = [
+    StepType("toy-data", "1.0", Kind.DATASET, run_data, params=DataParams, arity=(0, 0), description="numbers from a file"),
+    StepType("toy-model", "1.0", Kind.KERAS_MODEL, run_model, params=ModelParams, arity=(0, 0), uses_dataset=True),
+    StepType("toy-train", "1.0", Kind.KERAS_MODEL, run_train, consumes=(Kind.KERAS_MODEL,), params=TrainParams,
+             default_input="model", uses_dataset=True, toolchain=("numpy",)),
+    StepType("toy-convert", "1.0", Kind.TFLITE, run_convert, consumes=(Kind.KERAS_MODEL,), params=ConvertParams),
+    StepType("toy-report", "1.0", Kind.REPORT, run_report, consumes=(Kind.TFLITE, Kind.KERAS_MODEL), params=ReportParams, arity=(1, None)),
+]
+
+
+@hookimpl
+def tinybuild_step_types():
+    return STEP_TYPES
+
+
+@hookimpl
+def tinybuild_step_finished(step, step_type, digest, seconds, metrics):
+    EVENTS.append(("finished", step))
+
+
+@hookimpl
+def tinybuild_step_cached(step, step_type, digest):
+    EVENTS.append(("cached", step))

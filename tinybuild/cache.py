@@ -1,0 +1,236 @@
+"""The local content-addressed cache.
+
+Layout under the cache directory::
+
+    objects/ab/cdef...   file contents by sha256, read-only
+    actions/ab/cdef...   step key -> {"kind", "files", "digest", "metrics"} (JSON)
+    tmp/                 scratch: step output folders and half-written files
+    statmemo.json        (path, inode, mtime, size) -> digest
+    locks.json           lock files that used this cache (roots for `gc`)
+
+Crash safety: every file is written to ``tmp/`` (or beside its target) and
+renamed into place with ``os.replace``, which is atomic on POSIX. An object
+appears whole or not at all, and an action entry is written only after all
+of its objects exist, so a killed build never leaves a torn object or an
+action that points at missing data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from .hashing import canonical_json, file_digest
+
+ENV_CACHE_DIR = "TINYBUILD_CACHE_DIR"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_json(path: Path, value: Any, pretty: bool = False) -> None:
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n" if pretty else canonical_json(value)
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class ActionEntry:
+    """What a step produced: enough to rebuild its artifact without running it."""
+
+    kind: str
+    files: dict[str, str]
+    digest: str
+    metrics: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "files": self.files, "digest": self.digest, "metrics": self.metrics}
+
+
+class StatMemo:
+    """Remembers file digests by (inode, mtime, size) so unchanged files are
+    not rehashed: a no-op build of a recipe with megabytes of data stays a
+    handful of ``stat`` calls."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._dirty = False
+        try:
+            self._entries: dict[str, list[Any]] = json.loads(path.read_text("utf-8"))
+        except (FileNotFoundError, ValueError):
+            self._entries = {}
+
+    def digest(self, file: Path) -> str:
+        st = os.stat(file)
+        key = str(file)
+        sig = [st.st_ino, st.st_mtime_ns, st.st_size]
+        hit = self._entries.get(key)
+        if hit is not None and hit[:3] == sig:
+            return hit[3]
+        digest = file_digest(file)
+        self._entries[key] = [*sig, digest]
+        self._dirty = True
+        return digest
+
+    def remember(self, file: Path, digest: str) -> None:
+        st = os.stat(file)
+        self._entries[str(file)] = [st.st_ino, st.st_mtime_ns, st.st_size, digest]
+        self._dirty = True
+
+    def save(self) -> None:
+        if self._dirty:
+            live = {k: v for k, v in self._entries.items() if os.path.exists(k)}
+            atomic_write_json(self.path, live)
+            self._dirty = False
+
+
+class Cache:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.actions = self.root / "actions"
+        self.tmp = self.root / "tmp"
+        self._memo: StatMemo | None = None
+
+    @property
+    def memo(self) -> StatMemo:
+        if self._memo is None:
+            self._memo = StatMemo(self.root / "statmemo.json")
+        return self._memo
+
+    # -- objects -------------------------------------------------------------
+
+    def object_path(self, digest: str) -> Path:
+        return self.objects / digest[:2] / digest[2:]
+
+    def has_object(self, digest: str) -> bool:
+        return self.object_path(digest).is_file()
+
+    def put_file(self, src: Path) -> str:
+        """Store a file (moved if it lives in our tmp, else copied); return its digest."""
+        digest = file_digest(src)
+        dest = self.object_path(digest)
+        if dest.exists():
+            return digest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            shutil.copyfile(src, staging)
+            with open(staging, "rb") as f:
+                os.fsync(f.fileno())
+            os.chmod(staging, 0o444)
+            os.replace(staging, dest)
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
+        return digest
+
+    def iter_objects(self) -> Iterator[tuple[str, Path]]:
+        if not self.objects.is_dir():
+            return
+        for sub in sorted(self.objects.iterdir()):
+            for obj in sorted(sub.iterdir()):
+                if not obj.name.startswith("."):
+                    yield sub.name + obj.name, obj
+
+    # -- actions -------------------------------------------------------------
+
+    def action_path(self, key: str) -> Path:
+        return self.actions / key[:2] / key[2:]
+
+    def get_action(self, key: str) -> ActionEntry | None:
+        """The entry for ``key`` if it exists and all of its objects are present."""
+        try:
+            raw = json.loads(self.action_path(key).read_text("utf-8"))
+            entry = ActionEntry(kind=raw["kind"], files=dict(raw["files"]), digest=raw["digest"], metrics=dict(raw["metrics"]))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+        if not all(self.has_object(d) for d in entry.files.values()):
+            return None
+        return entry
+
+    def put_action(self, key: str, entry: ActionEntry) -> None:
+        missing = [rel for rel, d in entry.files.items() if not self.has_object(d)]
+        if missing:  # the invariant that makes kills safe; never violate it
+            raise RuntimeError(f"refusing to record action {key[:12]}: objects missing for {missing}")
+        atomic_write_json(self.action_path(key), entry.to_json())
+
+    def iter_actions(self) -> Iterator[tuple[str, Path]]:
+        if not self.actions.is_dir():
+            return
+        for sub in sorted(self.actions.iterdir()):
+            for entry in sorted(sub.iterdir()):
+                if not entry.name.startswith("."):
+                    yield sub.name + entry.name, entry
+
+    # -- scratch -------------------------------------------------------------
+
+    def scratch_dir(self, label: str) -> Path:
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=self.tmp, prefix=f"{label}-"))
+
+    # -- materializing outputs ---------------------------------------------
+
+    def materialize(self, files: Mapping[str, str], dest: Path) -> None:
+        """Make ``dest`` hold exactly ``files`` (rel path -> digest).
+
+        Files already in place with the right content (per the stat memo) are
+        left alone, so a no-op build touches nothing.
+        """
+        dest.mkdir(parents=True, exist_ok=True)
+        for rel, digest in files.items():
+            target = dest / rel
+            if target.is_file() and self.memo.digest(target) == digest:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+            shutil.copyfile(self.object_path(digest), staging)
+            os.replace(staging, target)
+            self.memo.remember(target, digest)
+        wanted = {dest / rel for rel in files}
+        for existing in sorted(dest.rglob("*"), reverse=True):
+            if existing.is_file() and existing not in wanted:
+                existing.unlink()
+            elif existing.is_dir() and not any(existing.iterdir()):
+                existing.rmdir()
+
+    # -- lock-file registry (roots for gc) -----------------------------------
+
+    def register_lock(self, lock_path: Path) -> None:
+        index = self.root / "locks.json"
+        try:
+            known = set(json.loads(index.read_text("utf-8")))
+        except (FileNotFoundError, ValueError):
+            known = set()
+        if str(lock_path) not in known:
+            known.add(str(lock_path))
+            atomic_write_json(index, sorted(known), pretty=True)
+
+    def known_locks(self) -> list[Path]:
+        try:
+            return [Path(p) for p in json.loads((self.root / "locks.json").read_text("utf-8"))]
+        except (FileNotFoundError, ValueError):
+            return []

@@ -1,0 +1,259 @@
+"""The ``tinybuild`` command line: the only place errors become exit codes.
+
+Exit codes: 0 built · 1 a step failed · 2 recipe or usage error · 3 a budget
+gate failed · 130 interrupted. Recipe and plugin errors are printed as
+messages, never tracebacks (``--debug`` shows them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import TinybuildError, UsageError
+
+DEFAULT_RECIPE = "recipe.toml"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", metavar="DIR", help="cache location (default: .tinybuild beside the recipe, or $TINYBUILD_CACHE_DIR)")
+    p.add_argument("--out", metavar="DIR", help="build folder (default: build/ beside the recipe, or $TINYBUILD_OUT); outputs go to DIR/<recipe name>/<step>/")
+    p.add_argument("--disable-plugin", action="append", default=[], metavar="NAME", help="do not load this plugin (repeatable; also $TINYBUILD_DISABLE_PLUGINS=a,b)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinybuild", description="Declarative, cached builds for small ML models.")
+    parser.add_argument("--version", action="version", version=f"tinybuild {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("build", help="build a recipe (only what changed)")
+    p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE)
+    p.add_argument("--only", action="append", default=[], metavar="STEP", help="build only STEP and its upstream (repeatable)")
+    p.add_argument("--force", action="append", default=[], metavar="STEP", help="rerun STEP even if cached (repeatable)")
+    p.add_argument("--keep-going", action="store_true", help="after a failure, keep building independent branches")
+    p.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list cached steps")
+    _common(p)
+
+    p = sub.add_parser("plan", help="show what a build would run, and why")
+    p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE)
+    p.add_argument("--only", action="append", default=[], metavar="STEP")
+    p.add_argument("--force", action="append", default=[], metavar="STEP")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _common(p)
+
+    p = sub.add_parser("graph", help="print the recipe's step graph")
+    p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE)
+    p.add_argument("--format", choices=["text", "dot", "mermaid"], default="text")
+    _common(p)
+
+    p = sub.add_parser("show", help="print a built step's files and metrics")
+    p.add_argument("args", nargs="+", metavar="[RECIPE] STEP")
+    _common(p)
+
+    p = sub.add_parser("clean", help="remove a recipe's build folder (not the cache)")
+    p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE)
+    _common(p)
+
+    p = sub.add_parser("gc", help="drop cache entries that no lock file references")
+    p.add_argument("recipe", nargs="?", default=None, help="a recipe whose cache to collect (or use --cache-dir)")
+    p.add_argument("--dry-run", action="store_true", help="only report what would be removed")
+    _common(p)
+
+    p = sub.add_parser("plugins", help="list installed plugins, their step types and passes")
+    p.add_argument("--disable-plugin", action="append", default=[], metavar="NAME")
+    p.add_argument("--debug", action="store_true")
+
+    p = sub.add_parser("schema", help="print the JSON Schema of recipes (with every plugin's params)")
+    p.add_argument("--disable-plugin", action="append", default=[], metavar="NAME")
+    p.add_argument("--debug", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except TinybuildError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(_error_text(exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: nothing partial was cached", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _error_text(exc: TinybuildError) -> str:
+    from .errors import RecipeError
+
+    text = str(exc)
+    return text if isinstance(exc, RecipeError) else f"error: {text}"
+
+
+# -- commands -----------------------------------------------------------------
+
+
+def _project(args: argparse.Namespace, extra: Sequence[tuple[str, Any]] = ()):
+    from .project import load_project
+
+    return load_project(args.recipe, cache_dir=args.cache_dir, out_dir=args.out,
+                        disabled=args.disable_plugin, extra_plugins=extra)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .console import ConsoleReporter
+    from .executor import BuildOptions, Executor
+    from .plugins import Hooks
+
+    reporter = ConsoleReporter(live=False if args.plain else None, verbose=args.verbose)
+    project = _project(args, extra=[("tinybuild.console", reporter)])
+    result = Executor(project, Hooks(project.pm)).build(BuildOptions(only=args.only, force=args.force, keep_going=args.keep_going))
+    if result.exit_code == 0:
+        print(f"outputs: {project.out_dir}", file=sys.stderr)
+    return result.exit_code
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .lockfile import read_lock
+    from .plan import make_plan, plan_lines
+
+    project = _project(args)
+    project.check_names(args.force, "--force")
+    plan = make_plan(project, project.select(args.only), read_lock(project.lock_path), args.force)
+    project.cache.memo.save()
+    if args.json:
+        print(json.dumps([{"step": i.name, "step_type": i.step_type, "status": i.status, "reasons": i.reasons, "key": i.key} for i in plan], indent=2))
+    else:
+        for line in plan_lines(plan):
+            print(line)
+        todo = sum(1 for i in plan if i.status != "cached")
+        print(f"{len(plan) - todo} cached, {todo} to run")
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from .graph import render_dot, render_mermaid, render_text
+
+    project = _project(args)
+    if args.format == "dot":
+        print(render_dot(project.dag, project.recipe.meta.name))
+    elif args.format == "mermaid":
+        print(render_mermaid(project.dag))
+    else:
+        print(render_text(project.dag))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .lockfile import read_lock
+
+    if len(args.args) > 2:
+        raise UsageError("usage: tinybuild show [RECIPE] STEP")
+    args.recipe, step = (args.args if len(args.args) == 2 else (DEFAULT_RECIPE, args.args[0]))
+    project = _project(args)
+    project.check_names([step], "show")
+    entry = read_lock(project.lock_path).get(step)
+    if entry is None:
+        raise UsageError(f"step '{step}' has not been built yet; run: tinybuild build {args.recipe}")
+    out = entry["output"]
+    action = project.cache.get_action(entry["key"])
+    folder = project.step_out_dir(step)
+    print(f"{step}  [{project.steps[step].step_type.name} → {out['kind']}]  digest {out['digest'][:16]}")
+    print(f"folder: {folder}")
+    for rel, digest in sorted(out["files"].items()):
+        path = folder / rel
+        size = f"{path.stat().st_size:>10,} B" if path.exists() else "   (not materialized)"
+        print(f"  {rel:<32} {size}  {digest[:12]}")
+    metrics = action.metrics if action else None
+    if metrics:
+        print("metrics:")
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+    elif action is None:
+        print("(cache entry missing: metrics unavailable until the next build)")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from .housekeeping import clean_outputs
+
+    project = _project(args)
+    removed = clean_outputs(project.out_dir)
+    print(f"removed {project.out_dir}" if removed else f"nothing to clean at {project.out_dir}", file=sys.stderr)
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .cache import Cache
+    from .housekeeping import collect_garbage
+
+    if args.cache_dir:
+        cache = Cache(Path(args.cache_dir).expanduser().resolve())
+    elif args.recipe:
+        cache = _project(args).cache
+    else:
+        from .cache import ENV_CACHE_DIR
+        import os
+
+        if not os.environ.get(ENV_CACHE_DIR):
+            raise UsageError("tell gc which cache: tinybuild gc RECIPE, --cache-dir DIR or $TINYBUILD_CACHE_DIR")
+        cache = Cache(Path(os.environ[ENV_CACHE_DIR]).expanduser().resolve())
+    report = collect_garbage(cache, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {report.objects} objects ({report.object_bytes:,} B), {report.actions} action entries, "
+          f"{report.scratch} scratch folders; kept {report.kept_objects} objects referenced by {report.locks} lock files")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .plugins import load_plugins
+
+    _, registry = load_plugins(disabled=args.disable_plugin)
+    table = Table(title="tinybuild plugins", show_lines=False)
+    for col in ("plugin", "version", "module", "step types", "graph passes"):
+        table.add_column(col)
+    for info in registry.plugins.values():
+        table.add_row(info.name, info.version, info.module, ", ".join(info.step_types) or "-", ", ".join(info.passes) or "-")
+    console = Console(soft_wrap=False)
+    console.print(table)
+    if registry.disabled:
+        console.print(f"disabled: {', '.join(registry.disabled)}")
+    for name, st in sorted(registry.step_types.items()):
+        consumes = " | ".join(st.consumes) if st.consumes else "-"
+        console.print(f"  {name:<16} {st.version:<6} {consumes} → {st.produces}  {st.description}", markup=False, highlight=False)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .plugins import load_plugins
+    from .schema import recipe_schema
+
+    _, registry = load_plugins(disabled=args.disable_plugin)
+    print(json.dumps(recipe_schema(registry), indent=2, sort_keys=True))
+    return 0
+
+
+COMMANDS = {
+    "build": cmd_build, "plan": cmd_plan, "graph": cmd_graph, "show": cmd_show, "clean": cmd_clean,
+    "gc": cmd_gc, "plugins": cmd_plugins, "schema": cmd_schema,
+}

@@ -1,0 +1,129 @@
+"""Build output: a live rich display on a terminal, plain lines in CI logs.
+
+The reporter is itself a plugin (it implements the lifecycle hooks), so a
+third-party reporter sees exactly the same events. Output goes to stderr;
+stdout stays free for machine-readable output (``graph``, ``schema``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+from rich.markup import escape as _e
+
+from .api import hookimpl
+
+
+def _short(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+
+
+class ConsoleReporter:
+    """Prints build progress. ``live`` uses rich's progress display."""
+
+    PLAIN_PROGRESS_INTERVAL = 2.0  # seconds between progress lines in logs
+
+    def __init__(self, live: bool | None = None, verbose: bool = False, stream: Any = None):
+        from rich.console import Console
+
+        self.console = Console(file=stream or sys.stderr, highlight=False, soft_wrap=True)
+        self.live = self.console.is_terminal if live is None else live
+        self.verbose = verbose
+        self._total = 0
+        self._index = 0
+        self._width = 10
+        self._progress: Any = None
+        self._task: Any = None
+        self._last_plain = 0.0
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _line(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(text)
+        else:
+            self.console.print(text)
+
+    def _head(self, step: str) -> str:
+        return _e(f"[{self._index}/{self._total}] {step:<{self._width}}")
+
+    def _pad(self, step: str) -> int:
+        return len(f"[{self._index}/{self._total}] {step:<{self._width}}")
+
+    def _stop_live(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._task = None
+
+    # -- hooks -----------------------------------------------------------------
+
+    @hookimpl
+    def tinybuild_build_started(self, recipe: str, steps: Sequence[str]) -> None:
+        self._total = len(steps)
+        self._index = 0
+        self._width = max((len(s) for s in steps), default=10)
+
+    @hookimpl
+    def tinybuild_step_cached(self, step: str, step_type: str, digest: str) -> None:
+        self._index += 1
+        if self.verbose or not self.live:
+            self._line(f"{self._head(step)} [dim]cached[/dim] {digest[:12]}")
+
+    @hookimpl
+    def tinybuild_step_started(self, step: str, step_type: str, reasons: Sequence[str]) -> None:
+        self._index += 1
+        why = "; ".join(reasons) if reasons else "no cache entry"
+        self._line(f"{self._head(step)} [bold]run[/bold] {_e(f'[{step_type}]')} ({_e(why)})")
+        self._last_plain = 0.0
+        if self.live:
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(SpinnerColumn(), TextColumn("{task.fields[step]}"), BarColumn(),
+                                      TextColumn("{task.description}"), TimeElapsedColumn(),
+                                      console=self.console, transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task("", total=None, step=step)
+
+    @hookimpl
+    def tinybuild_step_progress(self, step: str, completed: float, total: float | None, description: str) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=completed, total=total, description=description)
+            return
+        now = time.monotonic()
+        done = total is not None and completed >= total
+        if done or now - self._last_plain >= self.PLAIN_PROGRESS_INTERVAL:
+            self._last_plain = now
+            of = f"/{total:g}" if total is not None else ""
+            self._line(f"{'':>{self._pad(step)}} {completed:g}{of} {_e(description)}".rstrip())
+
+    @hookimpl
+    def tinybuild_step_log(self, step: str, message: str) -> None:
+        self._line(f"{'':>{self._pad(step)}} {_e(message)}")
+
+    @hookimpl
+    def tinybuild_step_finished(self, step: str, step_type: str, digest: str, seconds: float, metrics: Mapping[str, Any]) -> None:
+        self._stop_live()
+        self._line(f"{self._head(step)} [green]built[/green] in {_short(seconds)} → {digest[:12]}")
+
+    @hookimpl
+    def tinybuild_step_failed(self, step: str, step_type: str, error: str, skipped: Sequence[str]) -> None:
+        self._stop_live()
+        self._line(f"{self._head(step)} [bold red]FAILED[/bold red] {_e(f'[{step_type}]')}")
+        for line in error.splitlines():
+            self._line(f"    {_e(line)}")
+        if skipped:
+            self._line(f"    skipped because of it: {_e(', '.join(skipped))}")
+
+    @hookimpl
+    def tinybuild_build_finished(self, recipe: str, summary: Mapping[str, Any]) -> None:
+        self._stop_live()
+        parts = [f"{len(summary['built'])} built", f"{len(summary['cached'])} cached"]
+        if summary["failed"]:
+            parts.append(f"[red]{len(summary['failed'])} failed[/red]")
+        if summary["skipped"]:
+            parts.append(f"{len(summary['skipped'])} skipped")
+        status = "[green]ok[/green]" if summary["exit_code"] == 0 else f"[red]exit {summary['exit_code']}[/red]"
+        self._line(f"{status}: {', '.join(parts)} in {_short(summary['seconds'])}")

@@ -1,0 +1,237 @@
+"""Running a plan: each step in topological order, cached or executed.
+
+For a step to run, the executor computes its key from its inputs' *output
+digests* (so an upstream rebuild that yields identical bytes leaves it
+cached: early cutoff), runs the plugin in a scratch folder, stores every
+output file in the object store and only then records the action entry.
+Inputs are fingerprinted before the run and checked after it; if anything
+changed underneath, the result is used for this build but not cached.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .api import Artifact, GateFailed, StepError
+from .cache import ActionEntry
+from .context import RunContext
+from .graph import downstream
+from .hashing import artifact_digest, canonical_json, list_files
+from .keys import input_file_fields, step_key
+from .lockfile import lock_entry, read_lock, write_lock
+from .plan import make_plan, material_for, run_reasons
+from .plugins import Hooks
+from .project import Project
+from .resolve import ResolvedStep
+
+
+@dataclass
+class BuildOptions:
+    only: Sequence[str] = ()
+    force: Sequence[str] = ()
+    keep_going: bool = False
+
+
+@dataclass
+class BuildResult:
+    built: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    gated: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    uncached: list[str] = field(default_factory=list)
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        if self.failed:
+            return 1
+        if self.gated:
+            return 3
+        return 0
+
+    def summary(self) -> dict[str, Any]:
+        return {"built": self.built, "cached": self.cached, "failed": sorted({**self.failed, **self.gated}),
+                "skipped": sorted(self.skipped), "exit_code": self.exit_code, "seconds": round(self.seconds, 3)}
+
+
+class _StepFailure(Exception):
+    def __init__(self, message: str, gate: bool = False):
+        super().__init__(message)
+        self.gate = gate
+
+
+def _jsonable(value: Any) -> Any:
+    """Metrics as plain JSON: numpy scalars/arrays become Python numbers/lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy scalar or array
+        return _jsonable(value.tolist())
+    return value
+
+
+class Executor:
+    def __init__(self, project: Project, hooks: Hooks):
+        self.project = project
+        self.hooks = hooks
+        self.cache = project.cache
+
+    # -- the build loop -------------------------------------------------------
+
+    def build(self, options: BuildOptions) -> BuildResult:
+        project = self.project
+        project.check_names(options.force, "--force")
+        selected = project.select(options.only)
+        lock = read_lock(project.lock_path)
+        make_plan(project, selected, lock, options.force)  # plan-time checks (missing files) before anything runs
+        result = BuildResult()
+        new_lock: dict[str, dict[str, Any]] = {k: v for k, v in lock.items() if k in project.steps}
+        started = time.perf_counter()
+        self.hooks.build_started(str(project.recipe.path), selected)
+        stopped = False
+        try:
+            for name in selected:
+                step = project.steps[name]
+                blocked = [d for d in step.dependencies if d in result.failed or d in result.gated or d in result.skipped]
+                if blocked:
+                    result.skipped[name] = f"upstream {blocked[0]} did not build"
+                    continue
+                if stopped:
+                    result.skipped[name] = "build stopped after a failure (use --keep-going to build other branches)"
+                    continue
+                try:
+                    artifact, entry = self._step(step, result, lock, name in options.force)
+                    result.artifacts[name] = artifact
+                    if entry is not None:
+                        new_lock[name] = entry
+                except _StepFailure as failure:
+                    (result.gated if failure.gate else result.failed)[name] = str(failure)
+                    skipped = sorted(downstream(project.dag, name) & set(selected), key=selected.index)
+                    self.hooks.step_failed(name, step.step_type.name, str(failure), skipped)
+                    if not options.keep_going:
+                        stopped = True
+        finally:
+            result.seconds = time.perf_counter() - started
+            if new_lock != lock:
+                write_lock(project.lock_path, project.recipe.meta.name, new_lock)
+            self.cache.register_lock(project.lock_path)
+            self.cache.memo.save()
+        self.hooks.build_finished(str(project.recipe.path), result.summary())
+        return result
+
+    # -- one step -------------------------------------------------------------
+
+    def _step(self, step: ResolvedStep, result: BuildResult, lock: Mapping[str, Any], forced: bool) -> tuple[Artifact, dict[str, Any] | None]:
+        artifacts = result.artifacts
+        digests = {d: artifacts[d].digest for d in step.dependencies}
+        material = material_for(self.project, step, digests)
+        key = step_key(material)
+        entry = None if forced else self.cache.get_action(key)
+        if entry is not None:
+            artifact = self._materialize(step.name, entry)
+            self.hooks.step_cached(step.name, step.step_type.name, entry.digest)
+            result.cached.append(step.name)
+            return artifact, lock_entry(key, material, list(step.inputs), entry.kind, entry.files, entry.digest)
+
+        self.hooks.step_started(step.name, step.step_type.name, run_reasons(material, step, lock, forced))
+        started = time.perf_counter()
+        entry, stable = self._run(step, artifacts)
+        artifact = self._materialize(step.name, entry)
+        result.built.append(step.name)
+        if stable:
+            self.cache.put_action(key, entry)
+        else:
+            result.uncached.append(step.name)
+            self.hooks.step_log(step.name, "an input changed while the step ran: its result is used but NOT cached")
+        self.hooks.step_finished(step.name, step.step_type.name, entry.digest, time.perf_counter() - started, entry.metrics)
+        if not stable:
+            return artifact, None
+        return artifact, lock_entry(key, material, list(step.inputs), entry.kind, entry.files, entry.digest)
+
+    def _run(self, step: ResolvedStep, artifacts: Mapping[str, Artifact]) -> tuple[ActionEntry, bool]:
+        project = self.project
+        st = step.step_type
+        scratch = self.cache.scratch_dir(step.name)
+        out = scratch / "out"
+        out.mkdir()
+        inputs = [artifacts[name] for name in step.inputs]
+        dataset = artifacts.get(step.dataset) if step.dataset else None
+        watched = self._watched_files(step, inputs, dataset)
+        before = self._fingerprint(watched)
+        ctx = RunContext(
+            step=step.name, out_dir=out, seed=project.recipe.meta.seed, recipe_dir=project.recipe.dir,
+            dataset=dataset, target=project.recipe.target.model_dump(exclude_none=True),
+            passes=project.registry.passes, on_progress=self.hooks.step_progress, on_log=self.hooks.step_log,
+        )
+        try:
+            try:
+                metrics = st.run(ctx, inputs, step.params)
+            except StepError as exc:
+                raise _StepFailure(str(exc)) from None
+            except GateFailed as exc:
+                self._keep_failed_output(step.name, out)
+                raise _StepFailure(str(exc), gate=True) from None
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:
+                log = self._write_traceback(step.name)
+                raise _StepFailure(f"{type(exc).__name__}: {exc} (traceback: {log})") from None
+            try:
+                metrics = _jsonable(metrics or {})
+                canonical_json(metrics)
+            except (TypeError, ValueError) as exc:
+                raise _StepFailure(f"plugin '{step.plugin}' returned metrics that are not JSON: {exc}") from None
+            rels = list_files(out)
+            if not rels:
+                raise _StepFailure(f"plugin '{step.plugin}' produced no output files for step '{step.name}'")
+            files = {rel: self.cache.put_file(out / rel) for rel in rels}
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        stable = self._fingerprint(watched) == before
+        entry = ActionEntry(kind=st.produces, files=files, digest=artifact_digest(st.produces, files), metrics=metrics)
+        return entry, stable
+
+    # -- helpers --------------------------------------------------------------
+
+    def _watched_files(self, step: ResolvedStep, inputs: Sequence[Artifact], dataset: Artifact | None) -> list[Path]:
+        files = [a.path / rel for a in [*inputs, *([dataset] if dataset else [])] for rel in a.files]
+        for value in input_file_fields(step.params).values():
+            if value is not None:
+                files.extend(Path(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+        if step.step_type.input_files:
+            files.extend(Path(p) for p in step.step_type.input_files(step.params).values())
+        return files
+
+    def _fingerprint(self, files: Sequence[Path]) -> dict[str, str]:
+        out = {}
+        for f in files:
+            try:
+                out[str(f)] = self.cache.memo.digest(f)
+            except FileNotFoundError:
+                out[str(f)] = "missing"
+        return out
+
+    def _materialize(self, name: str, entry: ActionEntry) -> Artifact:
+        dest = self.project.step_out_dir(name)
+        self.cache.materialize(entry.files, dest)
+        return Artifact(step=name, kind=entry.kind, path=dest, files=entry.files, digest=entry.digest, metrics=entry.metrics)
+
+    def _keep_failed_output(self, name: str, out: Path) -> None:
+        """A gate failure still leaves its report for the user (not cached)."""
+        dest = self.project.step_out_dir(name)
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(out, dest)
+
+    def _write_traceback(self, name: str) -> Path:
+        path = self.project.out_dir / ".logs" / f"{name}.traceback.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(traceback.format_exc(), encoding="utf-8")
+        return path

@@ -1,0 +1,152 @@
+"""A step's cache key: a digest over everything that can change its output.
+
+The key material (a JSON-able dict, also stored in the lock file so that
+``plan`` can say *why* a key changed) holds:
+
+* ``step_type`` and ``version`` -- the step type's declared name and version;
+* ``plugin`` and ``fingerprint`` -- the plugin's name and a digest of the
+  source of the module defining ``run`` plus its declared helper modules;
+* ``params`` -- validated params with defaults filled in; ``InputFile``
+  fields appear as the file's *content* digest, never its path;
+* ``files`` -- content digests of further files the step reads;
+* ``inputs`` -- content digests of the input artifacts, in order;
+* ``dataset`` -- digest of the dataset artifact, for steps that read it;
+* ``toolchain`` -- installed versions of the declared distributions, read
+  from package metadata (nothing is imported);
+* ``seed`` and ``salt`` from the recipe; ``extras`` from the step type.
+
+Input *names* are kept beside the material (for messages) but are not part
+of the key: renaming an upstream step does not invalidate anything.
+"""
+
+from __future__ import annotations
+
+import sys
+import typing
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from pydantic import BaseModel
+
+from .api import INPUT_FILE, GraphPass, Params
+from .hashing import bytes_digest, json_digest
+from .plugins import module_file
+from .resolve import ResolvedStep
+
+Digester = Callable[[Path], str]
+
+
+@lru_cache(maxsize=None)
+def package_version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _is_input_file(annotation: Any) -> bool:
+    if INPUT_FILE in getattr(annotation, "__metadata__", ()):
+        return True
+    return any(_is_input_file(a) for a in typing.get_args(annotation))
+
+
+def input_file_fields(params: BaseModel) -> dict[str, Any]:
+    """``{field: value}`` for every field typed (optionally, or as a list) ``InputFile``."""
+    cls = type(params)
+    out = {}
+    for name, info in cls.model_fields.items():
+        annotated = info.metadata and INPUT_FILE in info.metadata
+        if annotated or _is_input_file(info.annotation):
+            out[name] = getattr(params, name)
+    return out
+
+
+def _digest_paths(value: Any, digest: Digester, where: str) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_digest_paths(v, digest, f"{where}[{i}]") for i, v in enumerate(value)]
+    return {"sha256": digest(Path(value))}
+
+
+class MissingInputFile(Exception):
+    def __init__(self, field: str, path: Path):
+        self.field, self.path = field, path
+        super().__init__(f"{field}: file not found: {path}")
+
+
+def params_material(params: Params, digest: Digester) -> tuple[dict[str, Any], dict[str, str]]:
+    """(params as JSON with file fields replaced by digests, {field: path})."""
+    dumped = params.model_dump(mode="json")
+    paths = {}
+    for name, value in input_file_fields(params).items():
+        try:
+            dumped[name] = _digest_paths(value, digest, name)
+        except FileNotFoundError:
+            raise MissingInputFile(name, Path(value) if not isinstance(value, (list, tuple)) else Path(str(value))) from None
+        if value is not None:
+            paths[name] = str(value)
+    return dumped, paths
+
+
+@lru_cache(maxsize=None)
+def _source_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return bytes_digest(f.read())
+
+
+def fingerprint(modules: tuple[str, ...]) -> str:
+    """Digest of the source files of ``modules`` (order-independent)."""
+    parts = {}
+    for name in sorted(set(modules)):
+        file = module_file(name)
+        parts[name] = _source_digest(file) if file else "builtin"
+    return json_digest(parts)
+
+
+def step_fingerprint(step: ResolvedStep) -> str:
+    st = step.step_type
+    return fingerprint((st.run.__module__, *st.fingerprint_modules))
+
+
+def key_material(
+    step: ResolvedStep,
+    input_digests: Mapping[str, str],
+    dataset_digest: str | None,
+    seed: int,
+    salt: str,
+    digest: Digester,
+    passes: Mapping[str, GraphPass],
+) -> dict[str, Any]:
+    """Everything that enters ``step``'s key (see module docstring)."""
+    st = step.step_type
+    params, _ = params_material(step.params, digest)
+    files = {}
+    if st.input_files is not None:
+        for label, path in sorted(st.input_files(step.params).items()):
+            try:
+                files[label] = digest(Path(path))
+            except FileNotFoundError:
+                raise MissingInputFile(label, Path(path)) from None
+    extras = dict(st.key_extras(step.params, passes)) if st.key_extras else {}
+    return {
+        "step_type": st.name,
+        "version": st.version,
+        "plugin": step.plugin,
+        "fingerprint": step_fingerprint(step),
+        "params": params,
+        "files": files,
+        "inputs": [input_digests[name] for name in step.inputs],
+        "dataset": dataset_digest,
+        "toolchain": {dist: package_version(dist) for dist in sorted(st.toolchain)},
+        "seed": seed,
+        "salt": salt,
+        "extras": extras,
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+    }
+
+
+def step_key(material: Mapping[str, Any]) -> str:
+    return json_digest(dict(material))

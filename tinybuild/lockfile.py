@@ -1,0 +1,48 @@
+"""The lock file beside a recipe: what each step was last built from, and into.
+
+``mnist_cnn.toml`` → ``mnist_cnn.lock.json``. It is deterministic JSON (sorted
+keys, no timestamps) so it can be committed and diffed; ``plan`` compares the
+current key material against it to explain why a step reruns, and ``gc``
+keeps every object a known lock file references.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .cache import atomic_write_json
+
+FORMAT = 1
+
+
+def read_lock(path: Path) -> dict[str, dict[str, Any]]:
+    """Step entries of a lock file; empty when absent or unreadable."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return {}
+    steps = data.get("steps")
+    return steps if isinstance(steps, dict) else {}
+
+
+def lock_entry(key: str, material: dict[str, Any], input_names: list[str], kind: str,
+               files: dict[str, str], digest: str) -> dict[str, Any]:
+    return {"key": key, "material": material, "input_steps": input_names,
+            "output": {"kind": kind, "digest": digest, "files": files}}
+
+
+def write_lock(path: Path, recipe_name: str, steps: dict[str, dict[str, Any]]) -> None:
+    atomic_write_json(path, {"format": FORMAT, "recipe": recipe_name, "steps": steps}, pretty=True)
+
+
+def referenced_digests(path: Path) -> tuple[set[str], set[str]]:
+    """(action keys, object digests) a lock file references."""
+    keys, objects = set(), set()
+    for entry in read_lock(path).values():
+        keys.add(entry.get("key", ""))
+        objects.update(entry.get("output", {}).get("files", {}).values())
+    return keys, objects

@@ -1,0 +1,107 @@
+"""What a build would do, and why: each step cached, or to run with reasons.
+
+A step whose inputs are all cached gets its exact key, so the plan knows
+for sure whether it is cached. A step downstream of one that must run cannot
+know its key yet (early cutoff may still save it: if the upstream rebuild
+yields identical bytes, it stays cached); the plan says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from .cache import ActionEntry
+from .errors import Problem, RecipeError
+from .explain import explain
+from .keys import MissingInputFile, key_material, step_key
+from .project import Project
+from .resolve import ResolvedStep
+
+CACHED = "cached"
+RUN = "run"
+
+
+@dataclass
+class PlanItem:
+    name: str
+    step_type: str
+    status: str
+    reasons: list[str] = field(default_factory=list)
+    key: str | None = None
+    material: dict[str, Any] | None = None
+    entry: ActionEntry | None = None
+
+
+def material_for(project: Project, step: ResolvedStep, digests: Mapping[str, str]) -> dict[str, Any]:
+    """Key material of ``step`` given its dependencies' output digests.
+
+    Raises :class:`RecipeError` if a file named in the recipe is missing: a
+    plan-time error, so nothing runs on a recipe that cannot finish.
+    """
+    try:
+        return key_material(
+            step,
+            input_digests=digests,
+            dataset_digest=digests.get(step.dataset) if step.dataset else None,
+            seed=project.recipe.meta.seed,
+            salt=project.recipe.meta.salt,
+            digest=project.cache.memo.digest,
+            passes=project.registry.passes,
+        )
+    except MissingInputFile as exc:
+        raise RecipeError(str(project.recipe.path), [Problem(
+            f"{step.key}.{exc.field}", f"file not found: {exc.path}",
+            "fix the path (relative paths resolve against the recipe's folder) or set the ${VAR} it uses",
+        )]) from None
+
+
+def run_reasons(material: Mapping[str, Any], step: ResolvedStep, lock: Mapping[str, Any], forced: bool) -> list[str]:
+    old = lock.get(step.name)
+    reasons = ["forced"] if forced else []
+    if old is None:
+        return reasons + ["new step"]
+    diff = explain(material, list(step.inputs), old.get("material"), old.get("input_steps", []))
+    return reasons + (diff or ([] if forced else ["no cache entry"]))
+
+
+def make_plan(project: Project, selected: Sequence[str], lock: Mapping[str, Any], force: Sequence[str] = ()) -> list[PlanItem]:
+    items: dict[str, PlanItem] = {}
+    digests: dict[str, str] = {}
+    for name in selected:
+        step = project.steps[name]
+        pending = [d for d in step.dependencies if d not in digests]
+        forced = name in force
+        if pending:
+            # Use the last-built digests for pending inputs so only this step's own changes show.
+            old = lock.get(name, {}).get("material", {})
+            guess = dict(digests)
+            old_inputs = dict(zip(lock.get(name, {}).get("input_steps", []), old.get("inputs", [])))
+            for dep in pending:
+                guess[dep] = old_inputs.get(dep) or (old.get("dataset") if dep == step.dataset else None) or "pending"
+            material = material_for(project, step, guess)
+            own = [r for r in run_reasons(material, step, lock, forced) if r != "no cache entry"]
+            upstream = [f"upstream {dep} reruns" for dep in pending]
+            items[name] = PlanItem(name, step.step_type.name, RUN, upstream + own)
+            continue
+        material = material_for(project, step, digests)
+        key = step_key(material)
+        entry = None if forced else project.cache.get_action(key)
+        if entry is not None:
+            digests[name] = entry.digest
+            items[name] = PlanItem(name, step.step_type.name, CACHED, [], key, material, entry)
+        else:
+            items[name] = PlanItem(name, step.step_type.name, RUN, run_reasons(material, step, lock, forced), key, material)
+    return [items[n] for n in selected]
+
+
+def plan_lines(plan: Sequence[PlanItem]) -> list[str]:
+    """Plain-text rendering, one line per step (used by ``tinybuild plan``)."""
+    width = max((len(i.name) for i in plan), default=0)
+    lines = []
+    for item in plan:
+        status = "cached" if item.status == CACHED else "run   "
+        why = f"  ({'; '.join(item.reasons)})" if item.reasons else ""
+        lines.append(f"{status}  {item.name:<{width}}  [{item.step_type}]{why}")
+    return lines
+

@@ -1,0 +1,217 @@
+"""Finding, loading and querying plugins.
+
+Plugins come from the ``tinybuild`` entry-point group (the built-in ones are
+registered there too) plus, for local experiments and tests, modules named in
+``TINYBUILD_PLUGINS`` (comma-separated ``name=module`` or ``module``). A plugin
+can be disabled by name (``--disable-plugin`` or ``TINYBUILD_DISABLE_PLUGINS``).
+
+The core talks to pluggy only through :class:`Hooks`, a typed facade: core
+code never spells a hook name, so a renamed hook breaks in one place.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import pluggy
+
+from . import hookspecs
+from .api import GraphPass, StepType
+from .errors import PluginError, UsageError, did_you_mean
+
+ENTRY_POINT_GROUP = "tinybuild"
+ENV_DISABLE = "TINYBUILD_DISABLE_PLUGINS"
+ENV_EXTRA = "TINYBUILD_PLUGINS"
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    module: str
+    version: str
+    dist: str
+    step_types: list[str] = field(default_factory=list)
+    passes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Registry:
+    """What the loaded plugins declare, with the plugin each thing came from."""
+
+    plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    step_types: dict[str, StepType] = field(default_factory=dict)
+    step_plugin: dict[str, str] = field(default_factory=dict)
+    passes: dict[str, GraphPass] = field(default_factory=dict)
+    pass_plugin: dict[str, str] = field(default_factory=dict)
+    disabled: list[str] = field(default_factory=list)
+
+    def step_type(self, name: str) -> StepType | None:
+        return self.step_types.get(name)
+
+
+def disabled_from_env(environ: Mapping[str, str] | None = None) -> set[str]:
+    env = os.environ if environ is None else environ
+    return {n.strip() for n in env.get(ENV_DISABLE, "").split(",") if n.strip()}
+
+
+def _extra_plugins(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    out = []
+    for item in environ.get(ENV_EXTRA, "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, module = item.partition("=")
+        out.append((name, module) if module else (item, item))
+    return out
+
+
+def _candidates(environ: Mapping[str, str]) -> list[tuple[str, str, str, str, Callable[[], Any]]]:
+    """(name, module, version, dist, loader) for every plugin we could load."""
+    found = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist
+        found.append((ep.name, ep.value, dist.version if dist else "?", dist.name if dist else "?", ep.load))
+    for name, module in _extra_plugins(environ):
+        found.append((name, module, "local", ENV_EXTRA, lambda m=module: importlib.import_module(m)))
+    return found
+
+
+def load_plugins(disabled: Iterable[str] = (), environ: Mapping[str, str] | None = None,
+                 extra: Sequence[tuple[str, Any]] = ()) -> tuple[pluggy.PluginManager, Registry]:
+    """Import every enabled plugin, register it and collect its declarations.
+
+    ``extra`` registers already-imported plugin objects (the console reporter,
+    tests). Raises :class:`PluginError` naming the plugin for any failure.
+    """
+    env = os.environ if environ is None else environ
+    disabled_set = set(disabled) | disabled_from_env(env)
+    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm.add_hookspecs(hookspecs)
+    registry = Registry()
+
+    candidates = _candidates(env)
+    known = {c[0] for c in candidates}
+    unknown = disabled_set - known
+    if unknown:
+        name = sorted(unknown)[0]
+        hint = did_you_mean(name, known) or f"installed plugins: {', '.join(sorted(known))}"
+        raise UsageError(f"cannot disable plugin '{name}': no such plugin; {hint}")
+
+    for name, module_name, version, dist, load in candidates:
+        if name in disabled_set:
+            registry.disabled.append(name)
+            continue
+        if name in registry.plugins:
+            raise PluginError(f"two plugins are named '{name}' ({registry.plugins[name].module} and {module_name}); uninstall one or disable it with --disable-plugin {name}")
+        try:
+            module = load()
+        except Exception as exc:  # any import-time failure is the plugin's
+            raise PluginError(
+                f"plugin '{name}' ({module_name}) failed to import: {type(exc).__name__}: {exc}\n"
+                f"  fix: reinstall or fix the plugin, or skip it with --disable-plugin {name} (or {ENV_DISABLE}={name})"
+            ) from exc
+        try:
+            pm.register(module, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin '{name}' ({module_name}) implements an invalid hook: {exc}") from exc
+        registry.plugins[name] = PluginInfo(name=name, module=module_name, version=version, dist=dist)
+
+    for name, obj in extra:
+        pm.register(obj, name=name)
+
+    _collect(pm, registry)
+    return pm, registry
+
+
+def _call_registry_hook(pm: pluggy.PluginManager, hook_name: str) -> list[tuple[str, list[Any]]]:
+    results = []
+    hook = getattr(pm.hook, hook_name)
+    for impl in reversed(hook.get_hookimpls()):  # registration order
+        name = impl.plugin_name
+        try:
+            declared = impl.function()
+        except Exception as exc:
+            raise PluginError(f"plugin '{name}' failed in hook {hook_name}: {type(exc).__name__}: {exc}") from exc
+        if declared is None:
+            continue
+        try:
+            results.append((name, list(declared)))
+        except TypeError:
+            raise PluginError(f"plugin '{name}': {hook_name} must return a list, got {type(declared).__name__}") from None
+    return results
+
+
+def _collect(pm: pluggy.PluginManager, registry: Registry) -> None:
+    for plugin, declared in _call_registry_hook(pm, "tinybuild_step_types"):
+        for st in declared:
+            if not isinstance(st, StepType):
+                raise PluginError(f"plugin '{plugin}': tinybuild_step_types returned {st!r}, expected tinybuild.api.StepType")
+            if st.name in registry.step_types:
+                other = registry.step_plugin[st.name]
+                raise PluginError(f"plugins '{other}' and '{plugin}' both declare step type '{st.name}'; disable one with --disable-plugin")
+            registry.step_types[st.name] = st
+            registry.step_plugin[st.name] = plugin
+            if plugin in registry.plugins:
+                registry.plugins[plugin].step_types.append(st.name)
+    for plugin, declared in _call_registry_hook(pm, "tinybuild_graph_passes"):
+        for gp in declared:
+            if not isinstance(gp, GraphPass):
+                raise PluginError(f"plugin '{plugin}': tinybuild_graph_passes returned {gp!r}, expected tinybuild.api.GraphPass")
+            if gp.name in registry.passes:
+                other = registry.pass_plugin[gp.name]
+                raise PluginError(f"plugins '{other}' and '{plugin}' both declare graph pass '{gp.name}'; disable one with --disable-plugin")
+            registry.passes[gp.name] = gp
+            registry.pass_plugin[gp.name] = plugin
+            if plugin in registry.plugins:
+                registry.plugins[plugin].passes.append(gp.name)
+
+
+class Hooks:
+    """Typed facade over the lifecycle hooks; the only caller of ``pm.hook``."""
+
+    def __init__(self, pm: pluggy.PluginManager):
+        self._pm = pm
+
+    def _call(self, hook_name: str, **kwargs: Any) -> None:
+        hook = getattr(self._pm.hook, hook_name)
+        try:
+            hook(**kwargs)
+        except Exception as exc:
+            raise PluginError(f"a plugin failed in hook {hook_name}: {type(exc).__name__}: {exc}") from exc
+
+    def build_started(self, recipe: str, steps: Sequence[str]) -> None:
+        self._call("tinybuild_build_started", recipe=recipe, steps=list(steps))
+
+    def build_finished(self, recipe: str, summary: Mapping[str, Any]) -> None:
+        self._call("tinybuild_build_finished", recipe=recipe, summary=dict(summary))
+
+    def step_started(self, step: str, step_type: str, reasons: Sequence[str]) -> None:
+        self._call("tinybuild_step_started", step=step, step_type=step_type, reasons=list(reasons))
+
+    def step_progress(self, step: str, completed: float, total: float | None, description: str) -> None:
+        self._call("tinybuild_step_progress", step=step, completed=completed, total=total, description=description)
+
+    def step_log(self, step: str, message: str) -> None:
+        self._call("tinybuild_step_log", step=step, message=message)
+
+    def step_cached(self, step: str, step_type: str, digest: str) -> None:
+        self._call("tinybuild_step_cached", step=step, step_type=step_type, digest=digest)
+
+    def step_finished(self, step: str, step_type: str, digest: str, seconds: float, metrics: Mapping[str, Any]) -> None:
+        self._call("tinybuild_step_finished", step=step, step_type=step_type, digest=digest, seconds=seconds, metrics=dict(metrics))
+
+    def step_failed(self, step: str, step_type: str, error: str, skipped: Sequence[str]) -> None:
+        self._call("tinybuild_step_failed", step=step, step_type=step_type, error=error, skipped=list(skipped))
+
+
+def module_file(module_name: str) -> str | None:
+    """Source file of an imported (or importable) module, for fingerprints."""
+    module = sys.modules.get(module_name)
+    if module is None:
+        module = importlib.import_module(module_name)
+    return getattr(module, "__file__", None)

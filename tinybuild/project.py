@@ -1,0 +1,78 @@
+"""A loaded recipe, ready to plan or build: steps bound to plugins, the DAG,
+and where its cache, outputs and lock file live."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import networkx as nx
+import pluggy
+
+from .cache import ENV_CACHE_DIR, Cache
+from .graph import build_dag, run_order, with_upstream
+from .errors import UsageError, did_you_mean
+from .plugins import Registry, load_plugins
+from .recipe import Recipe, load_recipe
+from .resolve import ResolvedStep, resolve_recipe
+
+ENV_OUT_DIR = "TINYBUILD_OUT"
+
+
+@dataclass
+class Project:
+    recipe: Recipe
+    registry: Registry
+    pm: pluggy.PluginManager
+    steps: dict[str, ResolvedStep]
+    dag: nx.DiGraph
+    cache: Cache
+    out_dir: Path
+    order: list[str] = field(default_factory=list)
+
+    @property
+    def lock_path(self) -> Path:
+        return self.recipe.lock_path
+
+    def step_out_dir(self, name: str) -> Path:
+        return self.out_dir / name
+
+    def select(self, only: Sequence[str] = ()) -> list[str]:
+        """Run order of the steps to build: all, or ``only`` with their upstream."""
+        self.check_names(only, "--only")
+        if not only:
+            return list(self.order)
+        chosen = with_upstream(self.dag, only)
+        return [n for n in self.order if n in chosen]
+
+    def check_names(self, names: Iterable[str], flag: str) -> None:
+        for name in names:
+            if name not in self.steps:
+                hint = did_you_mean(name, self.steps)
+                raise UsageError(f"{flag} {name}: no step named '{name}' in {self.recipe.path.name}; "
+                                 + (hint or f"steps: {', '.join(self.order)}"))
+
+
+def default_cache_dir(recipe: Recipe) -> Path:
+    env = os.environ.get(ENV_CACHE_DIR)
+    return Path(env).expanduser().resolve() if env else recipe.dir / ".tinybuild"
+
+
+def default_out_dir(recipe: Recipe) -> Path:
+    env = os.environ.get(ENV_OUT_DIR)
+    base = Path(env).expanduser().resolve() if env else recipe.dir / "build"
+    return base / recipe.meta.name
+
+
+def load_project(recipe_path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str | Path | None = None,
+                 disabled: Iterable[str] = (), extra_plugins: Sequence[tuple[str, Any]] = ()) -> Project:
+    recipe = load_recipe(recipe_path)
+    pm, registry = load_plugins(disabled=disabled, extra=extra_plugins)
+    steps = resolve_recipe(recipe, registry)
+    dag = build_dag(steps, str(recipe.path))
+    cache = Cache(Path(cache_dir).expanduser().resolve() if cache_dir else default_cache_dir(recipe))
+    out = Path(out_dir).expanduser().resolve() / recipe.meta.name if out_dir else default_out_dir(recipe)
+    return Project(recipe=recipe, registry=registry, pm=pm, steps=steps, dag=dag, cache=cache, out_dir=out,
+                   order=run_order(dag))

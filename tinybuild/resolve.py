@@ -1,0 +1,122 @@
+"""Phase 2 of loading: bind each recipe step to its plugin and validate params.
+
+Also resolves each step's inputs (explicit, or the step type's default) and
+its implicit dependency on the dataset. Everything is checked before anything
+runs, and all problems are reported together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pydantic import ValidationError
+
+from .api import Kind, Params, StepType
+from .errors import Problem, RecipeError, did_you_mean
+from .plugins import Registry
+from .recipe import Recipe, StepSpec, validation_problems
+
+
+@dataclass(frozen=True)
+class ResolvedStep:
+    name: str
+    key: str  # dotted path of the step's table in the recipe
+    spec: StepSpec
+    step_type: StepType
+    plugin: str
+    params: Params
+    inputs: tuple[str, ...]
+    dataset: str | None  # name of the dataset step it reads, if any
+
+    @property
+    def dependencies(self) -> tuple[str, ...]:
+        deps = list(self.inputs)
+        if self.dataset and self.dataset not in deps:
+            deps.append(self.dataset)
+        return tuple(deps)
+
+
+def resolve_recipe(recipe: Recipe, registry: Registry) -> dict[str, ResolvedStep]:
+    problems: list[Problem] = []
+    resolved: dict[str, ResolvedStep] = {}
+    has_dataset = "dataset" in recipe.steps
+    for name, spec in recipe.steps.items():
+        step_type = registry.step_type(spec.use)
+        if step_type is None:
+            installed = sorted(registry.step_types)
+            hint = did_you_mean(spec.use, installed)
+            listing = f"installed step types: {', '.join(installed) or 'none'}"
+            problems.append(Problem(f"{spec.key}.use", f"unknown step type '{spec.use}'",
+                                    f"{hint} {listing}".strip() if hint else listing + " (see `tinybuild plugins`)"))
+            continue
+        params = _validate_params(spec, step_type, recipe, problems)
+        inputs = _inputs(spec, step_type, recipe, problems)
+        dataset = None
+        if step_type.uses_dataset and name != "dataset":
+            if has_dataset:
+                dataset = "dataset"
+            elif not step_type.dataset_optional:
+                problems.append(Problem(spec.key, f"step type '{spec.use}' needs the recipe's dataset, but there is no [dataset] section",
+                                        "add a [dataset] table (e.g. use = \"idx\")"))
+        if params is not None and inputs is not None:
+            resolved[name] = ResolvedStep(name, spec.key, spec, step_type, registry.step_plugin[spec.use], params, inputs, dataset)
+    if "dataset" in resolved and resolved["dataset"].step_type.produces != Kind.DATASET:
+        st = resolved["dataset"].step_type
+        problems.append(Problem("dataset.use", f"step type '{st.name}' produces {st.produces}, not a dataset",
+                                "use a dataset step type (e.g. \"idx\" or \"npz\")"))
+    if problems:
+        raise RecipeError(str(recipe.path), problems)
+    return resolved
+
+
+def _validate_params(spec: StepSpec, step_type: StepType, recipe: Recipe, problems: list[Problem]) -> Params | None:
+    try:
+        return step_type.params.model_validate(spec.raw_params, context={"base_dir": recipe.dir})
+    except ValidationError as exc:
+        found = validation_problems(exc, spec.key, step_type.params)
+        for p in found:
+            if p.message.startswith("unknown key") and not p.hint.startswith("did you mean"):
+                p = Problem(p.key, p.message, p.hint + "; a step's own keys are use, input, inputs")
+            problems.append(p)
+        return None
+    except (TypeError, ValueError) as exc:  # raised by a plugin's validator outside pydantic's wrapping
+        problems.append(Problem(spec.key, f"invalid parameters: {exc}", "see the step type's documentation"))
+        return None
+
+
+def _inputs(spec: StepSpec, step_type: StepType, recipe: Recipe, problems: list[Problem]) -> tuple[str, ...] | None:
+    inputs = spec.inputs
+    key = f"{spec.key}.{spec.inputs_key}"
+    if inputs is None:
+        default = step_type.default_input
+        inputs = (default,) if default and default in recipe.steps and default != spec.name else ()
+    lo, hi = step_type.arity
+    if len(inputs) < lo or (hi is not None and len(inputs) > hi):
+        need = _arity_text(lo, hi)
+        if hi == 0:
+            problems.append(Problem(key, f"step type '{step_type.name}' takes no input, got {len(inputs)}", "remove the input/inputs key"))
+        else:
+            kinds = " or ".join(step_type.consumes) or "any"
+            hint = f"add input = \"<step>\" naming a step that produces {kinds}" if not inputs else f"give {need}"
+            problems.append(Problem(key, f"step type '{step_type.name}' takes {need} (artifact kind {kinds}), got {len(inputs)}", hint))
+        return None
+    ok = True
+    for i, name in enumerate(inputs):
+        where = key if spec.inputs_key == "input" or spec.inputs is None else f"{key}[{i}]"
+        if name == spec.name:
+            problems.append(Problem(where, f"step '{name}' cannot take itself as input", "name an upstream step"))
+            ok = False
+        elif name not in recipe.steps:
+            hint = did_you_mean(name, recipe.steps)
+            listing = f"steps in this recipe: {', '.join(recipe.steps)}"
+            problems.append(Problem(where, f"no step named '{name}'", f"{hint} {listing}" if hint else listing))
+            ok = False
+    return tuple(inputs) if ok else None
+
+
+def _arity_text(lo: int, hi: int | None) -> str:
+    if hi is None:
+        return f"at least {lo} input{'s' if lo != 1 else ''}"
+    if lo == hi:
+        return f"exactly {lo} input{'s' if lo != 1 else ''}"
+    return f"{lo} to {hi} inputs"
+

@@ -81,7 +81,7 @@ def make_plan(project: Project, selected: Sequence[str], lock: Mapping[str, Any]
                 guess[dep] = old_inputs.get(dep) or (old.get("dataset") if dep == step.dataset else None) or "pending"
             material = material_for(project, step, guess)
             own = [r for r in run_reasons(material, step, lock, forced) if r != "no cache entry"]
-            upstream = [f"upstream {dep} reruns" for dep in pending]
+            upstream = [] if "new step" in own else [f"upstream {dep} reruns" for dep in pending]
             items[name] = PlanItem(name, step.step_type.name, RUN, upstream + own)
             continue
         material = material_for(project, step, digests)

@@ -1,0 +1,222 @@
+"""Builds end to end with the toy plugin: incrementality, failures, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import toy_plugin
+from conftest import built_steps
+
+ALL = ["dataset", "model", "train", "fp32", "int8", "report"]
+
+
+def objects(ws):
+    root = ws.cache / "objects"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def actions(ws):
+    root = ws.cache / "actions"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def test_first_build_runs_everything_then_nothing(ws):
+    first = ws.build()
+    assert first.code == 0, first.err
+    assert built_steps(first) == ALL
+    again = ws.build()
+    assert again.code == 0
+    assert built_steps(again) == []
+    assert again.err.count("cached") >= len(ALL)
+    report = ws.root / "build" / "toy" / "report" / "report.md"
+    assert report.read_text().splitlines()[0].startswith("fp32: tflite")
+
+
+def test_changing_one_parameter_reruns_exactly_downstream(ws):
+    ws.build()
+    ws.edit("epochs = 3", "epochs = 4")
+    run = ws.build()
+    assert built_steps(run) == ["train", "fp32", "int8", "report"]
+    assert "params.epochs 3 → 4" in run.err
+    ws.edit('mode = "int8"', 'mode = "float32"')
+    run = ws.build()
+    # int8 now has exactly fp32's key material: a cache hit under another name.
+    # Only report, whose input digests changed, reruns.
+    assert built_steps(run) == ["report"]
+
+
+def test_early_cutoff_stops_propagation(ws):
+    ws.build()
+    ws.edit("epochs = 3", 'epochs = 3\nnote = "does not change the output"')
+    run = ws.build()
+    # train reruns (its params changed) but yields identical bytes, so nothing downstream reruns
+    assert built_steps(run) == ["train"]
+
+
+def test_plan_reasons_diff_against_the_lock_file(ws):
+    assert set(s for s, _ in ws.plan().values()) == {"run"}
+    assert ws.plan()["train"][1] == ["new step"]
+    ws.build()
+    assert {name: s for name, (s, _) in ws.plan().items()} == {n: "cached" for n in ALL}
+    ws.edit("epochs = 3", "epochs = 12")
+    ws.edit("seed = 3", "seed = 4")
+    plan = ws.plan()
+    assert plan["dataset"] == ("run", ["seed 3 → 4"])  # the seed is in every key
+    status, reasons = plan["train"]
+    assert status == "run"
+    assert "params.epochs 3 → 12" in reasons and "seed 3 → 4" in reasons
+    assert plan["fp32"][1][0] == "upstream train reruns"
+
+
+def test_plan_reports_input_and_file_changes(ws):
+    ws.build()
+    (ws.root / "numbers.txt").write_text("1 2 3 4\n")
+    plan = ws.plan()
+    assert plan["dataset"] == ("run", ["params.file file changed"])
+    ws.build()
+    ws.edit("[model]\nuse = \"toy-model\"", "[model]\nuse = \"toy-model\"\nwidth = 8")
+    ws.build("--only", "model")
+    plan = ws.plan()
+    assert plan["train"] == ("run", ["input model changed"])
+
+
+def test_plan_reports_cache_loss_and_plugin_version(ws, monkeypatch):
+    ws.build()
+    for p in actions(ws):
+        p.unlink()
+    plan = ws.plan()
+    assert plan["dataset"] == ("run", ["no cache entry"])
+    assert plan["fp32"] == ("run", ["upstream train reruns"])
+    ws.build()
+    import dataclasses
+
+    bumped = [dataclasses.replace(st, version="1.1") if st.name == "toy-train" else st for st in toy_plugin.STEP_TYPES]
+    monkeypatch.setattr(toy_plugin, "STEP_TYPES", bumped)
+    assert ws.plan()["train"] == ("run", ["plugin toy-train 1.0 → 1.1"])
+
+
+def test_crash_halfway_leaves_no_partial_object_and_no_action(ws):
+    ws.edit("epochs = 3", "epochs = 3\ncrash = true")
+    run = ws.build()
+    assert run.code == 1
+    assert "train" in run.err and "toy-train" in run.err and "simulated crash halfway" in run.err
+    assert "skipped because of it: fp32, int8, report" in run.err
+    stored = {p.read_bytes() for p in objects(ws)}
+    assert b"partial" not in stored
+    # only dataset and model were recorded
+    assert len(actions(ws)) == 2
+    assert not list((ws.cache / "tmp").iterdir())
+    lock = json.loads((ws.root / "recipe.lock.json").read_text())
+    assert sorted(lock["steps"]) == ["dataset", "model"]
+
+
+def test_step_error_message_and_traceback_log(ws):
+    (ws.root / "numbers.txt").write_text("1 two 3\n")
+    run = ws.build()
+    assert run.code == 1
+    assert "not a list of integers" in run.err
+    assert "Traceback" not in run.err
+
+
+def test_keep_going_builds_independent_branches(ws):
+    ws.write(ws.recipe.read_text() + '\n[steps.bad]\nuse = "toy-report"\ninputs = ["fp32"]\nfail = true\n\n[steps.after]\nuse = "toy-report"\ninputs = ["int8"]\n')
+    stop = ws.build()
+    assert stop.code == 1
+    assert "after" not in built_steps(stop)
+    going = ws.build("--keep-going")
+    assert going.code == 1
+    assert "after" in built_steps(going)
+
+
+def test_gate_failure_exits_3_and_keeps_the_report(ws):
+    ws.edit('inputs = ["fp32", "int8"]', 'inputs = ["fp32", "int8"]\nmax_size = 10')
+    run = ws.build()
+    assert run.code == 3
+    assert "variant fp32: size" in run.err and "budget 10 B" in run.err
+    assert (ws.root / "build" / "toy" / "report" / "report.md").exists()
+    assert built_steps(ws.build()) == []  # nothing else reruns...
+    assert ws.build().code == 3  # ...but the gate is checked every time
+
+
+def test_only_and_force(ws):
+    run = ws.build("--only", "train")
+    assert built_steps(run) == ["dataset", "model", "train"]
+    run = ws.build("--force", "model")
+    assert built_steps(run) == ["model", "fp32", "int8", "report"]
+    assert "forced" in run.err
+    bad = ws.build("--only", "trian")
+    assert bad.code == 2 and "did you mean 'train'" in bad.err
+
+
+def test_input_changed_during_run_is_not_cached(ws):
+    ws.edit("epochs = 3", "epochs = 3\nmutate_input = true")
+    run = ws.build("--only", "train")
+    assert run.code == 0
+    assert "NOT cached" in run.err
+    lock = json.loads((ws.root / "recipe.lock.json").read_text())
+    assert "train" not in lock["steps"]
+
+
+def test_outputs_are_restored_from_cache(ws):
+    ws.build()
+    out = ws.root / "build" / "toy" / "fp32" / "model.tflite"
+    content = out.read_bytes()
+    out.write_bytes(b"tampered")
+    stray = out.parent / "stray.txt"
+    stray.write_text("x")
+    assert built_steps(ws.build()) == []
+    assert out.read_bytes() == content
+    assert not stray.exists()
+
+
+def test_objects_are_read_only_and_content_addressed(ws):
+    import hashlib
+
+    ws.build()
+    for obj in objects(ws):
+        assert hashlib.sha256(obj.read_bytes()).hexdigest() == obj.parent.name + obj.name
+        assert not os.access(obj, os.W_OK) or os.geteuid() == 0
+        assert oct(obj.stat().st_mode & 0o777) == "0o444"
+
+
+def test_lifecycle_hooks_reach_plugins(ws):
+    toy_plugin.EVENTS.clear()
+    ws.build()
+    assert ("finished", "train") in toy_plugin.EVENTS
+    toy_plugin.EVENTS.clear()
+    ws.build()
+    assert ("cached", "report") in toy_plugin.EVENTS
+
+
+def test_show_clean_and_gc(ws):
+    ws.build()
+    show = ws.run("show", str(ws.recipe), "train", "--cache-dir", str(ws.cache))
+    assert show.code == 0
+    assert "model.txt" in show.out and '"epochs": 3' in show.out
+    missing = ws.run("show", str(ws.recipe), "fp32x", "--cache-dir", str(ws.cache))
+    assert missing.code == 2
+    # change a step, rebuild: the old train/fp32/int8/report outputs become garbage
+    ws.edit("epochs = 3", "epochs = 5")
+    ws.build()
+    before = len(objects(ws))
+    dry = ws.run("gc", "--cache-dir", str(ws.cache), "--dry-run")
+    assert dry.code == 0 and "would remove 4 objects" in dry.out
+    assert len(objects(ws)) == before
+    gc = ws.run("gc", "--cache-dir", str(ws.cache))
+    assert "removed 4 objects" in gc.out and "4 action entries" in gc.out
+    assert built_steps(ws.build()) == []  # everything referenced survived
+    clean = ws.run("clean", str(ws.recipe))
+    assert clean.code == 0 and not (ws.root / "build" / "toy").exists()
+    assert built_steps(ws.build()) == []  # outputs come back from the cache
+    assert (ws.root / "build" / "toy" / "report" / "report.md").exists()
+
+
+def test_graph_formats(ws):
+    text = ws.run("graph", str(ws.recipe))
+    assert text.code == 0
+    assert "└── train (toy-train → keras-model)" in text.out
+    dot = ws.run("graph", str(ws.recipe), "--format", "dot")
+    assert '"train" -> "fp32";' in dot.out and '"dataset" -> "model" [style=dashed];' in dot.out
+    mermaid = ws.run("graph", str(ws.recipe), "--format", "mermaid")
+    assert mermaid.out.startswith("flowchart LR")

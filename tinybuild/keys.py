@@ -21,6 +21,7 @@ of the key: renaming an upstream step does not invalidate anything.
 
 from __future__ import annotations
 
+import os
 import sys
 import typing
 from functools import lru_cache
@@ -91,10 +92,17 @@ def params_material(params: Params, digest: Digester) -> tuple[dict[str, Any], d
     return dumped, paths
 
 
-@lru_cache(maxsize=None)
+_SOURCES: dict[tuple[str, int, int], str] = {}
+
+
 def _source_digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return bytes_digest(f.read())
+    """Digest of a source file, memoized on (path, mtime, size)."""
+    st = os.stat(path)
+    memo = (path, st.st_mtime_ns, st.st_size)
+    if memo not in _SOURCES:
+        with open(path, "rb") as f:
+            _SOURCES[memo] = bytes_digest(f.read())
+    return _SOURCES[memo]
 
 
 def fingerprint(modules: tuple[str, ...]) -> str:

@@ -230,9 +230,11 @@ def _hint_for(kind: str, err: dict[str, Any]) -> str:
         return f"use one of {ctx['expected']}"
     if kind.startswith(("greater_than", "less_than")):
         return "change the value to satisfy the bound"
+    if kind == "string_pattern_mismatch" and "pattern" in ctx:
+        return f"use a value matching {ctx['pattern']}"
     if kind.endswith("_type") or kind.endswith("_parsing"):
         return "change the value's type"
-    return ""
+    return "see the allowed values in the README or `tinybuild schema`"
 
 
 def _suggest(word: str, choices: Any) -> str:

@@ -1,0 +1,102 @@
+"""Malformed recipes: each gives a precise message and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import TOY_RECIPE
+
+HEAD = '[recipe]\nname = "toy"\n\n[dataset]\nuse = "toy-data"\nfile = "numbers.txt"\n\n[model]\nuse = "toy-model"\n'
+
+
+def replace(old: str, new: str) -> str:
+    assert old in TOY_RECIPE
+    return TOY_RECIPE.replace(old, new, 1)
+
+
+# (id, recipe text, substrings the message must contain)
+CASES = [
+    ("toml-syntax", '[recipe]\nname = "toy\n', ["recipe.toml:2:", "invalid TOML"]),
+    ("toml-bad-table", "[recipe\nname = 1\n", ["recipe.toml:1:", "invalid TOML"]),
+    ("unknown-section", TOY_RECIPE + "\n[stesp.x]\nuse = \"toy-train\"\n", ["stesp: unknown section 'stesp'", "did you mean 'steps'?"]),
+    ("missing-recipe-table", '[dataset]\nuse = "toy-data"\nfile = "numbers.txt"\n', ["recipe: missing [recipe] table"]),
+    ("missing-name", replace('name = "toy"\n', ""), ["recipe.name: missing required key", "add name = ..."]),
+    ("bad-recipe-name", replace('name = "toy"', 'name = "my toy"'), ["recipe.name:", "should match pattern"]),
+    ("seed-type", replace("seed = 3", 'seed = "three"'), ["recipe.seed:", "valid integer", "'three'"]),
+    ("unknown-recipe-key", replace("seed = 3", "seed = 3\nsed = 4"), ["recipe.sed: unknown key 'sed'", "did you mean 'seed'?"]),
+    ("target-unknown-key", TOY_RECIPE + "\n[target]\nflash = 64\n", ["target.flash: unknown key 'flash'", "did you mean 'flash_kb'?"]),
+    ("target-range", TOY_RECIPE + "\n[target]\nmin_accuracy = 1.5\n", ["target.min_accuracy:", "less than or equal to 1"]),
+    ("unknown-param", replace("epochs = 3", "epoch = 3"), ["steps.train.epoch: unknown key 'epoch'", "did you mean 'epochs'?"]),
+    ("unknown-param-no-match", replace("epochs = 3", "zzz = 3"), ["steps.train.zzz: unknown key 'zzz'", "valid keys:"]),
+    ("param-type", replace("epochs = 3", 'epochs = "many"'), ["steps.train.epochs:", "valid integer", "'many'"]),
+    ("param-range", replace("epochs = 3", "epochs = 0"), ["steps.train.epochs:", "greater than or equal to 1"]),
+    ("param-pattern", replace('mode = "int8"', 'mode = "int4"'), ["steps.int8.mode:", "should match pattern"]),
+    ("unknown-step-type", replace('use = "toy-train"', 'use = "toy-trian"'), ["steps.train.use: unknown step type 'toy-trian'", "did you mean 'toy-train'?"]),
+    ("unknown-step-type-listing", replace('use = "toy-train"', 'use = "zzz"'), ["unknown step type 'zzz'", "installed step types: toy-convert, toy-data"]),
+    ("missing-use", replace('use = "toy-train"\n', ""), ["steps.train.use: missing", "add use ="]),
+    ("missing-reference", replace('input = "train"', 'input = "trian"'), ["steps.fp32.input: no step named 'trian'", "did you mean 'train'?"]),
+    ("missing-reference-in-list", replace('inputs = ["fp32", "int8"]', 'inputs = ["fp32", "int9"]'), ["steps.report.inputs[1]: no step named 'int9'"]),
+    ("input-and-inputs", replace('input = "train"', 'input = "train"\ninputs = ["train"]'), ["steps.fp32.inputs: both 'input' and 'inputs'"]),
+    ("input-not-string", replace('input = "train"', "input = 3"), ["steps.fp32.input: must be the name of one step"]),
+    ("cycle", HEAD + '\n[steps.a]\nuse = "toy-train"\ninput = "b"\n\n[steps.b]\nuse = "toy-train"\ninput = "a"\n', ["steps form a cycle: a → b → a"]),
+    ("self-input", HEAD + '\n[steps.a]\nuse = "toy-train"\ninput = "a"\n', ["steps.a.input: step 'a' cannot take itself as input"]),
+    ("kind-mismatch", replace('[steps.fp32]\nuse = "toy-convert"\ninput = "train"', '[steps.fp32]\nuse = "toy-convert"\ninput = "int8"'),
+     ["steps.fp32.input: step 'int8' produces a tflite artifact, but step type 'toy-convert' consumes keras-model"]),
+    ("too-many-inputs", replace('input = "train"', 'inputs = ["train", "model"]'), ["takes exactly 1 input", "got 2"]),
+    ("no-input", replace('use = "toy-convert"\ninput = "train"', 'use = "toy-convert"'), ["steps.fp32.input: step type 'toy-convert' takes exactly 1 input", "add input ="]),
+    ("input-to-source", replace('[model]\nuse = "toy-model"', '[model]\nuse = "toy-model"\ninput = "dataset"'), ["model.input: step type 'toy-model' takes no input"]),
+    ("reserved-step-name", TOY_RECIPE + '\n[steps.model]\nuse = "toy-train"\n', ["steps.model: 'model' is reserved"]),
+    ("bad-step-name", TOY_RECIPE + '\n[steps."a b"]\nuse = "toy-train"\n', ["invalid step name 'a b'"]),
+    ("dataset-wrong-kind", replace('[dataset]\nuse = "toy-data"\nfile = "numbers.txt"', '[dataset]\nuse = "toy-model"'), ["dataset.use: step type 'toy-model' produces keras-model, not a dataset"]),
+    ("needs-dataset", '[recipe]\nname = "t"\n\n[model]\nuse = "toy-model"\n', ["model: step type 'toy-model' needs the recipe's dataset", "add a [dataset] table"]),
+    ("missing-env-var", replace('file = "numbers.txt"', 'file = "${TOY_DATA_DIR}/numbers.txt"'), ["dataset.file: environment variable TOY_DATA_DIR is not set", "${TOY_DATA_DIR:-value}"]),
+    ("missing-input-file", replace('file = "numbers.txt"', 'file = "nope.txt"'), ["dataset.file: file not found:", "nope.txt", "relative paths resolve against the recipe's folder"]),
+    ("steps-not-table", "steps = 3\n" + HEAD, ["steps: must be a table of steps"]),
+    ("no-steps", '[recipe]\nname = "t"\n', ["steps: the recipe declares no steps"]),
+]
+
+
+@pytest.mark.parametrize("text,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("command", ["build", "plan"])
+def test_malformed_recipe(ws, command, text, expected):
+    ws.write(text)
+    run = ws.run(command, str(ws.recipe))
+    assert run.code == 2, run.err
+    assert "Traceback" not in run.err + run.out
+    message = run.err
+    assert str(ws.recipe) in message  # every error names the file
+    for part in expected:
+        assert part in message, f"{part!r} not in:\n{message}"
+    assert "fix:" in message or "did you mean" in message
+
+
+def test_all_problems_are_reported_together(ws):
+    ws.write(replace("epochs = 3", "epoch = 3").replace('input = "train"', 'input = "trian"', 1))
+    run = ws.build()
+    assert run.code == 2
+    assert "steps.train.epoch" in run.err and "steps.fp32.input" in run.err
+
+
+def test_missing_recipe_file(ws):
+    run = ws.run("build", str(ws.root / "nope.toml"))
+    assert run.code == 2 and "no such recipe file" in run.err
+
+
+def test_env_var_default_and_value(ws, monkeypatch):
+    ws.edit('file = "numbers.txt"', 'file = "${TOY_DATA_DIR:-.}/numbers.txt"')
+    assert ws.build().code == 0
+    sub = ws.root / "elsewhere"
+    sub.mkdir()
+    (sub / "numbers.txt").write_text("1 2 3\n")
+    monkeypatch.setenv("TOY_DATA_DIR", str(sub))
+    # same content in another place: the key uses content, so nothing reruns
+    plan = ws.plan()
+    assert all(status == "cached" for status, _ in plan.values())
+
+
+def test_debug_shows_traceback(ws):
+    ws.write(replace("epochs = 3", "epoch = 3"))
+    from tinybuild.errors import RecipeError
+
+    with pytest.raises(RecipeError):
+        ws.run("build", str(ws.recipe), "--debug")

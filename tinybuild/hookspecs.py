@@ -91,6 +91,7 @@ def tinybuild_step_started(step: str, step_type: str, reasons: Sequence[str]) ->
 def tinybuild_step_progress(step: str, completed: float, total: float | None, description: str) -> None:
     """A running step reported progress through ``ctx.progress``.
 
+    :param step: the step's name in the recipe.
     :param completed: units done so far (epochs, batches, ...).
     :param total: units in all, or None when unknown.
     :param description: short free text, e.g. ``"epoch 3/10 loss 0.21"``.
@@ -99,13 +100,19 @@ def tinybuild_step_progress(step: str, completed: float, total: float | None, de
 
 @hookspec
 def tinybuild_step_log(step: str, message: str) -> None:
-    """A running step logged a line through ``ctx.log``."""
+    """A running step logged a line through ``ctx.log``.
+
+    :param step: the step's name in the recipe.
+    :param message: the line, without a trailing newline.
+    """
 
 
 @hookspec
 def tinybuild_step_cached(step: str, step_type: str, digest: str) -> None:
     """A step's result was found in the cache and was not run.
 
+    :param step: the step's name in the recipe.
+    :param step_type: the step type (plugin) it uses.
     :param digest: the digest of its (cached) output artifact.
     """
 
@@ -114,6 +121,8 @@ def tinybuild_step_cached(step: str, step_type: str, digest: str) -> None:
 def tinybuild_step_finished(step: str, step_type: str, digest: str, seconds: float, metrics: Mapping[str, Any]) -> None:
     """A step ran successfully and its output was stored in the cache.
 
+    :param step: the step's name in the recipe.
+    :param step_type: the step type (plugin) it uses.
     :param digest: the digest of its output artifact.
     :param seconds: wall time of the run.
     :param metrics: the metrics the step returned (possibly empty).
@@ -124,6 +133,8 @@ def tinybuild_step_finished(step: str, step_type: str, digest: str, seconds: flo
 def tinybuild_step_failed(step: str, step_type: str, error: str, skipped: Sequence[str]) -> None:
     """A step failed; nothing of it was cached.
 
+    :param step: the step's name in the recipe.
+    :param step_type: the step type (plugin) it uses.
     :param error: a one-paragraph description of the cause.
     :param skipped: the downstream steps that will not run because of it.
     """

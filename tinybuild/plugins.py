@@ -131,7 +131,7 @@ def load_plugins(disabled: Iterable[str] = (), environ: Mapping[str, str] | None
 def _call_registry_hook(pm: pluggy.PluginManager, hook_name: str) -> list[tuple[str, list[Any]]]:
     results = []
     hook = getattr(pm.hook, hook_name)
-    for impl in reversed(hook.get_hookimpls()):  # registration order
+    for impl in hook.get_hookimpls():  # registration order
         name = impl.plugin_name
         try:
             declared = impl.function()

@@ -1,0 +1,126 @@
+"""Plugin loading: entry points, disabling, broken plugins, hook docs, schema."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import pytest
+
+from tinybuild import hookspecs
+from tinybuild.errors import PluginError
+from tinybuild.plugins import load_plugins
+
+
+def write_module(tmp_path, monkeypatch, name: str, source: str) -> None:
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("tinybuild_")]
+
+
+def test_every_hook_is_documented():
+    assert len(HOOKS) >= 9
+    for name in HOOKS:
+        fn = getattr(hookspecs, name)
+        doc = inspect.getdoc(fn) or ""
+        assert len(doc) > 30, f"{name} has no real docstring"
+        for param in inspect.signature(fn).parameters:
+            assert f":param {param}:" in doc, f"{name}: parameter {param} undocumented"
+        if name in ("tinybuild_step_types", "tinybuild_graph_passes"):
+            assert ":return:" in doc
+
+
+def test_toy_plugin_is_listed(ws):
+    run = ws.run("plugins")
+    assert run.code == 0
+    assert "toy" in run.out and "toy-train" in run.out
+
+
+def test_disable_plugin_by_flag_and_env(ws, monkeypatch):
+    run = ws.run("build", str(ws.recipe), "--disable-plugin", "toy")
+    assert run.code == 2 and "unknown step type 'toy-data'" in run.err
+    monkeypatch.setenv("TINYBUILD_DISABLE_PLUGINS", ",".join(["toy", *_builtins()]))
+    run = ws.run("plan", str(ws.recipe))
+    assert run.code == 2 and "unknown step type" in run.err
+
+
+def test_disabling_an_unknown_plugin_is_an_error(ws):
+    run = ws.run("plan", str(ws.recipe), "--disable-plugin", "tyo")
+    assert run.code == 2 and "no such plugin" in run.err and "did you mean 'toy'" in run.err
+
+
+def test_broken_plugin_names_itself(ws, tmp_path, monkeypatch):
+    write_module(tmp_path, monkeypatch, "brokenplug", "import does_not_exist_anywhere\n")
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_plugin,broken=brokenplug")
+    run = ws.run("plan", str(ws.recipe))
+    assert run.code == 2
+    assert "plugin 'broken' (brokenplug) failed to import" in run.err
+    assert "--disable-plugin broken" in run.err
+    assert "Traceback" not in run.err
+    # and disabling it makes the recipe work again
+    assert ws.run("plan", str(ws.recipe), "--disable-plugin", "broken").code == 0
+
+
+def test_duplicate_step_type_names_both_plugins(ws, tmp_path, monkeypatch):
+    write_module(tmp_path, monkeypatch, "dupplug", (
+        "from tinybuild.api import StepType, Kind, hookimpl\n"
+        "@hookimpl\n"
+        "def tinybuild_step_types():\n"
+        "    return [StepType('toy-train', '9.0', Kind.KERAS_MODEL, lambda c, i, p: None)]\n"
+    ))
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_plugin,dup=dupplug")
+    run = ws.run("plan", str(ws.recipe))
+    assert run.code == 2
+    assert "plugins 'toy' and 'dup' both declare step type 'toy-train'" in run.err
+
+
+def test_registry_hook_failure_names_plugin_and_hook(tmp_path, monkeypatch):
+    write_module(tmp_path, monkeypatch, "raiseplug", (
+        "from tinybuild.api import hookimpl\n"
+        "@hookimpl\n"
+        "def tinybuild_step_types():\n"
+        "    raise ValueError('boom')\n"
+    ))
+    with pytest.raises(PluginError, match=r"plugin 'bad' failed in hook tinybuild_step_types: ValueError: boom"):
+        load_plugins(environ={"TINYBUILD_PLUGINS": "bad=raiseplug", "TINYBUILD_DISABLE_PLUGINS": ""}, disabled=_builtins())
+
+
+def test_wrong_declaration_type(tmp_path, monkeypatch):
+    write_module(tmp_path, monkeypatch, "wrongplug", (
+        "from tinybuild.api import hookimpl\n"
+        "@hookimpl\n"
+        "def tinybuild_step_types():\n"
+        "    return ['not a step type']\n"
+    ))
+    with pytest.raises(PluginError, match="expected tinybuild.api.StepType"):
+        load_plugins(environ={"TINYBUILD_PLUGINS": "wrong=wrongplug"}, disabled=_builtins())
+
+
+def _builtins():
+    from conftest import BUILTIN_PLUGINS
+
+    return BUILTIN_PLUGINS
+
+
+def test_schema_includes_plugin_params(ws):
+    run = ws.run("schema")
+    assert run.code == 0
+    schema = json.loads(run.out)
+    step_variants = schema["properties"]["steps"]["additionalProperties"]["oneOf"]
+    train = next(v for v in step_variants if v["title"] == "toy-train")
+    assert train["properties"]["epochs"]["default"] == 2
+    assert train["properties"]["use"] == {"const": "toy-train", "description": "step type toy-train"}
+    assert train["additionalProperties"] is False
+    datasets = schema["properties"]["dataset"]["oneOf"]
+    assert [d["title"] for d in datasets] == ["toy-data"]
+    assert "flash_kb" in schema["properties"]["target"]["properties"]
+
+
+def test_python_dash_m_entry_point(ws):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "tinybuild", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("tinybuild ")

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,12 @@ class ActionEntry:
         return {"kind": self.kind, "files": self.files, "digest": self.digest, "metrics": self.metrics}
 
 
+#: Filesystems stamp mtimes with a coarse clock: a file rewritten within the
+#: same tick keeps its mtime. A signature recorded less than this long after
+#: the file's mtime is "racy" and is not trusted (git's index has the same rule).
+RACY_NS = 50_000_000
+
+
 class StatMemo:
     """Remembers file digests by (inode, mtime, size) so unchanged files are
     not rehashed: a no-op build of a recipe with megabytes of data stays a
@@ -83,21 +90,24 @@ class StatMemo:
         except (FileNotFoundError, ValueError):
             self._entries = {}
 
+    @staticmethod
+    def signature(st: os.stat_result) -> list[int]:
+        return [st.st_ino, st.st_mtime_ns, st.st_size]
+
     def digest(self, file: Path) -> str:
         st = os.stat(file)
         key = str(file)
-        sig = [st.st_ino, st.st_mtime_ns, st.st_size]
+        sig = self.signature(st)
         hit = self._entries.get(key)
-        if hit is not None and hit[:3] == sig:
+        if hit is not None and hit[:3] == sig and len(hit) == 5 and hit[4] - sig[1] > RACY_NS:
             return hit[3]
         digest = file_digest(file)
-        self._entries[key] = [*sig, digest]
+        self._entries[key] = [*sig, digest, time.time_ns()]
         self._dirty = True
         return digest
 
     def remember(self, file: Path, digest: str) -> None:
-        st = os.stat(file)
-        self._entries[str(file)] = [st.st_ino, st.st_mtime_ns, st.st_size, digest]
+        self._entries[str(file)] = [*self.signature(os.stat(file)), digest, time.time_ns()]
         self._dirty = True
 
     def save(self) -> None:

@@ -119,16 +119,49 @@ def _project(args: argparse.Namespace, extra: Sequence[tuple[str, Any]] = ()):
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from . import fastpath
+
+    recipe = Path(args.recipe)
+    stamp = fastpath.stamp_path(recipe, args.cache_dir, args.out, args.disable_plugin, _environ())
+    eligible = not (args.only or args.force)
+    if eligible and not args.verbose:
+        summary = fastpath.try_noop(recipe, args.cache_dir, args.out, args.disable_plugin)
+        if summary is not None:
+            _print_noop(summary, plain=args.plain or not sys.stderr.isatty())
+            return 0
+    fastpath.invalidate(stamp)
+
     from .console import ConsoleReporter
     from .executor import BuildOptions, Executor
     from .plugins import Hooks
 
     reporter = ConsoleReporter(live=False if args.plain else None, verbose=args.verbose)
-    project = _project(args, extra=[("tinybuild.console", reporter)])
+    project = _project(args, extra=[(REPORTER, reporter)])
     result = Executor(project, Hooks(project.pm)).build(BuildOptions(only=args.only, force=args.force, keep_going=args.keep_going))
     if result.exit_code == 0:
         print(f"outputs: {project.out_dir}", file=sys.stderr)
+        if eligible:
+            fastpath.record_build(project, result, stamp, REPORTER)
     return result.exit_code
+
+
+REPORTER = "tinybuild.console"
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def _print_noop(summary: dict[str, Any], plain: bool) -> None:
+    steps = summary["steps"]
+    width = max((len(name) for name, _ in steps), default=0)
+    if plain:
+        for i, (name, digest) in enumerate(steps, 1):
+            print(f"[{i}/{len(steps)}] {name:<{width}} cached {digest[:12]}", file=sys.stderr)
+    print(f"ok: 0 built, {len(steps)} cached (nothing changed since the last build)", file=sys.stderr)
+    print(f"outputs: {summary['out']}", file=sys.stderr)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import json
 import os
 
 import toy_plugin
-from conftest import built_steps
+from toyenv import built_steps
 
 ALL = ["dataset", "model", "train", "fp32", "int8", "report"]
 

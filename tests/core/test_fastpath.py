@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import built_steps
+from toyenv import built_steps
 
 NOOP = "nothing changed since the last build"
 

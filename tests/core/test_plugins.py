@@ -99,7 +99,7 @@ def test_wrong_declaration_type(tmp_path, monkeypatch):
 
 
 def _builtins():
-    from conftest import BUILTIN_PLUGINS
+    from toyenv import BUILTIN_PLUGINS
 
     return BUILTIN_PLUGINS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TOY_RECIPE
+from toyenv import TOY_RECIPE
 
 HEAD = '[recipe]\nname = "toy"\n\n[dataset]\nuse = "toy-data"\nfile = "numbers.txt"\n\n[model]\nuse = "toy-model"\n'
 

@@ -158,6 +158,24 @@ class Cache:
             raise
         return digest
 
+    def put_bytes(self, data: bytes, digest: str) -> None:
+        """Store bytes already known to hash to ``digest`` (verified by the caller)."""
+        dest = self.object_path(digest)
+        if dest.exists():
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(staging, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(staging, 0o444)
+            os.replace(staging, dest)
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
+
     def iter_objects(self) -> Iterator[tuple[str, Path]]:
         if not self.objects.is_dir():
             return

@@ -23,6 +23,9 @@ DEFAULT_RECIPE = "recipe.toml"
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="cache location (default: .tinybuild beside the recipe, or $TINYBUILD_CACHE_DIR)")
     p.add_argument("--out", metavar="DIR", help="build folder (default: build/ beside the recipe, or $TINYBUILD_OUT); outputs go to DIR/<recipe name>/<step>/")
+    p.add_argument("--remote-cache", metavar="URL", help="shared cache on any fsspec URL (s3://, gs://, file://...; also $TINYBUILD_REMOTE_CACHE)")
+    p.add_argument("--no-push", action="store_true", help="read from the remote cache but never write to it")
+    p.add_argument("--lock", metavar="FILE", help="lock file (default: <recipe>.lock.json beside the recipe)")
     p.add_argument("--disable-plugin", action="append", default=[], metavar="NAME", help="do not load this plugin (repeatable; also $TINYBUILD_DISABLE_PLUGINS=a,b)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
@@ -112,20 +115,31 @@ def _error_text(exc: TinybuildError) -> str:
 
 
 def _project(args: argparse.Namespace, extra: Sequence[tuple[str, Any]] = ()):
+    import os
+
     from .project import load_project
 
-    return load_project(args.recipe, cache_dir=args.cache_dir, out_dir=args.out,
-                        disabled=args.disable_plugin, extra_plugins=extra)
+    project = load_project(args.recipe, cache_dir=args.cache_dir, out_dir=args.out, lock=args.lock,
+                           disabled=args.disable_plugin, extra_plugins=extra)
+    url = args.remote_cache or os.environ.get("TINYBUILD_REMOTE_CACHE")
+    if url:
+        from .remote import RemoteCache
+
+        try:
+            project.remote = RemoteCache(url, push=not args.no_push, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+        except (ImportError, ValueError) as exc:
+            raise UsageError(f"--remote-cache {url}: {exc}; use a URL fsspec understands (file://, s3://, gs://, ...)") from None
+    return project
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     from . import fastpath
 
     recipe = Path(args.recipe)
-    stamp = fastpath.stamp_path(recipe, args.cache_dir, args.out, args.disable_plugin, _environ())
-    eligible = not (args.only or args.force)
+    stamp = fastpath.stamp_path(recipe, args.cache_dir, args.out, args.disable_plugin, _environ(), args.lock)
+    eligible = not (args.only or args.force or args.remote_cache or _environ().get("TINYBUILD_REMOTE_CACHE"))
     if eligible and not args.verbose:
-        summary = fastpath.try_noop(recipe, args.cache_dir, args.out, args.disable_plugin)
+        summary = fastpath.try_noop(recipe, args.cache_dir, args.out, args.disable_plugin, lock=args.lock)
         if summary is not None:
             _print_noop(summary, plain=args.plain or not sys.stderr.isatty())
             return 0

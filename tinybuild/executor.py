@@ -135,6 +135,8 @@ class Executor:
         material = material_for(self.project, step, digests)
         key = step_key(material)
         entry = None if forced else self.cache.get_action(key)
+        if entry is None and not forced and self.project.remote is not None:
+            entry = self.project.remote.pull(key, self.cache)
         if entry is not None:
             artifact = self._materialize(step.name, entry)
             self.hooks.step_cached(step.name, step.step_type.name, entry.digest)
@@ -148,6 +150,8 @@ class Executor:
         result.built.append(step.name)
         if stable:
             self.cache.put_action(key, entry)
+            if self.project.remote is not None:
+                self.project.remote.push(key, entry, self.cache)
         else:
             result.uncached.append(step.name)
             self.hooks.step_log(step.name, "an input changed while the step ran: its result is used but NOT cached")

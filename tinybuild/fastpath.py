@@ -51,9 +51,9 @@ def cache_root(recipe: Path, cache_dir: str | None, environ: Mapping[str, str]) 
 
 
 def stamp_path(recipe: Path, cache_dir: str | None, out: str | None, disabled: Iterable[str],
-               environ: Mapping[str, str]) -> Path:
+               environ: Mapping[str, str], lock: str | None = None) -> Path:
     identity = json.dumps({
-        "recipe": str(recipe.resolve()), "cache": cache_dir, "out": out, "disabled": sorted(disabled),
+        "recipe": str(recipe.resolve()), "cache": cache_dir, "out": out, "lock": lock, "disabled": sorted(disabled),
         "env": {k: environ.get(k) for k in _CONTROL_ENV}, "python": sys.executable, "version": sys.version,
     }, sort_keys=True)
     return cache_root(recipe, cache_dir, environ) / "stamps" / (_sha(identity.encode())[:32] + ".json")
@@ -101,7 +101,7 @@ def check(stamp: Path, recipe_text: str, environ: Mapping[str, str]) -> dict[str
 
 
 def try_noop(recipe: Path, cache_dir: str | None, out: str | None, disabled: Iterable[str],
-             environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+             environ: Mapping[str, str] | None = None, lock: str | None = None) -> dict[str, Any] | None:
     env = os.environ if environ is None else environ
     if env.get(ENV_DISABLE):
         return None
@@ -109,7 +109,7 @@ def try_noop(recipe: Path, cache_dir: str | None, out: str | None, disabled: Ite
         text = recipe.read_text("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-    return check(stamp_path(recipe, cache_dir, out, disabled, env), text, env)
+    return check(stamp_path(recipe, cache_dir, out, disabled, env, lock), text, env)
 
 
 def invalidate(stamp: Path) -> None:

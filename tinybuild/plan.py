@@ -87,9 +87,11 @@ def make_plan(project: Project, selected: Sequence[str], lock: Mapping[str, Any]
         material = material_for(project, step, digests)
         key = step_key(material)
         entry = None if forced else project.cache.get_action(key)
-        if entry is not None:
-            digests[name] = entry.digest
-            items[name] = PlanItem(name, step.step_type.name, CACHED, [], key, material, entry)
+        remote = None if forced or entry is not None or project.remote is None else project.remote.peek(key)
+        if entry is not None or remote is not None:
+            found = entry or remote
+            digests[name] = found.digest
+            items[name] = PlanItem(name, step.step_type.name, CACHED, [] if entry else ["in remote cache"], key, material, found)
         else:
             items[name] = PlanItem(name, step.step_type.name, RUN, run_reasons(material, step, lock, forced), key, material)
     return [items[n] for n in selected]

@@ -31,10 +31,12 @@ class Project:
     cache: Cache
     out_dir: Path
     order: list[str] = field(default_factory=list)
+    lock_file: Path | None = None
+    remote: Any = None  # a tinybuild.remote.RemoteCache when configured
 
     @property
     def lock_path(self) -> Path:
-        return self.recipe.lock_path
+        return self.lock_file or self.recipe.lock_path
 
     def step_out_dir(self, name: str) -> Path:
         return self.out_dir / name
@@ -67,7 +69,8 @@ def default_out_dir(recipe: Recipe) -> Path:
 
 
 def load_project(recipe_path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str | Path | None = None,
-                 disabled: Iterable[str] = (), extra_plugins: Sequence[tuple[str, Any]] = ()) -> Project:
+                 lock: str | Path | None = None, disabled: Iterable[str] = (),
+                 extra_plugins: Sequence[tuple[str, Any]] = ()) -> Project:
     recipe = load_recipe(recipe_path)
     pm, registry = load_plugins(disabled=disabled, extra=extra_plugins)
     steps = resolve_recipe(recipe, registry)
@@ -75,4 +78,4 @@ def load_project(recipe_path: str | Path, *, cache_dir: str | Path | None = None
     cache = Cache(Path(cache_dir).expanduser().resolve() if cache_dir else default_cache_dir(recipe))
     out = Path(out_dir).expanduser().resolve() / recipe.meta.name if out_dir else default_out_dir(recipe)
     return Project(recipe=recipe, registry=registry, pm=pm, steps=steps, dag=dag, cache=cache, out_dir=out,
-                   order=run_order(dag))
+                   order=run_order(dag), lock_file=Path(lock).expanduser().resolve() if lock else None)

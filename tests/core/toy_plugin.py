@@ -51,6 +51,7 @@ class TrainParams(Params):
     note: str = Field("", description="free text that does not change the output (for early cutoff)")
     crash: bool = Field(False, description="raise after writing half the output")
     mutate_input: bool = Field(False, description="touch the input while running")
+    hang: bool = Field(False, description="after writing half the output, signal $TOY_HANG_MARKER and sleep")
 
 
 def run_train(ctx, inputs, params: TrainParams):
@@ -58,6 +59,12 @@ def run_train(ctx, inputs, params: TrainParams):
     for epoch in range(1, params.epochs + 1):
         ctx.progress(epoch, params.epochs, f"epoch {epoch}/{params.epochs}")
     (ctx.out_dir / "model.txt").write_text(text + f"trained epochs={params.epochs} lr={params.learning_rate}\n")
+    if params.hang:
+        import time
+
+        (ctx.out_dir / "half.bin").write_bytes(b"partial")
+        Path(os.environ["TOY_HANG_MARKER"]).write_text("running")
+        time.sleep(60)
     if params.crash:
         (ctx.out_dir / "half.bin").write_bytes(b"partial")
         raise RuntimeError("simulated crash halfway")

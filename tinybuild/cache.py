@@ -117,6 +117,16 @@ class StatMemo:
             self._dirty = False
 
 
+def _iter_store(root: Path) -> Iterator[tuple[str, Path]]:
+    """(digest, path) of every entry of a two-level ``ab/cdef...`` store."""
+    if not root.is_dir():
+        return
+    for sub in sorted(root.iterdir()):
+        for entry in sorted(sub.iterdir()):
+            if not entry.name.startswith("."):
+                yield sub.name + entry.name, entry
+
+
 class Cache:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -140,26 +150,23 @@ class Cache:
         return self.object_path(digest).is_file()
 
     def put_file(self, src: Path) -> str:
-        """Store a file (moved if it lives in our tmp, else copied); return its digest."""
+        """Store a file's content; return its digest."""
         digest = file_digest(src)
-        dest = self.object_path(digest)
-        if dest.exists():
-            return digest
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            shutil.copyfile(src, staging)
-            with open(staging, "rb") as f:
-                os.fsync(f.fileno())
-            os.chmod(staging, 0o444)
-            os.replace(staging, dest)
-        except BaseException:
-            staging.unlink(missing_ok=True)
-            raise
+
+        def copy(out: Any) -> None:
+            with open(src, "rb") as f:
+                shutil.copyfileobj(f, out)
+
+        self._install(digest, copy)
         return digest
 
     def put_bytes(self, data: bytes, digest: str) -> None:
         """Store bytes already known to hash to ``digest`` (verified by the caller)."""
+        self._install(digest, lambda f: f.write(data))
+
+    def _install(self, digest: str, fill: Any) -> None:
+        """Write an object under a temporary name, sync it, make it read-only and
+        rename it into place: an object is whole or absent, never torn."""
         dest = self.object_path(digest)
         if dest.exists():
             return
@@ -167,7 +174,7 @@ class Cache:
         staging = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
         try:
             with open(staging, "wb") as f:
-                f.write(data)
+                fill(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(staging, 0o444)
@@ -177,12 +184,7 @@ class Cache:
             raise
 
     def iter_objects(self) -> Iterator[tuple[str, Path]]:
-        if not self.objects.is_dir():
-            return
-        for sub in sorted(self.objects.iterdir()):
-            for obj in sorted(sub.iterdir()):
-                if not obj.name.startswith("."):
-                    yield sub.name + obj.name, obj
+        return _iter_store(self.objects)
 
     # -- actions -------------------------------------------------------------
 
@@ -207,12 +209,7 @@ class Cache:
         atomic_write_json(self.action_path(key), entry.to_json())
 
     def iter_actions(self) -> Iterator[tuple[str, Path]]:
-        if not self.actions.is_dir():
-            return
-        for sub in sorted(self.actions.iterdir()):
-            for entry in sorted(sub.iterdir()):
-                if not entry.name.startswith("."):
-                    yield sub.name + entry.name, entry
+        return _iter_store(self.actions)
 
     # -- scratch -------------------------------------------------------------
 

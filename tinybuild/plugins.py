@@ -147,28 +147,26 @@ def _call_registry_hook(pm: pluggy.PluginManager, hook_name: str) -> list[tuple[
 
 
 def _collect(pm: pluggy.PluginManager, registry: Registry) -> None:
-    for plugin, declared in _call_registry_hook(pm, "tinybuild_step_types"):
-        for st in declared:
-            if not isinstance(st, StepType):
-                raise PluginError(f"plugin '{plugin}': tinybuild_step_types returned {st!r}, expected tinybuild.api.StepType")
-            if st.name in registry.step_types:
-                other = registry.step_plugin[st.name]
-                raise PluginError(f"plugins '{other}' and '{plugin}' both declare step type '{st.name}'; disable one with --disable-plugin")
-            registry.step_types[st.name] = st
-            registry.step_plugin[st.name] = plugin
+    _register(pm, "tinybuild_step_types", StepType, "step type", registry.step_types, registry.step_plugin,
+              lambda info: info.step_types, registry)
+    _register(pm, "tinybuild_graph_passes", GraphPass, "graph pass", registry.passes, registry.pass_plugin,
+              lambda info: info.passes, registry)
+
+
+def _register(pm: pluggy.PluginManager, hook: str, cls: type, label: str, table: dict[str, Any],
+              owners: dict[str, str], listing: Callable[[PluginInfo], list[str]], registry: Registry) -> None:
+    """Collect one registry hook's declarations, rejecting wrong types and duplicate names."""
+    for plugin, declared in _call_registry_hook(pm, hook):
+        for item in declared:
+            if not isinstance(item, cls):
+                raise PluginError(f"plugin '{plugin}': {hook} returned {item!r}, expected tinybuild.api.{cls.__name__}")
+            if item.name in table:
+                raise PluginError(f"plugins '{owners[item.name]}' and '{plugin}' both declare {label} '{item.name}'; "
+                                  "disable one with --disable-plugin")
+            table[item.name] = item
+            owners[item.name] = plugin
             if plugin in registry.plugins:
-                registry.plugins[plugin].step_types.append(st.name)
-    for plugin, declared in _call_registry_hook(pm, "tinybuild_graph_passes"):
-        for gp in declared:
-            if not isinstance(gp, GraphPass):
-                raise PluginError(f"plugin '{plugin}': tinybuild_graph_passes returned {gp!r}, expected tinybuild.api.GraphPass")
-            if gp.name in registry.passes:
-                other = registry.pass_plugin[gp.name]
-                raise PluginError(f"plugins '{other}' and '{plugin}' both declare graph pass '{gp.name}'; disable one with --disable-plugin")
-            registry.passes[gp.name] = gp
-            registry.pass_plugin[gp.name] = plugin
-            if plugin in registry.plugins:
-                registry.plugins[plugin].passes.append(gp.name)
+                listing(registry.plugins[plugin]).append(item.name)
 
 
 class Hooks:

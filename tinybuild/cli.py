@@ -276,18 +276,29 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import load_plugins
 
     _, registry = load_plugins(disabled=args.disable_plugin)
-    table = Table(title="tinybuild plugins", show_lines=False)
+    console = Console(highlight=False)
+    plugins = Table(title="plugins", title_justify="left")
     for col in ("plugin", "version", "module", "step types", "graph passes"):
-        table.add_column(col)
+        plugins.add_column(col)
     for info in registry.plugins.values():
-        table.add_row(info.name, info.version, info.module, ", ".join(info.step_types) or "-", ", ".join(info.passes) or "-")
-    console = Console(soft_wrap=False)
-    console.print(table)
+        plugins.add_row(info.name, info.version, info.module, ", ".join(info.step_types) or "-", ", ".join(info.passes) or "-")
+    console.print(plugins)
     if registry.disabled:
-        console.print(f"disabled: {', '.join(registry.disabled)}")
+        console.print(f"disabled: {', '.join(registry.disabled)}", markup=False)
+    steps = Table(title="step types", title_justify="left")
+    for col in ("step type", "version", "plugin", "consumes → produces", "description"):
+        steps.add_column(col, overflow="fold")
     for name, st in sorted(registry.step_types.items()):
         consumes = " | ".join(st.consumes) if st.consumes else "-"
-        console.print(f"  {name:<16} {st.version:<6} {consumes} → {st.produces}  {st.description}", markup=False, highlight=False)
+        steps.add_row(name, st.version, registry.step_plugin[name], f"{consumes} → {st.produces}", st.description)
+    console.print(steps)
+    if registry.passes:
+        passes = Table(title="graph passes", title_justify="left")
+        for col in ("pass", "version", "exact", "plugin", "description"):
+            passes.add_column(col, overflow="fold")
+        for name, gp in sorted(registry.passes.items()):
+            passes.add_row(name, gp.version, "yes" if gp.exact else "no", registry.pass_plugin[name], gp.description)
+        console.print(passes)
     return 0
 
 

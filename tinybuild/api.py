@@ -187,6 +187,12 @@ class StepType:
     #: Python file of a ``builder = "file.py:func"`` reference); their content
     #: digests enter the cache key
     input_files: Callable[[Any], Mapping[str, Path]] | None = None
+    #: whether the output may depend on step names (``ctx.step``, or the
+    #: ``Artifact.step`` of inputs: a C identifier, a report's variant labels).
+    #: If so (the safe default) the names enter the cache key. Steps whose
+    #: output depends on content only set False, so renaming them in the recipe
+    #: (often an expensive training step) reruns nothing.
+    uses_names: bool = True
     #: extra JSON-able key material derived from params and the registered
     #: graph passes (e.g. the versions of the passes a step will apply)
     key_extras: Callable[[Any, Mapping[str, "GraphPass"]], Mapping[str, Any]] | None = None

@@ -85,6 +85,8 @@ def explain(new: Mapping[str, Any], new_inputs: Sequence[str],
     for field, label in (("seed", "seed"), ("python", "python")):
         if old.get(field) != new.get(field):
             reasons.append(f"{label} {old.get(field)} → {new.get(field)}")
+    if old.get("names") != new.get("names") and list(old_inputs) == list(new_inputs):
+        reasons.append("step names changed")
     if old.get("salt") != new.get("salt"):
         reasons.append("cache salt changed")
     if old.get("extras") != new.get("extras"):

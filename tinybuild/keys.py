@@ -13,10 +13,11 @@ The key material (a JSON-able dict, also stored in the lock file so that
 * ``dataset`` -- digest of the dataset artifact, for steps that read it;
 * ``toolchain`` -- installed versions of the declared distributions, read
   from package metadata (nothing is imported);
-* ``seed`` and ``salt`` from the recipe; ``extras`` from the step type.
-
-Input *names* are kept beside the material (for messages) but are not part
-of the key: renaming an upstream step does not invalidate anything.
+* ``seed`` and ``salt`` from the recipe; ``extras`` from the step type;
+* ``names`` -- the step's own name and its inputs' names, only for step types
+  whose output may depend on them (``StepType.uses_names``, e.g. a C array
+  named after its step); content-only steps leave them out, so renaming a
+  training step reruns nothing.
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ def key_material(
         "seed": seed,
         "salt": salt,
         "extras": extras,
+        "names": {"step": step.name, "inputs": list(step.inputs)} if st.uses_names else None,
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
     }
 

@@ -108,3 +108,23 @@ def test_key_material_is_canonical():
     b = {"seed": 0, "params": {"a": [1, 2], "b": 1}}
     assert keys.step_key(a) == keys.step_key(b)
     assert keys.step_key(a) != keys.step_key({**a, "seed": 1})
+
+
+def test_renaming_a_content_only_step_reruns_only_name_sensitive_steps(ws):
+    from toyenv import built_steps
+
+    ws.build()
+    text = ws.recipe.read_text().replace("[steps.fp32]", "[steps.float]").replace('inputs = ["fp32", "int8"]', 'inputs = ["float", "int8"]')
+    ws.write(text)
+    run = ws.build()
+    # toy-convert declares uses_names=False: the renamed step is a cache hit;
+    # toy-report writes its inputs' names into report.md, so it reruns
+    assert built_steps(run) == ["report"]
+    assert (ws.root / "build" / "toy" / "report" / "report.md").read_text().startswith("float:")
+
+
+def test_name_sensitive_steps_with_equal_material_get_different_keys(ws):
+    ws.write(ws.recipe.read_text() + '\n[steps.report2]\nuse = "toy-report"\ninputs = ["fp32", "int8"]\n')
+    ws.build()
+    keys = plan_keys(ws)
+    assert keys["report"] != keys["report2"]

@@ -103,11 +103,15 @@ def run_report(ctx, inputs, params: ReportParams):
 
 
 STEP_TYPES = [
-    StepType("toy-data", "1.0", Kind.DATASET, run_data, params=DataParams, arity=(0, 0), description="numbers from a file"),
-    StepType("toy-model", "1.0", Kind.KERAS_MODEL, run_model, params=ModelParams, arity=(0, 0), uses_dataset=True),
+    StepType("toy-data", "1.0", Kind.DATASET, run_data, params=DataParams, arity=(0, 0), description="numbers from a file",
+             uses_names=False),
+    StepType("toy-model", "1.0", Kind.KERAS_MODEL, run_model, params=ModelParams, arity=(0, 0), uses_dataset=True,
+             uses_names=False),
     StepType("toy-train", "1.0", Kind.KERAS_MODEL, run_train, consumes=(Kind.KERAS_MODEL,), params=TrainParams,
-             default_input="model", uses_dataset=True, toolchain=("numpy",)),
-    StepType("toy-convert", "1.0", Kind.TFLITE, run_convert, consumes=(Kind.KERAS_MODEL,), params=ConvertParams),
+             default_input="model", uses_dataset=True, toolchain=("numpy",), uses_names=False),
+    StepType("toy-convert", "1.0", Kind.TFLITE, run_convert, consumes=(Kind.KERAS_MODEL,), params=ConvertParams,
+             uses_names=False),
+    # toy-report writes its inputs' step names into report.md: it keeps uses_names=True
     StepType("toy-report", "1.0", Kind.REPORT, run_report, consumes=(Kind.TFLITE, Kind.KERAS_MODEL), params=ReportParams, arity=(1, None)),
 ]
 

@@ -1,0 +1,186 @@
+"""Benchmark: tinybuild's graph passes vs TensorFlow's Grappler.
+
+For three frozen Keras models -- the seed tutorial's basic CNN, MobileNetV2
+(alpha 0.35, 96x96, random weights) and a small ResNet-style network with
+batch norms -- print the node count of the frozen graph, after tinybuild's
+passes (every built-in pass, fold-batchnorm included, to a fixed point) and
+after Grappler's constant folding + dependency + arithmetic optimizers; the
+max absolute output difference of each against the original graph; and the
+time each optimizer takes (median of 3 warm runs).
+
+Batch-norm statistics are randomized (seeded) so that folding them is not a
+no-op, as in a trained model. Targets (ours): <= 0.9 x Grappler's node count,
+max abs difference <= 1e-5, <= 1 s per model.
+
+Run: .venv/bin/python benchmarks/graph_passes.py   (exits 0; prints a table)
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+from tinybuild_plugins import _tf  # noqa: E402
+from tinybuild_plugins.graph._graphdef import Graph  # noqa: E402
+from tinybuild_plugins.graph.freeze import freeze_keras_model  # noqa: E402
+from tinybuild_plugins.graph.optimize import run_to_fixed_point  # noqa: E402
+from tinybuild_plugins.graph.passes import DEFAULT_ORDER, builtin_passes  # noqa: E402
+from tinybuild_plugins.graph.verify import Runner, sample_inputs  # noqa: E402
+
+SEED = 0
+SAMPLES = 8
+NODE_RATIO_TARGET = 0.9
+DIFF_TARGET = 1e-5
+TIME_TARGET_S = 1.0
+
+
+# -- models ---------------------------------------------------------------------
+
+
+def basic_cnn() -> Any:
+    keras = _tf.keras()
+    layers = keras.layers
+    return keras.Sequential([
+        layers.Input((28, 28, 1)),
+        layers.Conv2D(12, (3, 3), activation="relu"),
+        layers.MaxPooling2D((2, 2)),
+        layers.Flatten(),
+        layers.Dense(10),
+    ], name="basic_cnn")
+
+
+def mobilenet_v2() -> Any:
+    return _tf.keras().applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None)
+
+
+def small_resnet() -> Any:
+    """Stem + three residual blocks (the last two downsample through a 1x1
+    projection), each conv followed by BatchNormalization."""
+    keras = _tf.keras()
+    layers = keras.layers
+
+    def conv_bn(x: Any, filters: int, kernel: int, strides: int = 1, relu: bool = True) -> Any:
+        x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        return layers.ReLU()(x) if relu else x
+
+    inputs = layers.Input((32, 32, 3))
+    x = conv_bn(inputs, 16, 3)
+    for filters, strides in ((16, 1), (32, 2), (64, 2)):
+        shortcut = x
+        y = conv_bn(x, filters, 3, strides)
+        y = conv_bn(y, filters, 3, relu=False)
+        if strides != 1 or shortcut.shape[-1] != filters:
+            shortcut = conv_bn(shortcut, filters, 1, strides, relu=False)
+        x = layers.ReLU()(layers.Add()([y, shortcut]))
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(10)(x), name="small_resnet")
+
+
+def randomize_batchnorms(model: Any, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n),
+                               rng.normal(0, 0.2, n), rng.uniform(0.5, 1.5, n)])
+
+
+# -- optimizers -----------------------------------------------------------------
+
+
+def grappler(graph: Graph) -> Graph:
+    """Grappler's constfold + dependency + arithmetic optimizers on ``graph``."""
+    tf = _tf.tensorflow()
+    from tensorflow.core.protobuf import config_pb2
+    from tensorflow.python.grappler import tf_optimizer
+
+    with tf.Graph().as_default() as g:
+        tf.graph_util.import_graph_def(graph.graph_def, name="")
+        meta_graph = tf.compat.v1.train.export_meta_graph(graph=g)
+    meta_graph.collection_def["train_op"].node_list.value.extend(t.split(":")[0] for t in graph.outputs)
+    config = config_pb2.ConfigProto()
+    rewrite = config.graph_options.rewrite_options
+    rewrite.optimizers.extend(["constfold", "dependency", "arithmetic"])
+    rewrite.min_graph_nodes = -1
+    return Graph(tf_optimizer.OptimizeGraph(config, meta_graph), graph.inputs, graph.outputs)
+
+
+def tinybuild_run(graph: Graph) -> Any:
+    registered = {p.name: p for p in builtin_passes()}
+    return run_to_fixed_point(graph, [registered[n] for n in DEFAULT_ORDER], max_rounds=8)
+
+
+def tinybuild(graph: Graph) -> Graph:
+    return tinybuild_run(graph).graph
+
+
+def contributions(graph: Graph) -> dict[str, int]:
+    """Nodes each pass removed over the whole fixed-point run (default order)."""
+    removed = dict.fromkeys(DEFAULT_ORDER, 0)
+    for application in tinybuild_run(graph).applications:
+        removed[application.graph_pass.name] += (len(application.before.graph_def.node)
+                                                 - len(application.after.graph_def.node))
+    return removed
+
+
+def timed(optimize: Callable[[Graph], Graph], graph: Graph) -> tuple[Graph, float]:
+    optimize(graph)  # warm-up: op registry, first session, caches
+    times, result = [], graph
+    for _ in range(3):
+        start = time.perf_counter()
+        result = optimize(graph)
+        times.append(time.perf_counter() - start)
+    return result, statistics.median(times)
+
+
+# -- main -----------------------------------------------------------------------
+
+
+def main() -> int:
+    keras = _tf.keras()
+    rows, per_pass = [], []
+    for name, build in (("basic CNN", basic_cnn), ("MobileNetV2 0.35 96", mobilenet_v2), ("ResNet-style", small_resnet)):
+        keras.utils.set_random_seed(SEED)
+        model = build()
+        randomize_batchnorms(model, SEED)
+        graph_def, signature = freeze_keras_model(model)
+        graph = Graph(graph_def, tuple(s["tensor"] for s in signature["inputs"]),
+                      tuple(s["tensor"] for s in signature["outputs"]))
+        ours, ours_s = timed(tinybuild, graph)
+        theirs, theirs_s = timed(grappler, graph)
+        runner = Runner(sample_inputs(signature, None, SAMPLES, SEED))
+        ours_diff, ours_err = runner.difference(graph, ours)
+        theirs_diff, theirs_err = runner.difference(graph, theirs)
+        n0, n1, n2 = len(graph.graph_def.node), len(ours.graph_def.node), len(theirs.graph_def.node)
+        met = n1 <= NODE_RATIO_TARGET * n2 and ours_diff <= DIFF_TARGET and ours_s <= TIME_TARGET_S and not ours_err
+        rows.append((name, n0, n1, n2, n1 / n2, ours_diff, theirs_diff, ours_s, theirs_s, met,
+                     ours_err or theirs_err))
+        per_pass.append((name, contributions(graph)))
+
+    header = ("model", "frozen", "ours", "grappler", "ours/grap", "ours max|d|", "grap max|d|",
+              "ours s", "grap s", "targets")
+    print(f"{header[0]:<20} {header[1]:>6} {header[2]:>5} {header[3]:>8} {header[4]:>9} "
+          f"{header[5]:>11} {header[6]:>11} {header[7]:>7} {header[8]:>7}  {header[9]}")
+    for name, n0, n1, n2, ratio, d1, d2, t1, t2, met, error in rows:
+        print(f"{name:<20} {n0:>6} {n1:>5} {n2:>8} {ratio:>9.2f} {d1:>11.2e} {d2:>11.2e} {t1:>7.3f} {t2:>7.3f}  "
+              f"{'met' if met else 'NOT met'}" + (f"  ({error})" if error else ""))
+    print(f"\ntargets: ours <= {NODE_RATIO_TARGET} x grappler nodes, max|d| <= {DIFF_TARGET:g}, "
+          f"<= {TIME_TARGET_S:g} s per model; {SAMPLES} random inputs (seed {SEED}); times: median of 3 warm runs")
+
+    print("\nnodes removed by each pass over the fixed-point run (default order)")
+    print(f"{'pass':<22}" + "".join(f"{name:>22}" for name, _ in per_pass))
+    for graph_pass in DEFAULT_ORDER:
+        print(f"{graph_pass:<22}" + "".join(f"{removed[graph_pass]:>22}" for _, removed in per_pass))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

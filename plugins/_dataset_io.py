@@ -51,10 +51,16 @@ def save_dataset(out_dir: Path, x: dict[str, np.ndarray], y: dict[str, np.ndarra
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def load_meta(path: Path) -> dict[str, Any]:
+    """Only ``meta.json`` of a dataset artifact: enough for steps that need the
+    input shape or class count but not the arrays (e.g. building a model)."""
+    return json.loads((Path(path) / "meta.json").read_text(encoding="utf-8"))
+
+
 def load_dataset(path: Path) -> Dataset:
     """Read a dataset artifact directory (an ``Artifact.path``)."""
     path = Path(path)
     x = {s: np.load(path / f"x_{s}.npy", allow_pickle=False) for s in SPLITS}
     y = {s: np.load(path / f"y_{s}.npy", allow_pickle=False) for s in SPLITS}
-    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    meta = load_meta(path)
     return Dataset(x=x, y=y, meta=meta)

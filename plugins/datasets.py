@@ -1,0 +1,298 @@
+"""Dataset step types: ``idx`` (MNIST-format files) and ``npz`` (NumPy archive).
+
+Both turn raw arrays into a ``dataset`` artifact (see ``_dataset_io``): a
+deterministic train/val/test split drawn from the recipe seed (optionally
+stratified by class), optional truncation to the first ``limit`` samples,
+pixel scaling, and a channel axis for 2-D images. Standardization statistics
+come from the train split only, so no information leaks from val/test.
+
+Pure NumPy: no TensorFlow import anywhere in this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from tinybuild.api import InputFile, Kind, Params, StepContext, StepError, StepType, hookimpl
+
+from ._dataset_io import SPLITS, save_dataset
+from ._idx import read_idx
+
+VERSION = "1.0"
+Scale = Literal["none", "unit", "standardize"]
+
+
+class Split(Params):
+    """Fractions of the samples that go to each split (they must sum to 1)."""
+
+    train: float = Field(0.7, gt=0, le=1, description="Fraction of samples used for training.")
+    val: float = Field(0.1, ge=0, lt=1, description="Fraction used for validation during training.")
+    test: float = Field(0.2, ge=0, lt=1, description="Fraction held out for evaluation.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "Split":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"split fractions must sum to 1, got train {self.train} + val {self.val} + "
+                f"test {self.test} = {total:g}"
+            )
+        return self
+
+
+class DatasetParams(Params):
+    """Settings shared by every dataset source."""
+
+    split: Split = Field(default_factory=Split, description="Train/val/test fractions, e.g. { train = 0.7, val = 0.1, test = 0.2 }.")
+    stratify: bool = Field(False, description="Keep each class's proportion the same in every split.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N samples (handy for CI).")
+    scale: Scale = Field(
+        "unit",
+        description='"unit": integers divided by their maximum (uint8 / 255); "standardize": '
+        'subtract mean, divide by std (per channel, train split only); "none": as stored.',
+    )
+    class_names: list[str] | None = Field(None, description="Names of the classes, index order.")
+
+    @field_validator("class_names")
+    @classmethod
+    def _distinct_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("class_names must not be empty")
+            if len(set(value)) != len(value):
+                raise ValueError("class_names must be distinct")
+        return value
+
+
+class IdxParams(DatasetParams):
+    images: InputFile = Field(description="IDX file of samples (e.g. train-images-idx3-ubyte.gz), gzip or raw.")
+    labels: InputFile = Field(description="IDX file of integer labels, one per sample.")
+
+
+class NpzParams(DatasetParams):
+    file: InputFile = Field(description="A .npz archive with arrays `x` (samples) and `y` (labels); loaded without pickle.")
+    x_key: str = Field("x", min_length=1, description="Name of the samples array in the archive.")
+    y_key: str = Field("y", min_length=1, description="Name of the labels array in the archive.")
+
+
+# -- pure functions (unit-tested directly) -----------------------------------
+
+
+def labels_to_indices(y: np.ndarray, where: str) -> np.ndarray:
+    """Integer class indices from labels given as indices, a column, or one-hot rows."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    elif y.ndim == 2:
+        is_one_hot = np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()
+        if not is_one_hot:
+            raise StepError(f"{where}: labels have shape {list(y.shape)}; expected class indices or one-hot rows")
+        y = y.argmax(axis=1)
+    if y.ndim != 1:
+        raise StepError(f"{where}: labels have shape {list(y.shape)}; expected one label per sample")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise StepError(f"{where}: labels must be integer class indices, found {y.dtype} values")
+    if y.size and y.min() < 0:
+        raise StepError(f"{where}: labels must be >= 0, found {int(y.min())}")
+    return y.astype(np.int64)
+
+
+def split_indices(
+    y: np.ndarray, fractions: Split, seed: int, *, stratify: bool
+) -> dict[str, np.ndarray]:
+    """Disjoint index sets per split, a pure function of (labels, fractions, seed).
+
+    Sizes are rounded per split with the remainder going to test; with
+    ``stratify`` that happens per class, so every split keeps class balance.
+    """
+    rng = np.random.default_rng(seed)
+
+    def cut(indices: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(indices)
+        n_train = int(round(n * fractions.train))
+        n_val = min(int(round(n * fractions.val)), n - n_train)
+        return {
+            "train": indices[:n_train],
+            "val": indices[n_train:n_train + n_val],
+            "test": indices[n_train + n_val:],
+        }
+
+    if not stratify:
+        return cut(rng.permutation(len(y)))
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for label in np.unique(y):
+        for s, idx in cut(rng.permutation(np.flatnonzero(y == label))).items():
+            parts[s].append(idx)
+    # Shuffle within each split so classes are interleaved, not in blocks.
+    return {s: rng.permutation(np.concatenate(parts[s])) if parts[s] else np.zeros(0, np.int64) for s in SPLITS}
+
+
+def scale_features(
+    x: dict[str, np.ndarray], scale: Scale, where: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Scaled float32 features per split and the normalization record for meta.json."""
+    raw_dtype = next(iter(x.values())).dtype
+    if scale == "none":
+        return {s: v.astype(np.float32) for s, v in x.items()}, {"scale": "none"}
+    if scale == "unit":
+        if np.issubdtype(raw_dtype, np.integer):
+            divisor = float(np.iinfo(raw_dtype).max)
+            return {s: (v.astype(np.float32) / np.float32(divisor)) for s, v in x.items()}, {
+                "scale": "unit", "divisor": divisor,
+            }
+        lo = min((float(v.min()) for v in x.values() if v.size), default=0.0)
+        hi = max((float(v.max()) for v in x.values() if v.size), default=0.0)
+        if lo < 0 or hi > 1:
+            raise StepError(
+                f"{where}: scale = \"unit\" divides integer data by its maximum, but these are "
+                f"{raw_dtype} values in [{lo:g}, {hi:g}]; use scale = \"standardize\" or \"none\""
+            )
+        return {s: v.astype(np.float32) for s, v in x.items()}, {"scale": "unit", "divisor": 1.0}
+    # standardize: statistics over every axis but the last (channels / features), train only
+    train = x["train"].astype(np.float64)
+    axes = tuple(range(train.ndim - 1))
+    mean = train.mean(axis=axes)
+    std = train.std(axis=axes)
+    std = np.where(std > 0, std, 1.0)
+    scaled = {s: ((v.astype(np.float64) - mean) / std).astype(np.float32) for s, v in x.items()}
+    return scaled, {"scale": "standardize", "mean": mean.tolist(), "std": std.tolist()}
+
+
+def build_dataset(
+    ctx: StepContext,
+    x: np.ndarray,
+    y: np.ndarray,
+    params: DatasetParams,
+    *,
+    source: dict[str, Any],
+    default_class_names: Sequence[str] | None,
+) -> dict[str, Any]:
+    """Limit, split, scale and save; return the step's metrics."""
+    where = f"dataset '{ctx.step}'"
+    y = labels_to_indices(y, where)
+    if len(x) != len(y):
+        raise StepError(f"{where}: {len(x)} samples but {len(y)} labels; they must match one to one")
+    if x.ndim < 2:
+        raise StepError(f"{where}: samples have shape {list(x.shape)}; expected (samples, features...)")
+    if params.limit is not None:
+        x, y = x[: params.limit], y[: params.limit]
+    if len(y) == 0:
+        raise StepError(f"{where}: the data holds no samples")
+    if x.ndim == 3:  # (N, H, W) grayscale images: add the channel axis models expect
+        x = x[..., np.newaxis]
+
+    class_names = list(params.class_names or default_class_names or [str(i) for i in range(int(y.max()) + 1)])
+    if int(y.max()) >= len(class_names):
+        raise StepError(
+            f"{where}: label {int(y.max())} found but only {len(class_names)} class names "
+            f"({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''}); fix class_names"
+        )
+
+    indices = split_indices(y, params.split, ctx.seed, stratify=params.stratify)
+    if len(indices["train"]) == 0:
+        raise StepError(f"{where}: the train split is empty ({len(y)} samples); use more samples or a larger fraction")
+    xs, normalization = scale_features({s: x[i] for s, i in indices.items()}, params.scale, where)
+    ys = {s: y[i] for s, i in indices.items()}
+
+    meta = {
+        "input_shape": [int(d) for d in x.shape[1:]],
+        "num_classes": len(class_names),
+        "class_names": class_names,
+        "normalization": normalization,
+        "split": params.split.model_dump(),
+        "stratified": params.stratify,
+        "seed": ctx.seed,
+        "source": {**source, "samples": int(len(y)), "limit": params.limit, "dtype": str(x.dtype)},
+    }
+    save_dataset(ctx.out_dir, xs, ys, meta)
+    return {
+        "samples": int(len(y)),
+        **{f"{s}_samples": int(len(ys[s])) for s in SPLITS},
+        "num_classes": len(class_names),
+        "input_shape": meta["input_shape"],
+    }
+
+
+# -- step types --------------------------------------------------------------
+
+
+def run_idx(ctx: StepContext, inputs: Sequence[Any], params: IdxParams) -> dict[str, Any]:
+    x = read_idx(params.images)
+    y = read_idx(params.labels)
+    if y.ndim != 1:
+        raise StepError(f"{params.labels}: an IDX labels file must be 1-D, found shape {list(y.shape)}")
+    if len(x) != len(y):
+        raise StepError(
+            f"{params.images} holds {len(x)} samples but {params.labels} holds {len(y)} labels; "
+            "pick the matching images/labels pair"
+        )
+    digits = [str(i) for i in range(10)]
+    default_names = digits if y.size and int(y.max()) < 10 else None
+    source = {"format": "idx", "images": Path(params.images).name, "labels": Path(params.labels).name}
+    return build_dataset(ctx, x, y, params, source=source, default_class_names=default_names)
+
+
+def _load_npz(params: NpzParams) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    path = Path(params.file)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in (params.x_key, params.y_key) if k not in archive.files]
+            if missing:
+                raise StepError(
+                    f"{path}: no array named {', '.join(repr(m) for m in missing)}; the archive has "
+                    f"{', '.join(archive.files) or 'no arrays'} (set x_key / y_key)"
+                )
+            x, y = archive[params.x_key], archive[params.y_key]
+            names = [str(n) for n in archive["class_names"]] if "class_names" in archive.files else None
+    except FileNotFoundError:
+        raise StepError(f"npz file not found: {path}") from None
+    except ValueError as exc:  # object arrays need pickle, which is refused
+        raise StepError(f"{path}: cannot load without pickle ({exc}); store plain numeric arrays") from None
+    except (OSError, EOFError) as exc:  # not a zip / truncated
+        raise StepError(f"{path} is not a readable .npz archive: {exc}") from None
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise StepError(f"{path}: array '{params.x_key}' has dtype {x.dtype}; samples must be numeric")
+    return x, y, names
+
+
+def run_npz(ctx: StepContext, inputs: Sequence[Any], params: NpzParams) -> dict[str, Any]:
+    x, y, names = _load_npz(params)
+    source = {"format": "npz", "file": Path(params.file).name, "x_key": params.x_key, "y_key": params.y_key}
+    return build_dataset(ctx, x, y, params, source=source, default_class_names=names)
+
+
+IDX = StepType(
+    name="idx",
+    version=VERSION,
+    produces=Kind.DATASET,
+    run=run_idx,
+    params=IdxParams,
+    arity=(0, 0),
+    toolchain=("numpy",),
+    description="Dataset from MNIST-format IDX files (gzip or raw), split train/val/test from the seed.",
+    uses_names=False,  # output depends on content only: renames rerun nothing
+    fingerprint_modules=("tinybuild_plugins._idx", "tinybuild_plugins._dataset_io"),
+)
+
+NPZ = StepType(
+    name="npz",
+    version=VERSION,
+    produces=Kind.DATASET,
+    run=run_npz,
+    params=NpzParams,
+    arity=(0, 0),
+    toolchain=("numpy",),
+    description="Dataset from a .npz archive with arrays x and y, split train/val/test from the seed.",
+    uses_names=False,  # output depends on content only: renames rerun nothing
+    fingerprint_modules=("tinybuild_plugins._dataset_io",),
+)
+
+
+@hookimpl
+def tinybuild_step_types() -> list[StepType]:
+    return [IDX, NPZ]

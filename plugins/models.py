@@ -1,0 +1,239 @@
+"""The ``keras`` model step type: where a recipe's model comes from.
+
+Exactly one source per recipe:
+
+* ``architecture = "basic-cnn"`` -- a built-in (see ``_architectures``);
+* ``builder = "models/cnn.py:build"`` -- a user function, called as
+  ``build(input_shape, num_classes, **options)``; the file's bytes enter the
+  cache key (``StepType.input_files``), so editing it rebuilds the model;
+* ``file = "model.keras"`` / ``"model.h5"`` -- an existing model, loaded in
+  safe mode (no Python lambdas).
+
+Input shape and class count come from the dataset artifact; weights are
+initialized from the recipe seed, so the same recipe gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, get_args
+
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from tinybuild.api import InputFile, Kind, Params, StepContext, StepError, StepType, hookimpl
+
+from . import _tf
+from ._dataset_io import load_meta
+
+VERSION = "1.0"
+Architecture = Literal["basic-cnn", "mlp", "ds-cnn"]
+BUILT_INS: tuple[str, ...] = get_args(Architecture)
+_BUILDER_RE = re.compile(r"^(?P<file>.+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+class KerasModelParams(Params):
+    architecture: Architecture | None = Field(
+        None, description=f"A built-in architecture: {', '.join(BUILT_INS)}."
+    )
+    builder: str | None = Field(
+        None,
+        description='"path/to/file.py:function" (relative to the recipe), called as '
+        "function(input_shape, num_classes, **options) and returning a tf_keras Model.",
+    )
+    file: InputFile | None = Field(None, description="A saved .keras or .h5 model, loaded in safe mode.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword options for the builder or the built-in architecture."
+    )
+
+    _builder_path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("builder")
+    @classmethod
+    def _builder_reference(cls, value: str | None) -> str | None:
+        if value is not None and not _BUILDER_RE.match(value):
+            raise ValueError(f'builder must look like "models/cnn.py:build" (a .py file, a colon, a function name), got {value!r}')
+        return value
+
+    @field_validator("file")
+    @classmethod
+    def _model_file_suffix(cls, value: Path | None) -> Path | None:
+        if value is not None and value.suffix.lower() not in (".keras", ".h5", ".hdf5"):
+            raise ValueError(f"file must be a .keras or .h5 model, got {value.name!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self, info: ValidationInfo) -> "KerasModelParams":
+        given = [k for k in ("architecture", "builder", "file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "set exactly one of architecture, builder or file"
+                + (f" (got {', '.join(given)})" if given else f' (e.g. architecture = "{BUILT_INS[0]}")')
+            )
+        if self.file is not None and self.options:
+            raise ValueError("options apply to architecture or builder, not to a loaded file")
+        if self.builder is not None:
+            # The path is resolved against the recipe folder like an InputFile,
+            # but kept private: the key holds the file's digest, not its path.
+            path = Path(_BUILDER_RE.match(self.builder)["file"]).expanduser()
+            base = (info.context or {}).get("base_dir")
+            self._builder_path = path if path.is_absolute() or base is None else Path(base) / path
+        return self
+
+    @property
+    def builder_path(self) -> Path | None:
+        return self._builder_path
+
+    @property
+    def builder_function(self) -> str | None:
+        return _BUILDER_RE.match(self.builder)["function"] if self.builder else None
+
+
+def builder_input_files(params: KerasModelParams) -> Mapping[str, Path]:
+    """The builder's source file: its content digest enters the cache key."""
+    return {"builder": params.builder_path} if params.builder_path is not None else {}
+
+
+# -- the three sources ---------------------------------------------------------
+
+
+def _import_builder(path: Path, where: str) -> Any:
+    """Execute the user's builder file as a throwaway module."""
+    if not path.is_file():
+        raise StepError(f"{where}: builder file not found: {path}")
+    source = path.read_bytes()
+    name = f"tinybuild_builder_{hashlib.sha256(source).hexdigest()[:16]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses & co. look their module up while executing
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise StepError(f"{where}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.modules.pop(name, None)
+    return module
+
+
+def from_builder(params: KerasModelParams, input_shape: Sequence[int], num_classes: int, where: str) -> Any:
+    path, function = params.builder_path, params.builder_function
+    module = _import_builder(path, where)
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                         and getattr(v, "__module__", None) == module.__name__)
+        raise StepError(
+            f"{where}: {path} defines no function '{function}'"
+            + (f"; it defines: {', '.join(defined)}" if defined else "")
+        )
+    try:
+        model = fn(tuple(input_shape), num_classes, **params.options)
+    except StepError:
+        raise
+    except Exception as exc:
+        raise StepError(f"{where}: {path.name}:{function}(input_shape={tuple(input_shape)}, num_classes={num_classes}"
+                        f"{''.join(f', {k}={v!r}' for k, v in params.options.items())}) raised "
+                        f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, _tf.keras().Model):
+        kind = f"{type(model).__module__}.{type(model).__name__}"
+        hint = " (a Keras 3 model? build it with `import tf_keras as keras`)" if "keras" in kind else ""
+        raise StepError(f"{where}: {path.name}:{function} returned {kind}, not a tf_keras Model{hint}")
+    return model
+
+
+def from_file(path: Path, where: str) -> Any:
+    if not path.is_file():
+        raise StepError(f"{where}: model file not found: {path}")
+    keras = _tf.keras()
+    from tf_keras.src.saving import serialization_lib  # SafeModeScope: not public API
+
+    try:
+        with serialization_lib.SafeModeScope(True):
+            return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:
+        raise StepError(f"{where}: cannot load {path} in safe mode: {type(exc).__name__}: {exc}") from exc
+
+
+def from_architecture(name: str, options: Mapping[str, Any], input_shape: Sequence[int], num_classes: int, where: str) -> Any:
+    from ._architectures import ARCHITECTURES
+
+    try:
+        return ARCHITECTURES[name](input_shape, num_classes, options)
+    except StepError as exc:
+        raise StepError(f"{where}: {exc}") from None
+    except ValueError as exc:  # Keras shape errors, e.g. a 2-D CNN on 1-D features
+        raise StepError(
+            f"{where}: architecture '{name}' cannot be built for inputs of shape {list(input_shape)}: {exc}"
+        ) from exc
+
+
+# -- run -------------------------------------------------------------------------
+
+
+def run(ctx: StepContext, inputs: Sequence[Any], params: KerasModelParams) -> dict[str, Any]:
+    from ._fit import check_compatible
+    from ._keras_io import load_keras_model, model_meta, save_keras_model
+
+    where = f"model '{ctx.step}'"
+    if ctx.dataset is None:
+        raise StepError(f"{where}: a model step needs the recipe's [dataset] to know the input shape")
+    meta = load_meta(ctx.dataset.path)
+    input_shape, num_classes = [int(d) for d in meta["input_shape"]], int(meta["num_classes"])
+
+    keras = _tf.keras()
+    keras.backend.clear_session()  # layer auto-names restart at "conv2d", not "conv2d_7"
+    _tf.seed_everything(ctx.seed)
+
+    if params.architecture is not None:
+        model = from_architecture(params.architecture, params.options, input_shape, num_classes, where)
+        source = {"architecture": params.architecture, "options": params.options}
+    elif params.builder is not None:
+        model = from_builder(params, input_shape, num_classes, where)
+        source = {"builder": f"{params.builder_path.name}:{params.builder_function}", "options": params.options}
+    else:
+        model = from_file(Path(params.file), where)
+        source = {"file": Path(params.file).name}
+
+    check_compatible(model, input_shape, num_classes, where)
+
+    save_keras_model(model, ctx.out_dir, meta={"optimization": "none", "source": source})
+    try:  # fail now, not three steps later, if the saved form cannot be rebuilt
+        load_keras_model(ctx.out_dir)
+    except StepError as exc:
+        raise StepError(
+            f"{where}: the model cannot be rebuilt from its saved architecture ({exc}); build it from "
+            "built-in tf_keras layers (custom layer classes are not registered in later steps)"
+        ) from None
+    facts = model_meta(model)
+    return {"params": facts["params"]["total"], "trainable_params": facts["params"]["trainable"],
+            "layers": facts["layers"], "output": facts["output"]}
+
+
+KERAS = StepType(
+    name="keras",
+    version=VERSION,
+    produces=Kind.KERAS_MODEL,
+    run=run,
+    params=KerasModelParams,
+    arity=(0, 0),
+    uses_dataset=True,
+    toolchain=("tensorflow", "tf-keras", "numpy"),
+    description="A tf_keras model from a built-in architecture, a builder function or a saved file.",
+    uses_names=False,  # output depends on content only: renames rerun nothing
+    fingerprint_modules=(
+        "tinybuild_plugins._tf",
+        "tinybuild_plugins._keras_io",
+        "tinybuild_plugins._architectures",
+        "tinybuild_plugins._dataset_io",
+        "tinybuild_plugins._fit",
+    ),
+    input_files=builder_input_files,
+)
+
+
+@hookimpl
+def tinybuild_step_types() -> list[StepType]:
+    return [KERAS]

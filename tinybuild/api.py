@@ -134,8 +134,11 @@ class StepContext(Protocol):
     dataset: Artifact | None
     #: folder of the recipe file (relative paths are already resolved)
     recipe_dir: Path
-    #: the recipe's ``[target]`` table (device budgets), possibly empty
+    #: the recipe's ``[target]`` table (device budgets), possibly empty;
+    #: only step types declaring ``uses_target`` may read it
     target: Mapping[str, Any]
+    #: the recipe's ``[recipe] name``; part of the key of name-sensitive steps
+    recipe_name: str
 
     def progress(self, completed: float, total: float | None = None, description: str = "") -> None:
         """Report progress (epochs, batches...) to the live display."""
@@ -193,6 +196,10 @@ class StepType:
     #: output depends on content only set False, so renaming them in the recipe
     #: (often an expensive training step) reruns nothing.
     uses_names: bool = True
+    #: whether the step reads ``ctx.target`` (device budgets): if so the
+    #: recipe's ``[target]`` table enters its key, so tightening a budget
+    #: re-checks the gates instead of replaying a cached verdict
+    uses_target: bool = False
     #: extra JSON-able key material derived from params and the registered
     #: graph passes (e.g. the versions of the passes a step will apply)
     key_extras: Callable[[Any, Mapping[str, "GraphPass"]], Mapping[str, Any]] | None = None

@@ -20,6 +20,7 @@ class RunContext:
     seed: int
     recipe_dir: Path
     dataset: Artifact | None = None
+    recipe_name: str = ""
     target: Mapping[str, Any] = field(default_factory=dict)
     passes: Mapping[str, GraphPass] = field(default_factory=dict)
     on_progress: Callable[[str, float, float | None, str], None] = _ignore

@@ -172,7 +172,8 @@ class Executor:
         before = self._fingerprint(watched)
         ctx = RunContext(
             step=step.name, out_dir=out, seed=project.recipe.meta.seed, recipe_dir=project.recipe.dir,
-            dataset=dataset, target=project.recipe.target.model_dump(exclude_none=True),
+            dataset=dataset, recipe_name=project.recipe.meta.name,
+            target=project.recipe.target.model_dump(exclude_none=True) if step.step_type.uses_target else {},
             passes=project.registry.passes, on_progress=self.hooks.step_progress, on_log=self.hooks.step_log,
         )
         try:

@@ -17,7 +17,9 @@ The key material (a JSON-able dict, also stored in the lock file so that
 * ``names`` -- the step's own name and its inputs' names, only for step types
   whose output may depend on them (``StepType.uses_names``, e.g. a C array
   named after its step); content-only steps leave them out, so renaming a
-  training step reruns nothing.
+  training step reruns nothing;
+* ``target`` -- the recipe's ``[target]`` budgets, for step types that read
+  them (``StepType.uses_target``: the report's gates).
 """
 
 from __future__ import annotations
@@ -128,6 +130,8 @@ def key_material(
     salt: str,
     digest: Digester,
     passes: Mapping[str, GraphPass],
+    recipe_name: str = "",
+    target: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything that enters ``step``'s key (see module docstring)."""
     st = step.step_type
@@ -153,7 +157,8 @@ def key_material(
         "seed": seed,
         "salt": salt,
         "extras": extras,
-        "names": {"step": step.name, "inputs": list(step.inputs)} if st.uses_names else None,
+        "names": {"recipe": recipe_name, "step": step.name, "inputs": list(step.inputs)} if st.uses_names else None,
+        "target": dict(target or {}) if st.uses_target else None,
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
     }
 

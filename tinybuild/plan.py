@@ -48,6 +48,8 @@ def material_for(project: Project, step: ResolvedStep, digests: Mapping[str, str
             salt=project.recipe.meta.salt,
             digest=project.cache.memo.digest,
             passes=project.registry.passes,
+            recipe_name=project.recipe.meta.name,
+            target=project.recipe.target.model_dump(exclude_none=True),
         )
     except MissingInputFile as exc:
         raise RecipeError(str(project.recipe.path), [Problem(

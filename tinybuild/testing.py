@@ -38,6 +38,7 @@ def run_step(
     target: Mapping[str, Any] | None = None,
     passes: Mapping[str, GraphPass] | None = None,
     progress: list | None = None,
+    recipe_name: str = "test",
 ) -> Artifact:
     """Run ``step_type`` once and return its output artifact."""
     recipe_dir = Path(recipe_dir or Path.cwd())
@@ -46,7 +47,7 @@ def run_step(
     out.mkdir(parents=True, exist_ok=True)
     name = step or step_type.name
     ctx = RunContext(
-        step=name, out_dir=out, seed=seed, recipe_dir=recipe_dir, dataset=dataset,
+        step=name, out_dir=out, seed=seed, recipe_dir=recipe_dir, dataset=dataset, recipe_name=recipe_name,
         target=dict(target or {}), passes=dict(passes or {}),
         on_progress=(lambda s, c, t, d: progress.append((c, t, d))) if progress is not None else (lambda *a: None),
     )

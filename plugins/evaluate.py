@@ -1,0 +1,267 @@
+"""The ``evaluate`` step type: score a Keras model or a .tflite model on held-out data.
+
+Both kinds are measured the same way on the dataset's test split (or ``val``):
+accuracy, per-class precision/recall/F1, confusion matrix (rows = true class,
+columns = predicted), parameter count, kernel sparsity, file size and gzip
+size. A .tflite model runs in the LiteRT interpreter exactly as deployed
+(int8 inputs quantized with the input tensor's scale/zero-point, int8 outputs
+dequantized) and also gets a tensor-arena estimate (see ``_arena``).
+
+Sizes: for a .tflite, the file; for a Keras model, its weight files
+(``weights/*.npy`` in name order; the architecture JSON is not a deployable
+byte). gzip uses level 9 and mtime 0, so the figure is reproducible.
+
+Latency is different from everything else: it depends on the machine and on
+the load at the moment, so it is NOT written to ``metrics.json``. It is part
+of the metrics the step returns (kept by the cache next to the artifact, and
+visible to the ``report`` step through ``Artifact.metrics``). That keeps
+``metrics.json`` byte-reproducible, and -- more importantly -- keeps early
+cutoff working: re-running an evaluation gives the same artifact digest, so
+the report downstream stays cached instead of being rebuilt for a latency
+jitter nobody asked about.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+from pydantic import Field
+
+from tinybuild.api import Artifact, Kind, Params, StepError, StepType, hookimpl
+
+from . import _tf
+
+METRICS_FILE = "metrics.json"
+
+#: upstream metric keys that describe the machine or the moment, not the model
+_VOLATILE_KEY = re.compile(r"(second|time|latency|duration|elapsed|date|_ms$|_s$|host|path)", re.IGNORECASE)
+
+
+class EvaluateParams(Params):
+    split: Literal["test", "val"] = Field("test", description="dataset split to evaluate on")
+    latency_runs: int = Field(
+        50, ge=0, le=100_000,
+        description="timed single-sample (batch 1) inferences; the median is reported. "
+                    "0 skips the latency measurement",
+    )
+    warmup_runs: int = Field(5, ge=0, le=10_000, description="untimed inferences before timing")
+
+
+# -- pure metric computations (tested against hand computations) --------------------------
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts[true, predicted]."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (y_true.astype(np.int64), y_pred.astype(np.int64)), 1)
+    return matrix
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator else 0.0
+
+
+def classification_metrics(matrix: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1 (0 where undefined), macro F1."""
+    total = int(matrix.sum())
+    correct = int(np.trace(matrix))
+    per_class = []
+    for c, name in enumerate(class_names):
+        tp = int(matrix[c, c])
+        predicted = int(matrix[:, c].sum())
+        actual = int(matrix[c, :].sum())
+        precision = _ratio(tp, predicted)
+        recall = _ratio(tp, actual)
+        f1 = _ratio(2 * precision * recall, precision + recall)
+        per_class.append({"class": str(name), "precision": precision, "recall": recall, "f1": f1, "support": actual})
+    return {
+        "accuracy": _ratio(correct, total),
+        "correct": correct,
+        "samples": total,
+        "macro_f1": _ratio(sum(p["f1"] for p in per_class), len(per_class)),
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def kernel_sparsity(arrays: Sequence[np.ndarray]) -> float:
+    """Fraction of exact zeros among kernel weights (arrays of rank >= 2): what
+    pruning sets to zero. Biases and normalization statistics are excluded."""
+    kernels = [np.asarray(a) for a in arrays if np.ndim(a) >= 2]
+    total = sum(k.size for k in kernels)
+    return _ratio(sum(int(np.count_nonzero(k == 0)) for k in kernels), total)
+
+
+def gzip_size(data: bytes) -> int:
+    """Size after gzip -9 with a zero mtime (reproducible)."""
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def upstream_facts(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The producing step's own metrics, minus anything machine- or time-dependent
+    (so that metrics.json stays reproducible). Scalars and short scalar lists only."""
+    facts: dict[str, Any] = {}
+    for key in sorted(metrics):
+        value = metrics[key]
+        if _VOLATILE_KEY.search(str(key)):
+            continue
+        if isinstance(value, (str, bool, int, float)) or value is None:
+            facts[str(key)] = value
+        elif isinstance(value, list) and len(value) <= 32 and all(
+            isinstance(v, (str, bool, int, float)) for v in value
+        ):
+            facts[str(key)] = list(value)
+    return facts
+
+
+# -- the two model kinds ----------------------------------------------------------------
+
+
+def _evaluate_tflite(ctx: Any, artifact: Artifact, x: np.ndarray, params: EvaluateParams) -> tuple[np.ndarray, dict, float | None]:
+    from . import _arena, _litert
+
+    data = artifact.file("model.tflite").read_bytes()
+    runner = _litert.interpreter(data)
+    outputs = _litert.predict(runner, x, on_progress=lambda done, total: ctx.progress(done, total, "inference"))
+    facts = _litert.describe(data)
+    arena = _arena.estimate_arena(data)
+    latency = None
+    if params.latency_runs and len(x):
+        latency = _litert.tflite_latency_ms(runner, x[:1], params.warmup_runs, params.latency_runs)
+    info = {
+        "param_count": facts["param_count"],
+        "sparsity": facts["sparsity"],
+        "size_bytes": len(data),
+        "gzip_bytes": gzip_size(data),
+        "arena": arena.as_dict(),
+        "tflite": {k: facts[k] for k in ("input_dtypes", "output_dtypes", "weight_dtypes", "ops")},
+    }
+    return outputs, info, latency
+
+
+def _evaluate_keras(ctx: Any, artifact: Artifact, x: np.ndarray, params: EvaluateParams) -> tuple[np.ndarray, dict, float | None]:
+    from . import _litert
+    from ._keras_io import load_keras_model, read_model_meta
+
+    tf = _tf.tensorflow()
+    model = load_keras_model(artifact.path)
+    expected = tuple(int(d) for d in model.input_shape[1:])
+    if tuple(x.shape[1:]) != expected:
+        raise StepError(
+            f"model '{artifact.step}' expects inputs of shape {list(expected)} but the dataset "
+            f"has {list(x.shape[1:])}"
+        )
+    ctx.progress(0, 1, "inference")
+    outputs = np.asarray(model.predict(x, batch_size=256, verbose=0)) if len(x) else np.zeros((0, 0))
+    weight_files = sorted(name for name in artifact.files if name.startswith("weights/"))
+    blob = b"".join(artifact.file(name).read_bytes() for name in weight_files)
+    latency = None
+    if params.latency_runs and len(x):
+        infer = tf.function(lambda v: model(v, training=False))
+        sample = tf.constant(x[:1])
+        infer(sample)  # trace once, so tracing never lands in a timed run
+        latency = _litert.median_latency_ms(lambda: infer(sample).numpy(), params.warmup_runs, params.latency_runs)
+    info = {
+        "param_count": int(model.count_params()),
+        "sparsity": kernel_sparsity([w.numpy() for w in model.weights]),
+        "size_bytes": len(blob),
+        "gzip_bytes": gzip_size(blob),
+        "arena": None,
+        "keras": {"optimization": read_model_meta(artifact.path).get("optimization", "none"),
+                  "weight_files": len(weight_files)},
+    }
+    return outputs, info, latency
+
+
+def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[str, Any]:
+    from ._dataset_io import load_dataset
+
+    source = inputs[0]
+    if ctx.dataset is None:  # the core guarantees it for uses_dataset; run_step may not
+        raise StepError(f"step '{ctx.step}': evaluate needs the recipe's [dataset]")
+    dataset = load_dataset(ctx.dataset.path)
+    x, y = dataset.x[params.split], dataset.y[params.split]
+    if len(y) == 0:
+        raise StepError(f"step '{ctx.step}': the dataset's {params.split} split is empty")
+    _tf_seed(ctx, source)
+
+    if source.kind == Kind.TFLITE:
+        outputs, info, latency = _evaluate_tflite(ctx, source, x, params)
+    else:
+        outputs, info, latency = _evaluate_keras(ctx, source, x, params)
+    if outputs.ndim != 2 or outputs.shape[0] != len(y):
+        raise StepError(f"step '{ctx.step}': model '{source.step}' returned outputs of shape "
+                        f"{list(outputs.shape)} for {len(y)} samples; expected one score per class")
+    num_classes = dataset.num_classes
+    if outputs.shape[1] != num_classes:
+        raise StepError(f"step '{ctx.step}': model '{source.step}' has {outputs.shape[1]} outputs but the "
+                        f"dataset has {num_classes} classes")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise StepError(f"step '{ctx.step}': labels of the {params.split} split fall outside 0..{num_classes - 1}")
+    predictions = np.argmax(outputs, axis=1)
+    names = dataset.meta.get("class_names") or [str(c) for c in range(num_classes)]
+    scores = classification_metrics(confusion_matrix(y, predictions, num_classes), names)
+
+    metrics = {
+        "variant": source.step,
+        "model_kind": source.kind,
+        "split": params.split,
+        **scores,
+        **info,
+        "upstream": upstream_facts(source.metrics),
+        "latency": "not stored here (machine-dependent): see the evaluate step's returned metrics",
+    }
+    (ctx.out_dir / METRICS_FILE).write_text(
+        json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8"
+    )
+    arena = info["arena"]["peak_bytes"] if info["arena"] else None
+    ctx.log(
+        f"{source.step}: accuracy {scores['accuracy']:.4f}, {info['size_bytes']} B "
+        f"({info['gzip_bytes']} B gzip)"
+        + (f", arena ~{arena} B" if arena is not None else "")
+        + (f", {latency:.3f} ms/inference" if latency is not None else "")
+    )
+    return {
+        "variant": source.step,
+        "model_kind": source.kind,
+        "accuracy": scores["accuracy"],
+        "size_bytes": info["size_bytes"],
+        "gzip_bytes": info["gzip_bytes"],
+        "param_count": info["param_count"],
+        "sparsity": info["sparsity"],
+        "arena_bytes": arena,
+        "latency_ms": latency,
+        "latency_runs": params.latency_runs if latency is not None else 0,
+    }
+
+
+def _tf_seed(ctx: Any, source: Artifact) -> None:
+    """Keras inference under op determinism; .tflite evaluation never imports TF."""
+    if source.kind != Kind.TFLITE:
+        _tf.seed_everything(ctx.seed)
+
+
+@hookimpl
+def tinybuild_step_types() -> list[StepType]:
+    return [
+        StepType(
+            name="evaluate",
+            version="1.0",
+            produces=Kind.METRICS,
+            consumes=(Kind.KERAS_MODEL, Kind.TFLITE),
+            params=EvaluateParams,
+            run=run,
+            uses_dataset=True,
+            toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert"),
+            description="Accuracy, per-class scores, size, gzip size, arena estimate and latency "
+                        "of a Keras or .tflite model (metrics.json)",
+            fingerprint_modules=(
+                "tinybuild_plugins._tf", "tinybuild_plugins._keras_io", "tinybuild_plugins._litert",
+                "tinybuild_plugins._arena", "tinybuild_plugins._dataset_io",
+            ),
+        )
+    ]

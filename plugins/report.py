@@ -1,0 +1,250 @@
+"""The ``report`` step type: compare every evaluated variant, and enforce budgets.
+
+Inputs are ``metrics`` artifacts (one per evaluated variant, in the order the
+recipe lists them). Outputs: ``report.md``, ``report.json``, ``report.html``
+(self-contained: inline CSS and an inline SVG chart of size against accuracy,
+no scripts, no external assets) and ``build.log`` (a plain-text lab log).
+
+The terminal table is not printed here: the core owns the terminal's live
+display, so the table goes out line by line through ``ctx.log`` and the
+figures come back as the step's metrics.
+
+Gates. The recipe's ``[target]`` budgets apply to the *gated* variants:
+``gate`` lists them by name; by default every .tflite variant is gated (a
+Keras model is not what ships to the device). For each gated variant:
+
+* ``flash_kb`` -- .tflite file size (KiB, 1 kB = 1024 B) must not exceed it;
+* ``ram_kb`` -- the tensor-arena estimate must not exceed it;
+* ``min_accuracy`` -- accuracy must reach it (also for Keras variants listed
+  in ``gate``; flash/RAM budgets are skipped for them: they have no deployed
+  size or arena).
+
+A failed gate raises ``GateFailed`` (exit code 3) *after* the report files are
+written: the user needs the report most when a gate fails. The core keeps a
+gate-failed step's output folder (it is not cached), and the message carries
+every failed figure plus the full table.
+
+Determinism: the files hold no timestamp, path or machine figure, so the same
+metrics give the same bytes. Latency is machine-dependent; it appears in the
+terminal table and the returned metrics, and in the files only with
+``latency = true`` (which makes them machine-dependent too). No date is
+written, not even from ``SOURCE_DATE_EPOCH``: the variable is not part of the
+cache key, so a cached report would show a stale date anyway.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Sequence
+
+from pydantic import Field, field_validator
+
+from tinybuild.api import Artifact, GateFailed, Kind, Params, StepError, StepType, hookimpl
+
+from . import _report_render as render
+
+KIB = 1024
+
+
+class ReportParams(Params):
+    title: str | None = Field(
+        None, max_length=200,
+        description="heading of the report; default: the recipe name when the core provides it, "
+                    "else \"tinybuild report\"",
+    )
+    gate: list[str] | None = Field(
+        None,
+        description="variant names (evaluated steps' inputs) the [target] budgets apply to; "
+                    "default: every .tflite variant; [] gates nothing",
+    )
+    baseline: str | None = Field(
+        None,
+        description="variant the others are compared with (accuracy change, gzip ratio); "
+                    "default: the first input",
+    )
+    latency: bool = Field(
+        False,
+        description="also write the measured latency into the report files (makes them "
+                    "machine-dependent; it is always in the terminal table and step metrics)",
+    )
+
+    @field_validator("gate")
+    @classmethod
+    def _unique(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            dupes = sorted({v for v in value if value.count(v) > 1})
+            if dupes:
+                raise ValueError(f"variants listed twice: {', '.join(dupes)}")
+            if any(not v.strip() for v in value):
+                raise ValueError("variant names must not be empty")
+        return value
+
+
+# -- collecting the variants --------------------------------------------------------------
+
+
+def _label(metrics: Mapping[str, Any]) -> str:
+    """"tflite int8-only", "keras pruned"...: what kind of artifact the variant is."""
+    upstream = metrics.get("upstream") or {}
+    if metrics.get("model_kind") == Kind.TFLITE:
+        mode = upstream.get("quantize")
+        return f"tflite {mode}" if mode else "tflite"
+    optimization = (metrics.get("keras") or {}).get("optimization") or upstream.get("optimization")
+    return f"keras {optimization}" if optimization and optimization != "none" else "keras"
+
+
+def _load(artifact: Artifact) -> dict[str, Any]:
+    try:
+        data = json.loads(artifact.file("metrics.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StepError(f"metrics.json of step '{artifact.step}' is not JSON: {exc}") from None
+    for key in ("variant", "accuracy", "size_bytes"):
+        if key not in data:
+            raise StepError(f"metrics.json of step '{artifact.step}' has no '{key}'; was it written by 'evaluate'?")
+    return data
+
+
+def collect_variants(inputs: Sequence[Artifact], baseline: str | None, with_latency: bool) -> list[dict[str, Any]]:
+    """One row per input, with comparisons against the baseline variant."""
+    loaded = [(artifact, _load(artifact)) for artifact in inputs]
+    names = [m["variant"] for _, m in loaded]
+    if baseline is not None and baseline not in names:
+        raise StepError(f"report baseline '{baseline}' is not an evaluated variant; variants: {', '.join(names)}")
+    base = next(m for _, m in loaded if m["variant"] == (baseline or names[0]))
+    rows = []
+    for artifact, m in loaded:
+        arena = (m.get("arena") or {}).get("peak_bytes")
+        row = {
+            "variant": m["variant"],
+            "evaluated_by": artifact.step,
+            "model_kind": m.get("model_kind"),
+            "label": _label(m),
+            "accuracy": m["accuracy"],
+            "correct": m.get("correct"),
+            "samples": m.get("samples"),
+            "macro_f1": m.get("macro_f1"),
+            "per_class_f1": [round(c["f1"], 6) for c in m.get("per_class", [])],
+            "classes": [c["class"] for c in m.get("per_class", [])],
+            "size_bytes": m["size_bytes"],
+            "gzip_bytes": m.get("gzip_bytes"),
+            "param_count": m.get("param_count"),
+            "sparsity": m.get("sparsity"),
+            "arena_bytes": arena,
+            "accuracy_change_points": round((m["accuracy"] - base["accuracy"]) * 100, 4),
+            "gzip_ratio": (round(base["gzip_bytes"] / m["gzip_bytes"], 4)
+                           if m.get("gzip_bytes") and base.get("gzip_bytes") else None),
+            "upstream": m.get("upstream") or {},
+        }
+        if with_latency:
+            row["latency_ms"] = artifact.metrics.get("latency_ms")
+        rows.append(row)
+    return rows
+
+
+# -- gates --------------------------------------------------------------------------------
+
+
+def gated_variants(rows: Sequence[Mapping[str, Any]], gate: list[str] | None) -> list[str]:
+    names = [r["variant"] for r in rows]
+    if gate is None:
+        return [r["variant"] for r in rows if r["model_kind"] == Kind.TFLITE]
+    unknown = [g for g in gate if g not in names]
+    if unknown:
+        raise StepError(f"report gate names unknown variants: {', '.join(unknown)}; "
+                        f"evaluated variants: {', '.join(names)}")
+    return list(gate)
+
+
+def _kb(value: float) -> str:
+    return f"{value / KIB:.1f} kB"
+
+
+def check_gates(rows: Sequence[Mapping[str, Any]], gated: Sequence[str], target: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every (variant, budget) check, passed or not, in a stable order."""
+    checks = []
+    for row in rows:
+        if row["variant"] not in gated:
+            continue
+        deployed = row["model_kind"] == Kind.TFLITE
+        if target.get("flash_kb") is not None and deployed:
+            limit = float(target["flash_kb"])
+            value = row["size_bytes"]
+            checks.append({"variant": row["variant"], "budget": "flash_kb", "limit": limit, "value": value,
+                           "passed": value <= limit * KIB,
+                           "text": f"size {_kb(value)} {'<=' if value <= limit * KIB else '>'} flash_kb {limit:g}"})
+        if target.get("ram_kb") is not None and deployed and row["arena_bytes"] is not None:
+            limit = float(target["ram_kb"])
+            value = row["arena_bytes"]
+            checks.append({"variant": row["variant"], "budget": "ram_kb", "limit": limit, "value": value,
+                           "passed": value <= limit * KIB,
+                           "text": f"arena estimate {_kb(value)} {'<=' if value <= limit * KIB else '>'} ram_kb {limit:g}"})
+        if target.get("min_accuracy") is not None:
+            limit = float(target["min_accuracy"])
+            value = row["accuracy"]
+            checks.append({"variant": row["variant"], "budget": "min_accuracy", "limit": limit, "value": value,
+                           "passed": value >= limit,
+                           "text": f"accuracy {value:.4f} {'>=' if value >= limit else '<'} min_accuracy {limit:g}"})
+    return checks
+
+
+# -- the step -----------------------------------------------------------------------------
+
+
+def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str, Any]:
+    rows = collect_variants(inputs, params.baseline, params.latency)
+    gated = gated_variants(rows, params.gate)
+    target = {k: v for k, v in dict(ctx.target or {}).items() if v is not None}
+    checks = check_gates(rows, gated, target)
+    failures = [c for c in checks if not c["passed"]]
+    title = params.title or ctx.recipe_name or "tinybuild report"
+    report = {
+        "title": title,
+        "seed": ctx.seed,
+        "target": target,
+        "baseline": params.baseline or rows[0]["variant"],
+        "gated": gated,
+        "gates": checks,
+        "passed": not failures,
+        "variants": rows,
+    }
+    (ctx.out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (ctx.out_dir / "report.md").write_text(render.markdown(report), encoding="utf-8")
+    (ctx.out_dir / "report.html").write_text(render.html(report), encoding="utf-8")
+    (ctx.out_dir / "build.log").write_text(render.lab_log(report), encoding="utf-8")
+
+    latencies = {a.metrics.get("variant", a.step): a.metrics.get("latency_ms") for a in inputs}
+    table = render.text_table(report, latencies)
+    for line in table.splitlines():
+        ctx.log(line)
+    if failures:
+        summary = "; ".join(f"variant {c['variant']}: {c['text']}" for c in failures)
+        raise GateFailed(f"budget gate failed: {summary}\n{table}")
+    return {
+        "variants": len(rows),
+        "gated": gated,
+        "gates_checked": len(checks),
+        "passed": True,
+        "best_accuracy": max(rows, key=lambda r: r["accuracy"])["variant"],
+        "smallest": min(rows, key=lambda r: r["size_bytes"])["variant"],
+        "latency_ms": latencies,
+    }
+
+
+@hookimpl
+def tinybuild_step_types() -> list[StepType]:
+    return [
+        StepType(
+            name="report",
+            version="1.0",
+            produces=Kind.REPORT,
+            consumes=(Kind.METRICS,),
+            params=ReportParams,
+            run=run,
+            arity=(1, None),
+            toolchain=("rich",),
+            description="Compare evaluated variants (report.md/.json/.html, build.log) and enforce "
+                        "the [target] budgets (exit code 3)",
+            fingerprint_modules=("tinybuild_plugins._report_render",),
+            uses_target=True,
+        )
+    ]

@@ -256,7 +256,6 @@ def test_report_on_real_evaluations(tmp_path):
 MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist"
 
 
-@pytest.mark.skipif(not (MNIST / "t10k-images-idx3-ubyte.gz").exists(), reason="MNIST test set not in data/mnist")
 def test_tinybuild_build_exits_3_when_a_budget_is_exceeded(tmp_path, capsys):
     from tinybuild import cli
 

@@ -225,6 +225,34 @@ def test_names_are_stripped_unless_asked_to_keep_them(trained, converted):
     np.testing.assert_array_equal(full, lean)
 
 
+def test_min_runtime_version_metadata_is_dropped_unless_kept(trained, converted):
+    lean = _arena.read_model(converted["float32"].file("model.tflite").read_bytes())
+    assert not lean.metadata
+    kept = run_step(STEP, [trained], {"quantize": "float32", "strip_metadata": False})
+    model = _arena.read_model(kept.file("model.tflite").read_bytes())
+    assert [m.name for m in model.metadata] in ([b"min_runtime_version"], ["min_runtime_version"])
+    assert kept.metrics["size_bytes"] > converted["float32"].metrics["size_bytes"]
+    x = np.random.default_rng(2).random((3, 8, 8, 1), dtype=np.float32)
+    np.testing.assert_array_equal(
+        _litert.predict(_litert.interpreter(kept.file("model.tflite").read_bytes()), x),
+        _litert.predict(_litert.interpreter(converted["float32"].file("model.tflite").read_bytes()), x))
+
+
+def test_per_tensor_dense_quantization_has_one_scale_per_dense_kernel(trained, dataset, converted):
+    per_tensor = run_step(STEP, [trained], {"quantize": "int8", "per_channel_dense": False}, dataset=dataset)
+
+    def dense_kernel_scales(artifact):
+        # read the flatbuffer itself: LiteRT's tensor details broadcast a per-tensor scale
+        model = _arena.read_model(artifact.file("model.tflite").read_bytes())
+        kernels = [t for t in model.subgraphs[0].tensors
+                   if model.buffers[t.buffer].data is not None and len(t.shape) == 2]  # Dense kernels: [units, inputs]
+        return sorted(len(t.quantization.scale) for t in kernels)
+
+    assert dense_kernel_scales(converted["int8"]) == [3, 32]  # per output channel
+    assert dense_kernel_scales(per_tensor) == [1, 1]
+    assert per_tensor.metrics["size_bytes"] < converted["int8"].metrics["size_bytes"]
+
+
 def test_int8_without_dataset_is_a_clear_error(trained):
     with pytest.raises(StepError, match=r"no \[dataset\]"):
         run_step(STEP, [trained], {"quantize": "int8"})

@@ -1,8 +1,10 @@
 """Build output: a live rich display on a terminal, plain lines in CI logs.
 
 The reporter is itself a plugin (it implements the lifecycle hooks), so a
-third-party reporter sees exactly the same events. Output goes to stderr;
-stdout stays free for machine-readable output (``graph``, ``schema``).
+third-party reporter sees exactly the same events. Output goes to stderr
+(through a private duplicate: while a step runs, descriptors 1 and 2 point at
+its log file, see :mod:`tinybuild.capture`); stdout stays free for
+machine-readable output (``graph``, ``schema``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Mapping, Sequence
 from rich.markup import escape as _e
 
 from .api import hookimpl
+from .capture import private_stderr
 
 
 def _short(seconds: float) -> str:
@@ -28,7 +31,7 @@ class ConsoleReporter:
     def __init__(self, live: bool | None = None, verbose: bool = False, stream: Any = None):
         from rich.console import Console
 
-        self.console = Console(file=stream or sys.stderr, highlight=False, soft_wrap=True)
+        self.console = Console(file=stream or private_stderr(), highlight=False, soft_wrap=True)
         self.live = self.console.is_terminal if live is None else live
         self.verbose = verbose
         self._total = 0
@@ -96,8 +99,8 @@ class ConsoleReporter:
         done = total is not None and completed >= total
         if done or now - self._last_plain >= self.PLAIN_PROGRESS_INTERVAL:
             self._last_plain = now
-            of = f"/{total:g}" if total is not None else ""
-            self._line(f"{'':>{self._pad(step)}} {completed:g}{of} {_e(description)}".rstrip())
+            count = f"{completed:g}/{total:g} " if total is not None else ""
+            self._line(f"{'':>{self._pad(step)}} {count}{_e(description)}".rstrip())
 
     @hookimpl
     def tinybuild_step_log(self, step: str, message: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from .api import Artifact, GateFailed, StepError
 from .cache import ActionEntry
+from .capture import output_to, tail
 from .context import RunContext
 from .graph import downstream
 from .hashing import artifact_digest, canonical_json, list_files
@@ -176,9 +177,12 @@ class Executor:
             target=project.recipe.target.model_dump(exclude_none=True) if step.step_type.uses_target else {},
             passes=project.registry.passes, on_progress=self.hooks.step_progress, on_log=self.hooks.step_log,
         )
+        log = self.project.out_dir / ".logs" / f"{step.name}.log"
+        log.unlink(missing_ok=True)
         try:
             try:
-                metrics = st.run(ctx, inputs, step.params)
+                with output_to(log):
+                    metrics = st.run(ctx, inputs, step.params)
             except StepError as exc:
                 raise _StepFailure(str(exc)) from None
             except GateFailed as exc:
@@ -187,8 +191,10 @@ class Executor:
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:
-                log = self._write_traceback(step.name)
-                raise _StepFailure(f"{type(exc).__name__}: {exc} (traceback: {log})") from None
+                trace = self._write_traceback(step.name)
+                output = "".join(f"\n  | {line}" for line in tail(log))
+                raise _StepFailure(f"{type(exc).__name__}: {exc}\ntraceback: {trace}"
+                                   + (f"\nlast output ({log}):{output}" if output else "")) from None
             try:
                 metrics = _jsonable(metrics or {})
                 canonical_json(metrics)

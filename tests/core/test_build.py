@@ -220,3 +220,23 @@ def test_graph_formats(ws):
     assert '"train" -> "fp32";' in dot.out and '"dataset" -> "model" [style=dashed];' in dot.out
     mermaid = ws.run("graph", str(ws.recipe), "--format", "mermaid")
     assert mermaid.out.startswith("flowchart LR")
+
+
+def test_raw_output_of_a_step_goes_to_its_log_file(ws):
+    ws.edit("epochs = 3", "epochs = 3\nnoise = true")
+    run = ws.build()
+    assert run.code == 0
+    assert "noise" not in run.err + run.out
+    log = (ws.root / "build" / "toy" / ".logs" / "train.log").read_text()
+    assert "native noise on fd 2" in log and "native noise on fd 1" in log and "python print" in log
+    assert not (ws.root / "build" / "toy" / ".logs" / "fp32.log").exists()  # silent steps leave no log
+
+
+def test_unexpected_exception_shows_the_log_tail_and_traceback_file(ws):
+    ws.edit("epochs = 3", "epochs = 3\nnoise = true\ncrash = true")
+    run = ws.build()
+    assert run.code == 1
+    assert "RuntimeError: simulated crash halfway" in run.err
+    assert "native noise on fd 2" in run.err  # the tail of the step's output
+    trace = ws.root / "build" / "toy" / ".logs" / "train.traceback.txt"
+    assert "Traceback" in trace.read_text() and "Traceback" not in run.err

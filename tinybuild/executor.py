@@ -226,8 +226,8 @@ class Executor:
         for f in files:
             try:
                 out[str(f)] = self.cache.memo.digest(f)
-            except FileNotFoundError:
-                out[str(f)] = "missing"
+            except OSError:
+                out[str(f)] = "unreadable"
         return out
 
     def _materialize(self, name: str, entry: ActionEntry) -> Artifact:

@@ -76,9 +76,19 @@ def _digest_paths(value: Any, digest: Digester, where: str) -> Any:
 
 
 class MissingInputFile(Exception):
-    def __init__(self, field: str, path: Path):
-        self.field, self.path = field, path
-        super().__init__(f"{field}: file not found: {path}")
+    """A file the recipe names cannot be read (missing, a folder, no permission)."""
+
+    def __init__(self, field: str, path: Path, problem: str = "file not found"):
+        self.field, self.path, self.problem = field, path, problem
+        super().__init__(f"{field}: {problem}: {path}")
+
+
+def _unreadable(field: str, path: Path, exc: OSError) -> MissingInputFile:
+    if isinstance(exc, FileNotFoundError):
+        return MissingInputFile(field, path)
+    if isinstance(exc, IsADirectoryError) or path.is_dir():
+        return MissingInputFile(field, path, "is a folder, not a file")
+    return MissingInputFile(field, path, f"cannot read the file ({exc.strerror or exc})")
 
 
 def params_material(params: Params, digest: Digester) -> tuple[dict[str, Any], dict[str, str]]:
@@ -88,8 +98,8 @@ def params_material(params: Params, digest: Digester) -> tuple[dict[str, Any], d
     for name, value in input_file_fields(params).items():
         try:
             dumped[name] = _digest_paths(value, digest, name)
-        except FileNotFoundError:
-            raise MissingInputFile(name, Path(value) if not isinstance(value, (list, tuple)) else Path(str(value))) from None
+        except OSError as exc:
+            raise _unreadable(name, Path(exc.filename or str(value)), exc) from None
         if value is not None:
             paths[name] = str(value)
     return dumped, paths
@@ -141,8 +151,8 @@ def key_material(
         for label, path in sorted(st.input_files(step.params).items()):
             try:
                 files[label] = digest(Path(path))
-            except FileNotFoundError:
-                raise MissingInputFile(label, Path(path)) from None
+            except OSError as exc:
+                raise _unreadable(label, Path(path), exc) from None
     extras = dict(st.key_extras(step.params, passes)) if st.key_extras else {}
     return {
         "step_type": st.name,

@@ -53,7 +53,7 @@ def material_for(project: Project, step: ResolvedStep, digests: Mapping[str, str
         )
     except MissingInputFile as exc:
         raise RecipeError(str(project.recipe.path), [Problem(
-            f"{step.key}.{exc.field}", f"file not found: {exc.path}",
+            f"{step.key}.{exc.field}", f"{exc.problem}: {exc.path}",
             "fix the path (relative paths resolve against the recipe's folder) or set the ${VAR} it uses",
         )]) from None
 

@@ -40,7 +40,7 @@ class RecipeMeta(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="Name of the recipe; names the build folder.", pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = Field(0, description="Seed for every random choice (splits, initialization, training).")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for every random choice (splits, initialization, training).")
     salt: str = Field("", description="Change it to invalidate every cached result of this recipe.")
     description: str = Field("", description="Free text, shown by `tinybuild plan`.")
 

@@ -23,6 +23,7 @@ CASES = [
     ("missing-name", replace('name = "toy"\n', ""), ["recipe.name: missing required key", "add name = ..."]),
     ("bad-recipe-name", replace('name = "toy"', 'name = "my toy"'), ["recipe.name:", "should match pattern"]),
     ("seed-type", replace("seed = 3", 'seed = "three"'), ["recipe.seed:", "valid integer", "'three'"]),
+    ("seed-range", replace("seed = 3", "seed = -1"), ["recipe.seed:", "greater than or equal to 0"]),
     ("unknown-recipe-key", replace("seed = 3", "seed = 3\nsed = 4"), ["recipe.sed: unknown key 'sed'", "did you mean 'seed'?"]),
     ("target-unknown-key", TOY_RECIPE + "\n[target]\nflash = 64\n", ["target.flash: unknown key 'flash'", "did you mean 'flash_kb'?"]),
     ("target-range", TOY_RECIPE + "\n[target]\nmin_accuracy = 1.5\n", ["target.min_accuracy:", "less than or equal to 1"]),
@@ -51,6 +52,7 @@ CASES = [
     ("needs-dataset", '[recipe]\nname = "t"\n\n[model]\nuse = "toy-model"\n', ["model: step type 'toy-model' needs the recipe's dataset", "add a [dataset] table"]),
     ("missing-env-var", replace('file = "numbers.txt"', 'file = "${TOY_DATA_DIR}/numbers.txt"'), ["dataset.file: environment variable TOY_DATA_DIR is not set", "${TOY_DATA_DIR:-value}"]),
     ("missing-input-file", replace('file = "numbers.txt"', 'file = "nope.txt"'), ["dataset.file: file not found:", "nope.txt", "relative paths resolve against the recipe's folder"]),
+    ("input-file-is-folder", replace('file = "numbers.txt"', 'file = "."'), ["dataset.file: is a folder, not a file"]),
     ("steps-not-table", "steps = 3\n" + HEAD, ["steps: must be a table of steps"]),
     ("no-steps", '[recipe]\nname = "t"\n', ["steps: the recipe declares no steps"]),
 ]

@@ -63,7 +63,7 @@ class Params(BaseModel):
     what its cache key was computed from.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _resolve_against_recipe(value: Path, info: ValidationInfo) -> Path:
@@ -222,6 +222,23 @@ class GraphPass:
     fingerprint_modules: tuple[str, ...] = ()
 
 
+def source_fingerprint(*modules: str) -> str:
+    """Digest of the source files of ``modules``: for ``StepType.key_extras``
+    that must track code outside the step's own fingerprint (e.g. the graph
+    passes a step applies)."""
+    from .keys import fingerprint  # the core's implementation, imported lazily
+
+    return fingerprint(tuple(modules))
+
+
+def graph_pass_fingerprint(graph_pass: "GraphPass") -> str:
+    """Digest of a graph pass's code (the module of ``apply`` and its
+    ``fingerprint_modules``), for steps whose key must follow the passes they run."""
+    from .keys import pass_modules
+
+    return source_fingerprint(*pass_modules(graph_pass))
+
+
 # --------------------------------------------------------------------------
 # Errors a plugin may raise
 # --------------------------------------------------------------------------
@@ -246,5 +263,7 @@ __all__ = [
     "StepContext",
     "StepError",
     "StepType",
+    "graph_pass_fingerprint",
     "hookimpl",
+    "source_fingerprint",
 ]

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .hashing import canonical_json, file_digest
+from .errors import CacheError
+from .hashing import canonical_json, file_digest, stat_signature
 
 ENV_CACHE_DIR = "TINYBUILD_CACHE_DIR"
 _UMASK = os.umask(0)
@@ -90,17 +91,20 @@ class StatMemo:
         except (FileNotFoundError, ValueError):
             self._entries = {}
 
-    @staticmethod
-    def signature(st: os.stat_result) -> list[int]:
-        return [st.st_ino, st.st_mtime_ns, st.st_size]
+    signature = staticmethod(stat_signature)
+
+    def observation(self, file: Path) -> tuple[list[int], str, int] | None:
+        """(signature, digest, when it was hashed) as last recorded for ``file``."""
+        hit = self._entries.get(str(file))
+        return (hit[:5], hit[5], hit[6]) if hit is not None and len(hit) == 7 else None
 
     def digest(self, file: Path) -> str:
         st = os.stat(file)
         key = str(file)
         sig = self.signature(st)
         hit = self._entries.get(key)
-        if hit is not None and hit[:3] == sig and len(hit) == 5 and hit[4] - sig[1] > RACY_NS:
-            return hit[3]
+        if hit is not None and len(hit) == 7 and hit[:5] == sig and hit[6] - sig[2] > RACY_NS:
+            return hit[5]
         digest = file_digest(file)
         self._entries[key] = [*sig, digest, time.time_ns()]
         self._dirty = True
@@ -115,6 +119,24 @@ class StatMemo:
             live = {k: v for k, v in self._entries.items() if os.path.exists(k)}
             atomic_write_json(self.path, live)
             self._dirty = False
+
+
+def safe_relpath(rel: str) -> bool:
+    """Whether an artifact's file name stays inside its folder (entries can
+    come from a shared remote cache: never trust them to)."""
+    if not rel or "\\" in rel or rel.startswith("/") or "\x00" in rel:
+        return False
+    parts = rel.split("/")
+    return all(part not in ("", ".", "..") for part in parts)
+
+
+def entry_is_consistent(entry: ActionEntry) -> bool:
+    """Its digest matches its kind and files, and every file name is safe."""
+    from .hashing import artifact_digest
+
+    return (all(safe_relpath(rel) for rel in entry.files)
+            and all(isinstance(d, str) and len(d) == 64 for d in entry.files.values())
+            and entry.digest == artifact_digest(entry.kind, entry.files))
 
 
 def _iter_store(root: Path) -> Iterator[tuple[str, Path]]:
@@ -196,9 +218,9 @@ class Cache:
         try:
             raw = json.loads(self.action_path(key).read_text("utf-8"))
             entry = ActionEntry(kind=raw["kind"], files=dict(raw["files"]), digest=raw["digest"], metrics=dict(raw["metrics"]))
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
-        if not all(self.has_object(d) for d in entry.files.values()):
+        if not entry_is_consistent(entry) or not all(self.has_object(d) for d in entry.files.values()):
             return None
         return entry
 
@@ -225,6 +247,9 @@ class Cache:
         Files already in place with the right content (per the stat memo) are
         left alone, so a no-op build touches nothing.
         """
+        unsafe = [rel for rel in files if not safe_relpath(rel)]
+        if unsafe:
+            raise CacheError(f"refusing to write outside {dest}: artifact file name {unsafe[0]!r}")
         dest.mkdir(parents=True, exist_ok=True)
         for rel, digest in files.items():
             target = dest / rel

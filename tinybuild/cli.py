@@ -65,7 +65,7 @@ def make_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("gc", help="drop cache entries that no lock file references")
-    p.add_argument("recipe", nargs="?", default=None, help="a recipe whose cache to collect (or use --cache-dir)")
+    p.add_argument("recipe", nargs="?", default=None, help="a recipe whose cache to collect (default: --cache-dir, else $TINYBUILD_CACHE_DIR, else recipe.toml)")
     p.add_argument("--dry-run", action="store_true", help="only report what would be removed")
     _common(p)
 
@@ -242,7 +242,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     from .housekeeping import clean_outputs
 
     project = _project(args)
-    removed = clean_outputs(project.out_dir)
+    removed = clean_outputs(project.out_dir, project.recipe.meta.name)
     print(f"removed {project.out_dir}" if removed else f"nothing to clean at {project.out_dir}", file=sys.stderr)
     return 0
 
@@ -251,17 +251,17 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from .cache import Cache
     from .housekeeping import collect_garbage
 
+    import os
+
+    from .cache import ENV_CACHE_DIR
+
     if args.cache_dir:
         cache = Cache(Path(args.cache_dir).expanduser().resolve())
-    elif args.recipe:
-        cache = _project(args).cache
-    else:
-        from .cache import ENV_CACHE_DIR
-        import os
-
-        if not os.environ.get(ENV_CACHE_DIR):
-            raise UsageError("tell gc which cache: tinybuild gc RECIPE, --cache-dir DIR or $TINYBUILD_CACHE_DIR")
+    elif args.recipe is None and os.environ.get(ENV_CACHE_DIR):
         cache = Cache(Path(os.environ[ENV_CACHE_DIR]).expanduser().resolve())
+    else:
+        args.recipe = args.recipe or DEFAULT_RECIPE
+        cache = _project(args).cache
     report = collect_garbage(cache, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {report.objects} objects ({report.object_bytes:,} B), {report.actions} action entries, "

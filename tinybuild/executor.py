@@ -137,7 +137,7 @@ class Executor:
         key = step_key(material)
         entry = None if forced else self.cache.get_action(key)
         if entry is None and not forced and self.project.remote is not None:
-            entry = self.project.remote.pull(key, self.cache)
+            entry = self.project.remote.pull(key, self.cache, step.step_type.produces)
         if entry is not None:
             artifact = self._materialize(step.name, entry)
             self.hooks.step_cached(step.name, step.step_type.name, entry.digest)
@@ -188,8 +188,10 @@ class Executor:
             except GateFailed as exc:
                 self._keep_failed_output(step.name, out)
                 raise _StepFailure(str(exc), gate=True) from None
-            except (KeyboardInterrupt, SystemExit):
+            except KeyboardInterrupt:
                 raise
+            except SystemExit as exc:  # a plugin must not end the build (and its exit code) for us
+                raise _StepFailure(f"plugin '{step.plugin}' called sys.exit({exc.code!r}) in step '{step.name}'") from None
             except Exception as exc:
                 trace = self._write_traceback(step.name)
                 output = "".join(f"\n  | {line}" for line in tail(log))

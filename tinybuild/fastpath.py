@@ -29,7 +29,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-FORMAT = 1
+from .hashing import stat_signature
+
+FORMAT = 3
 ENV_DISABLE = "TINYBUILD_NO_FASTPATH"
 RACY_NS = 50_000_000
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
@@ -50,11 +52,22 @@ def cache_root(recipe: Path, cache_dir: str | None, environ: Mapping[str, str]) 
     return recipe.resolve().parent / ".tinybuild"
 
 
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
 def stamp_path(recipe: Path, cache_dir: str | None, out: str | None, disabled: Iterable[str],
                environ: Mapping[str, str], lock: str | None = None) -> Path:
+    """Where the stamp of this exact invocation lives: every input to path
+    resolution (made absolute, so the same words from another folder differ)
+    and the import path are part of its name."""
+    env = {k: environ.get(k) for k in _CONTROL_ENV}
+    for k in ("TINYBUILD_CACHE_DIR", "TINYBUILD_OUT"):
+        env[k] = _absolute(env[k])
     identity = json.dumps({
-        "recipe": str(recipe.resolve()), "cache": cache_dir, "out": out, "lock": lock, "disabled": sorted(disabled),
-        "env": {k: environ.get(k) for k in _CONTROL_ENV}, "python": sys.executable, "version": sys.version,
+        "recipe": str(recipe.resolve()), "cache": _absolute(cache_dir), "out": _absolute(out), "lock": _absolute(lock),
+        "disabled": sorted(disabled), "env": env, "python": sys.executable, "version": sys.version,
+        "sys_path": [str(Path(p or ".").resolve()) for p in sys.path],
     }, sort_keys=True)
     return cache_root(recipe, cache_dir, environ) / "stamps" / (_sha(identity.encode())[:32] + ".json")
 
@@ -64,19 +77,25 @@ def env_refs(recipe_text: str, environ: Mapping[str, str]) -> dict[str, str | No
 
 
 # -- checking -----------------------------------------------------------------
+#
+# A stamp entry is [path, stat signature, digest, observed_ns]: the signature
+# and digest of the content a key was computed from (inputs: as they were when
+# the build read them; products: as written), and when that was observed.
 
 
-def _file_ok(entry: list[Any], stamped_ns: int) -> bool:
-    path, ino, mtime, size, digest = entry
+def _file_ok(entry: list[Any]) -> bool:
+    path, sig, digest, observed_ns = entry
     try:
         st = os.stat(path)
     except OSError:
         return False
-    if [st.st_ino, st.st_mtime_ns, st.st_size] != [ino, mtime, size]:
+    if stat_signature(st) != sig:
         return False
-    if stamped_ns - mtime > RACY_NS:
+    if observed_ns - sig[2] > RACY_NS:
         return True
-    with open(path, "rb") as f:  # racy: trust content only
+    # Racy: modified within a filesystem tick of being read, so a later edit of
+    # the same size could share this signature. Only the content can tell.
+    with open(path, "rb") as f:
         return _sha(f.read()) == digest
 
 
@@ -88,14 +107,13 @@ def check(stamp: Path, recipe_text: str, environ: Mapping[str, str]) -> dict[str
         return None
     if data.get("format") != FORMAT or data.get("env") != env_refs(recipe_text, environ):
         return None
-    stamped = data["stamped_ns"]
     for folder, mtime in data["folders"]:
         try:
             if os.stat(folder).st_mtime_ns != mtime:
                 return None
         except OSError:
             return None
-    if not all(_file_ok(entry, stamped) for entry in data["files"]):
+    if not all(_file_ok(entry) for entry in data["files"]):
         return None
     return data["summary"]
 
@@ -113,43 +131,43 @@ def try_noop(recipe: Path, cache_dir: str | None, out: str | None, disabled: Ite
 
 
 def invalidate(stamp: Path) -> None:
-    stamp.unlink(missing_ok=True)
+    """Drop a stamp before a real build (a bad cache location is reported later, by the build)."""
+    try:
+        stamp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 # -- recording ----------------------------------------------------------------
 
-
-def _module_files(prefixes: set[str]) -> list[str]:
-    files = []
-    for name, module in list(sys.modules.items()):
-        top = name.split(".")[0]
-        file = getattr(module, "__file__", None)
-        if top in prefixes and file and os.path.isfile(file):
-            files.append(file)
-    return sorted(set(files))
+Observation = tuple[list[int], str, int]
 
 
-def record(stamp: Path, *, recipe_text: str, files: Iterable[Path], digest_of: Any, plugin_modules: Iterable[str],
-           summary: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> None:
-    """Write a stamp; ``digest_of(path)`` gives content digests (the stat memo)."""
+def observe(path: Path, digest: str | None = None) -> Observation:
+    """Signature and digest of a file as it is now (for the build's products)."""
+    st = os.stat(path)
+    if digest is None:
+        with open(path, "rb") as f:
+            digest = _sha(f.read())
+    return stat_signature(st), digest, time.time_ns()
+
+
+def record(stamp: Path, *, recipe_text: str, observations: Mapping[str, Observation], summary: Mapping[str, Any],
+           environ: Mapping[str, str] | None = None) -> None:
+    """Write a stamp: ``observations`` maps every file the build depends on
+    or produced to the (signature, digest, time) it was observed with."""
     from .cache import atomic_write_json
 
     env = os.environ if environ is None else environ
-    prefixes = {"tinybuild"} | {m.split(".")[0] for m in plugin_modules}
-    entries = []
-    for path in [*map(str, files), *_module_files(prefixes)]:
-        st = os.stat(path)
-        entries.append([path, st.st_ino, st.st_mtime_ns, st.st_size, digest_of(Path(path))])
+    entries = [[path, list(sig), digest, seen] for path, (sig, digest, seen) in sorted(observations.items())]
     folders = []
     for folder in sys.path:
         try:
             folders.append([folder, os.stat(folder or ".").st_mtime_ns])
         except OSError:
             continue
-    atomic_write_json(stamp, {
-        "format": FORMAT, "stamped_ns": time.time_ns(), "env": env_refs(recipe_text, env),
-        "folders": folders, "files": entries, "summary": dict(summary),
-    })
+    atomic_write_json(stamp, {"format": FORMAT, "env": env_refs(recipe_text, env), "folders": folders,
+                              "files": entries, "summary": dict(summary)})
 
 
 LIFECYCLE_HOOKS = (
@@ -165,33 +183,53 @@ def has_observers(pm: Any, ignore: Iterable[str]) -> bool:
                for hook in LIFECYCLE_HOOKS for impl in getattr(pm.hook, hook).get_hookimpls())
 
 
+def _core_sources() -> list[str]:
+    return sorted(m.__file__ for name, m in list(sys.modules.items())
+                  if (name == "tinybuild" or name.startswith("tinybuild.")) and getattr(m, "__file__", None))
+
+
 def record_build(project: Any, result: Any, stamp: Path, reporter_name: str) -> bool:
-    """Stamp a successful, fully cached-or-stored build; False when not eligible."""
-    from .keys import input_file_fields
+    """Stamp a successful, fully cached-or-stored build; False when not eligible.
+
+    Inputs are stamped as the build *read* them (the recipe's bytes, the stat
+    memo's entries for data files, the fingerprinted sources), not as they are
+    now: an edit made while the build ran then fails the next check.
+    """
+    from .keys import SOURCE_READS, input_file_fields, source_files
     from .lockfile import read_lock
 
     if result.exit_code != 0 or result.uncached or has_observers(project.pm, [reporter_name]):
         return False
     lock = read_lock(project.lock_path)
     order = project.order
-    if sorted(lock) != sorted(order):
+    if sorted(lock) != sorted(order) or project.recipe.origin is None:
         return False
     cache = project.cache
-    files: list[Path] = [project.recipe.path, project.lock_path]
+    seen: dict[str, Observation] = {str(project.recipe.path): project.recipe.origin}
     for name in order:
         step = project.steps[name]
+        paths = []
         for value in input_file_fields(step.params).values():
             if value is not None:
-                files.extend(Path(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+                paths.extend(Path(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
         if step.step_type.input_files:
-            files.extend(Path(p) for p in step.step_type.input_files(step.params).values())
+            paths.extend(Path(p) for p in step.step_type.input_files(step.params).values())
+        for path in paths:
+            observed = cache.memo.observation(path)
+            if observed is None:
+                return False
+            seen[str(path)] = observed
         entry = lock[name]
-        files.append(cache.action_path(entry["key"]))
+        seen[str(cache.action_path(entry["key"]))] = observe(cache.action_path(entry["key"]))
         for rel, digest in entry["output"]["files"].items():
-            files.append(cache.object_path(digest))
-            files.append(project.step_out_dir(name) / rel)
+            seen[str(cache.object_path(digest))] = observe(cache.object_path(digest), digest)
+            seen[str(project.step_out_dir(name) / rel)] = observe(project.step_out_dir(name) / rel, digest)
+    for source in source_files(project.steps.values(), project.registry):
+        seen[source] = SOURCE_READS.get(source) or observe(Path(source))
+    for source in _core_sources():
+        seen.setdefault(source, observe(Path(source)))
+    seen[str(project.lock_path)] = observe(project.lock_path)
     summary = {"steps": [[n, lock[n]["output"]["digest"]] for n in order], "out": str(project.out_dir)}
-    record(stamp, recipe_text=project.recipe.path.read_text("utf-8"), files=files, digest_of=cache.memo.digest,
-           plugin_modules=[p.module for p in project.registry.plugins.values()], summary=summary)
+    record(stamp, recipe_text=project.recipe.path.read_text("utf-8"), observations=seen, summary=summary)
     cache.memo.save()
     return True

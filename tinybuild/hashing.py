@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,6 +41,13 @@ def json_digest(value: Any) -> str:
 def artifact_digest(kind: str, files: Mapping[str, str]) -> str:
     """Digest of an artifact: its kind and each file's relative path + digest."""
     return json_digest({"kind": kind, "files": dict(files)})
+
+
+def stat_signature(st: os.stat_result) -> list[int]:
+    """What identifies a file's content without reading it (device, inode,
+    mtime, ctime, size). ctime is included because tools that restore mtimes
+    (``cp -p``, ``rsync -t``) cannot restore it."""
+    return [st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size]
 
 
 def list_files(root: Path) -> list[str]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import Cache
+from .errors import CacheError
 from .lockfile import referenced_digests
 
 SCRATCH_GRACE_SECONDS = 3600  # a scratch folder younger than this may belong to a running build
@@ -61,8 +62,14 @@ def collect_garbage(cache: Cache, dry_run: bool = False) -> GcReport:
     return report
 
 
-def clean_outputs(out_dir: Path) -> bool:
-    """Remove a recipe's build folder (the cache is untouched)."""
+def clean_outputs(out_dir: Path, recipe_name: str) -> bool:
+    """Remove a recipe's build folder (the cache is untouched).
+
+    Only ever a folder named after the recipe, strictly inside its parent:
+    a mistake elsewhere must never turn ``clean`` into ``rm -rf`` of a project.
+    """
+    if out_dir.name != recipe_name or recipe_name.startswith(".") or out_dir.parent == out_dir:
+        raise CacheError(f"refusing to remove {out_dir}: not a build folder named after recipe '{recipe_name}'")
     if out_dir.exists():
         shutil.rmtree(out_dir)
         return True

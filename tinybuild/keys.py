@@ -24,8 +24,11 @@ The key material (a JSON-able dict, also stored in the lock file so that
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
+import time
 import typing
 from functools import lru_cache
 from importlib import metadata
@@ -35,7 +38,7 @@ from typing import Any, Callable, Mapping
 from pydantic import BaseModel
 
 from .api import INPUT_FILE, GraphPass, Params
-from .hashing import bytes_digest, json_digest
+from .hashing import bytes_digest, json_digest, stat_signature
 from .plugins import module_file
 from .resolve import ResolvedStep
 
@@ -106,6 +109,8 @@ def params_material(params: Params, digest: Digester) -> tuple[dict[str, Any], d
 
 
 _SOURCES: dict[tuple[str, int, int], str] = {}
+#: path -> (stat signature, digest, when read) of every source file a key used
+SOURCE_READS: dict[str, tuple[list[int], str, int]] = {}
 
 
 def _source_digest(path: str) -> str:
@@ -115,6 +120,7 @@ def _source_digest(path: str) -> str:
     if memo not in _SOURCES:
         with open(path, "rb") as f:
             _SOURCES[memo] = bytes_digest(f.read())
+        SOURCE_READS[path] = (stat_signature(st), _SOURCES[memo], time.time_ns())
     return _SOURCES[memo]
 
 
@@ -127,9 +133,36 @@ def fingerprint(modules: tuple[str, ...]) -> str:
     return json_digest(parts)
 
 
-def step_fingerprint(step: ResolvedStep) -> str:
+def defining_module(fn: Any) -> str:
+    """Module that holds a callable's code (through partials and decorators)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = inspect.unwrap(fn)
+    return getattr(fn, "__module__", None) or type(fn).__module__
+
+
+def step_modules(step: ResolvedStep) -> tuple[str, ...]:
     st = step.step_type
-    return fingerprint((st.run.__module__, *st.fingerprint_modules))
+    return (defining_module(st.run), *st.fingerprint_modules)
+
+
+def pass_modules(graph_pass: GraphPass) -> tuple[str, ...]:
+    return (defining_module(graph_pass.apply), *graph_pass.fingerprint_modules)
+
+
+def step_fingerprint(step: ResolvedStep) -> str:
+    return fingerprint(step_modules(step))
+
+
+def source_files(steps: Any, registry: Any) -> list[str]:
+    """Every source file a key of these steps can depend on: fingerprinted
+    modules, graph passes, and the plugins' registration modules (which hold
+    versions and params defaults). The no-op fast path stamps exactly these."""
+    modules = {m for step in steps for m in step_modules(step)}
+    modules |= {m for gp in registry.passes.values() for m in pass_modules(gp)}
+    modules |= {info.module for info in registry.plugins.values()}
+    files = {module_file(m) for m in modules}
+    return sorted(f for f in files if f and os.path.isfile(f))
 
 
 def key_material(

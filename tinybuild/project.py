@@ -77,5 +77,19 @@ def load_project(recipe_path: str | Path, *, cache_dir: str | Path | None = None
     dag = build_dag(steps, str(recipe.path))
     cache = Cache(Path(cache_dir).expanduser().resolve() if cache_dir else default_cache_dir(recipe))
     out = Path(out_dir).expanduser().resolve() / recipe.meta.name if out_dir else default_out_dir(recipe)
+    lock_file = Path(lock).expanduser().resolve() if lock else None
+    _check_folder(cache.root, "--cache-dir (or $TINYBUILD_CACHE_DIR)")
+    _check_folder(out.parent, "--out (or $TINYBUILD_OUT)")
+    if lock_file is not None and lock_file.is_dir():
+        raise UsageError(f"--lock {lock_file}: is a folder; give a file path, e.g. {lock_file / 'recipe.lock.json'}")
     return Project(recipe=recipe, registry=registry, pm=pm, steps=steps, dag=dag, cache=cache, out_dir=out,
-                   order=run_order(dag), lock_file=Path(lock).expanduser().resolve() if lock else None)
+                   order=run_order(dag), lock_file=lock_file)
+
+
+def _check_folder(path: Path, option: str) -> None:
+    """A folder tinybuild will write into must be a folder (or not exist yet)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                raise UsageError(f"{option}: {candidate} is a file, not a folder; choose another location")
+            return

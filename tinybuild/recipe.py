@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import Problem, RecipeError, did_you_mean
+from .hashing import bytes_digest, stat_signature
 
 #: Sections of the recipe that become steps with a fixed name.
 SECTION_STEPS = ("dataset", "model")
@@ -39,7 +41,7 @@ class RecipeMeta(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="Name of the recipe; names the build folder.", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(description="Name of the recipe; names the build folder.", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for every random choice (splits, initialization, training).")
     salt: str = Field("", description="Change it to invalidate every cached result of this recipe.")
     description: str = Field("", description="Free text, shown by `tinybuild plan`.")
@@ -48,7 +50,7 @@ class RecipeMeta(BaseModel):
 class Target(BaseModel):
     """The optional ``[target]`` table: a device's budgets, enforced as gates."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str | None = Field(None, description="Device name, for reports.")
     flash_kb: float | None = Field(None, gt=0, description="Flash budget in KiB: max model file size.")
@@ -74,6 +76,8 @@ class Recipe:
     meta: RecipeMeta
     target: Target
     steps: dict[str, StepSpec] = field(default_factory=dict)
+    #: (stat signature, sha256, when read) of the bytes this recipe was parsed from
+    origin: tuple[list[int], str, int] | None = None
 
     @property
     def dir(self) -> Path:
@@ -92,7 +96,10 @@ def load_recipe(path: str | Path, environ: dict[str, str] | None = None) -> Reci
     path = Path(path)
     file = str(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        st = os.stat(path)
+        raw = path.read_bytes()
+        origin = (stat_signature(st), bytes_digest(raw), time.time_ns())
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise RecipeError(file, [Problem("", "no such recipe file", "check the path, or create it (see README: Recipe reference)")]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -138,7 +145,7 @@ def load_recipe(path: str | Path, environ: dict[str, str] | None = None) -> Reci
     if problems:
         raise RecipeError(file, problems)
     assert meta is not None
-    return Recipe(path=path.resolve(), meta=meta, target=target, steps=steps)
+    return Recipe(path=path.resolve(), meta=meta, target=target, steps=steps, origin=origin)
 
 
 def _step_spec(name: str, key: str, table: Any, problems: list[Problem]) -> StepSpec | None:

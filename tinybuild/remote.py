@@ -22,7 +22,7 @@ import json
 import uuid
 from typing import Any, Callable
 
-from .cache import ActionEntry, Cache
+from .cache import ActionEntry, Cache, entry_is_consistent
 from .hashing import bytes_digest
 
 ENV_REMOTE = "TINYBUILD_REMOTE_CACHE"
@@ -47,12 +47,18 @@ class RemoteCache:
         """The remote action entry for ``key`` without fetching its objects (for plans)."""
         try:
             raw = json.loads(self.fs.cat_file(self._path("actions", key)))
-            return ActionEntry(kind=raw["kind"], files=dict(raw["files"]), digest=raw["digest"], metrics=dict(raw["metrics"]))
+            entry = ActionEntry(kind=raw["kind"], files=dict(raw["files"]), digest=raw["digest"], metrics=dict(raw["metrics"]))
         except Exception:
             return None
+        return entry if entry_is_consistent(entry) else None
 
-    def pull(self, key: str, local: Cache) -> ActionEntry | None:
-        """Copy ``key``'s entry and objects into ``local``; None on a miss."""
+    def pull(self, key: str, local: Cache, kind: str) -> ActionEntry | None:
+        """Copy ``key``'s entry and objects into ``local``; None on a miss.
+
+        The entry must describe an artifact of ``kind`` whose digest matches
+        its files, with file names that stay inside the step's folder, and
+        every object must hash to its name: anything else is ignored.
+        """
         try:
             raw = json.loads(self.fs.cat_file(self._path("actions", key)))
             entry = ActionEntry(kind=raw["kind"], files=dict(raw["files"]), digest=raw["digest"], metrics=dict(raw["metrics"]))
@@ -60,6 +66,9 @@ class RemoteCache:
             return None
         except Exception as exc:  # unreachable, unreadable or malformed: fall back to building
             self.warn(f"remote cache: cannot read action {key[:12]} ({type(exc).__name__}: {exc})")
+            return None
+        if entry.kind != kind or not entry_is_consistent(entry):
+            self.warn(f"remote cache: action {key[:12]} is inconsistent (kind, digest or file names); ignoring it")
             return None
         try:
             for rel, digest in entry.files.items():

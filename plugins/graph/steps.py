@@ -23,7 +23,8 @@ from typing import Any, Mapping, Sequence
 
 from pydantic import Field, field_validator
 
-from tinybuild.api import Artifact, GraphPass, Kind, Params, StepContext, StepError, StepType, hookimpl
+from tinybuild.api import (Artifact, GraphPass, Kind, Params, StepContext, StepError, StepType, graph_pass_fingerprint,
+                           hookimpl)
 
 from ._graphdef import Graph, op_counts
 from .passes import DEFAULT_ORDER
@@ -117,7 +118,13 @@ def selected_passes(params: OptimizeParams, registered: Mapping[str, GraphPass])
 def optimize_key_extras(params: OptimizeParams, registered: Mapping[str, GraphPass]) -> dict[str, Any]:
     names = list(params.passes) if params.passes is not None else default_pass_names(registered)
     return {"graph_passes": [[n, registered[n].version if n in registered else None,
-                              registered[n].exact if n in registered else None] for n in names]}
+                              registered[n].exact if n in registered else None,
+                              _pass_fingerprint(registered[n]) if n in registered else None] for n in names]}
+
+
+def _pass_fingerprint(graph_pass: GraphPass) -> str:
+    """Digest of a pass's code: editing a pass reruns the steps that apply it."""
+    return graph_pass_fingerprint(graph_pass)
 
 
 def run_optimize(ctx: StepContext, inputs: Sequence[Artifact], params: OptimizeParams) -> dict[str, Any]:

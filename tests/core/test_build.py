@@ -240,3 +240,40 @@ def test_unexpected_exception_shows_the_log_tail_and_traceback_file(ws):
     assert "native noise on fd 2" in run.err  # the tail of the step's output
     trace = ws.root / "build" / "toy" / ".logs" / "train.traceback.txt"
     assert "Traceback" in trace.read_text() and "Traceback" not in run.err
+
+
+def test_a_plugin_calling_sys_exit_fails_its_step(ws):
+    ws.edit("epochs = 3", "epochs = 3\nexit_with = 0")
+    run = ws.build()
+    assert run.code == 1
+    assert "plugin 'toy' called sys.exit(0) in step 'train'" in run.err
+
+
+def test_clean_refuses_anything_but_a_build_folder(tmp_path):
+    import pytest
+
+    from tinybuild.errors import CacheError
+    from tinybuild.housekeeping import clean_outputs
+
+    project = tmp_path / "project"
+    project.mkdir()
+    with pytest.raises(CacheError):
+        clean_outputs(project, "toy")  # not named after the recipe
+    with pytest.raises(CacheError):
+        clean_outputs(tmp_path / "..", "..")
+    assert project.exists()
+
+
+def test_gc_defaults_to_the_recipe_in_the_current_folder(ws, monkeypatch):
+    ws.run("build", str(ws.recipe), "--plain")  # default cache: .tinybuild beside the recipe
+    monkeypatch.chdir(ws.root)
+    run = ws.run("gc", "--dry-run")
+    assert run.code == 0 and "would remove 0 objects" in run.out
+
+
+def test_run_wrapped_in_partial_is_fingerprinted_by_its_own_module():
+    import functools
+
+    from tinybuild.keys import defining_module
+
+    assert defining_module(functools.partial(toy_plugin.run_train, None)) == "toy_plugin"

@@ -53,31 +53,76 @@ def test_any_change_falls_back_to_a_real_build(quiet, change):
 
 
 def test_racy_files_are_checked_by_content(tmp_path):
-    """A file rewritten within one mtime tick of the stamp keeps its stat
+    """A file rewritten within one mtime tick of being read keeps its stat
     signature; the stamp then trusts only its content."""
     import json
 
     from tinybuild import fastpath
+    from tinybuild.hashing import stat_signature
 
     data = tmp_path / "data.txt"
     data.write_text("1 2 3\n")
     st = os.stat(data)
     stamp = tmp_path / "stamp.json"
 
-    def write_stamp(stamped_ns):
+    def write_stamp(observed_ns):
         stamp.write_text(json.dumps({
-            "format": fastpath.FORMAT, "stamped_ns": stamped_ns, "env": {}, "folders": [],
-            "files": [[str(data), st.st_ino, st.st_mtime_ns, st.st_size, fastpath._sha(b"1 2 3\n")]],
+            "format": fastpath.FORMAT, "env": {}, "folders": [],
+            "files": [[str(data), stat_signature(st), fastpath._sha(b"1 2 3\n"), observed_ns]],
             "summary": {"steps": []},
         }))
 
-    write_stamp(st.st_mtime_ns + 1_000_000)  # stamped 1 ms after the file's mtime: racy
+    write_stamp(st.st_mtime_ns + 1_000_000)  # read 1 ms after the file's mtime: racy
     assert fastpath.check(stamp, "", {}) == {"steps": []}
     data.write_text("3 2 1\n")  # same size...
-    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...same mtime
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...same mtime...
+    st = os.stat(data)  # ...and (pretend) the same ctime: only content can tell
+    write_stamp(st.st_mtime_ns + 1_000_000)
     assert fastpath.check(stamp, "", {}) is None  # caught by content
-    write_stamp(st.st_mtime_ns + 10**9)  # stamped long after: stat is trusted
+    write_stamp(st.st_mtime_ns + 10**9)  # read long after its mtime: stat is trusted
     assert fastpath.check(stamp, "", {}) == {"steps": []}
+
+
+def test_mtime_restoring_copies_are_noticed(quiet):
+    data = quiet.root / "numbers.txt"
+    st = os.stat(data)
+    data.write_text("7 8 9\n")  # same size, then the old mtime put back (cp -p, rsync -t)
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    run = quiet.build()
+    assert NOOP not in run.err
+    assert built_steps(run)[:1] == ["dataset"]
+
+
+def test_an_edit_during_the_build_is_not_hidden(quiet, monkeypatch):
+    """The recipe is stamped as the build read it: editing it while a build runs
+    (here: between reading and stamping) is caught by the next build."""
+    from tinybuild import fastpath
+
+    real = fastpath.record_build
+
+    def edit_then_record(project, *args):
+        quiet.edit("epochs = 3", "epochs = 7")
+        return real(project, *args)
+
+    quiet.edit("epochs = 3", "epochs = 5")
+    quiet.edit("epochs = 5", "epochs = 3")
+    monkeypatch.setattr(fastpath, "record_build", edit_then_record)
+    quiet.build()
+    monkeypatch.setattr(fastpath, "record_build", real)
+    run = quiet.build()
+    assert NOOP not in run.err
+    assert "params.epochs 3 → 7" in run.err
+
+
+def test_the_same_words_from_another_folder_are_another_build(quiet, tmp_path, monkeypatch):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.chdir(quiet.root)
+    assert quiet.run("build", str(quiet.recipe), "--plain", "--out", "out", "--cache-dir", str(quiet.cache)).code == 0
+    monkeypatch.chdir(other)
+    run = quiet.run("build", str(quiet.recipe), "--plain", "--out", "out", "--cache-dir", str(quiet.cache))
+    assert NOOP not in run.err
+    assert (other / "out" / "toy" / "report" / "report.md").exists()
 
 
 def test_env_var_used_by_the_recipe_is_part_of_the_stamp(ws, monkeypatch):
@@ -100,3 +145,33 @@ def test_only_and_force_never_use_it(quiet):
     assert NOOP not in quiet.build().err  # --only dropped the stamp; this build records it again
     assert NOOP in quiet.build().err
     assert built_steps(quiet.build("--force", "report")) == ["report"]
+
+
+def test_import_path_changes_fall_back(quiet, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert NOOP not in quiet.build().err
+
+
+def test_fingerprinted_helpers_outside_the_plugin_package_are_stamped(ws, tmp_path, monkeypatch):
+    helper = tmp_path / "toyhelper.py"
+    helper.write_text("FACTOR = 2\n")
+    (tmp_path / "helperplug.py").write_text(
+        "from tinybuild.api import StepType, Kind, hookimpl\n"
+        "def run(ctx, inputs, params):\n"
+        "    import toyhelper\n"
+        "    (ctx.out_dir / 'v.txt').write_text(str(toyhelper.FACTOR))\n"
+        "@hookimpl\n"
+        "def tinybuild_step_types():\n"
+        "    return [StepType('calc', '1.0', Kind.DATASET, run, arity=(0, 0), fingerprint_modules=('toyhelper',))]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "calc=helperplug")
+    ws.write('[recipe]\nname = "h"\n\n[dataset]\nuse = "calc"\n')
+    assert ws.build().code == 0
+    import time
+
+    time.sleep(0.01)
+    helper.write_text("FACTOR = 3\n")
+    run = ws.build()
+    assert NOOP not in run.err
+    assert "plugin calc source changed" in run.err

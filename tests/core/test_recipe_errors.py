@@ -23,6 +23,9 @@ CASES = [
     ("missing-name", replace('name = "toy"\n', ""), ["recipe.name: missing required key", "add name = ..."]),
     ("bad-recipe-name", replace('name = "toy"', 'name = "my toy"'), ["recipe.name:", "should match pattern"]),
     ("seed-type", replace("seed = 3", 'seed = "three"'), ["recipe.seed:", "valid integer", "'three'"]),
+    ("dotdot-name", replace('name = "toy"', 'name = ".."'), ["recipe.name:", "should match pattern"]),
+    ("nan-param", replace("epochs = 3", "epochs = 3\nlearning_rate = nan"), ["steps.train.learning_rate:", "finite number"]),
+    ("inf-budget", TOY_RECIPE + "\n[target]\nflash_kb = inf\n", ["target.flash_kb:", "finite number"]),
     ("seed-range", replace("seed = 3", "seed = -1"), ["recipe.seed:", "greater than or equal to 0"]),
     ("unknown-recipe-key", replace("seed = 3", "seed = 3\nsed = 4"), ["recipe.sed: unknown key 'sed'", "did you mean 'seed'?"]),
     ("target-unknown-key", TOY_RECIPE + "\n[target]\nflash = 64\n", ["target.flash: unknown key 'flash'", "did you mean 'flash_kb'?"]),
@@ -102,3 +105,15 @@ def test_debug_shows_traceback(ws):
 
     with pytest.raises(RecipeError):
         ws.run("build", str(ws.recipe), "--debug")
+
+
+@pytest.mark.parametrize("option,make", [("--cache-dir", "file"), ("--out", "file"), ("--lock", "dir")])
+def test_unusable_locations_are_usage_errors(ws, option, make):
+    target = ws.root / f"thing-{make}"
+    if make == "file":
+        target.write_text("not a folder")
+    else:
+        target.mkdir()
+    run = ws.run("build", str(ws.recipe), "--plain", option, str(target))
+    assert run.code == 2, run.err
+    assert option in run.err and "Traceback" not in run.err

@@ -56,3 +56,41 @@ def test_unreachable_remote_only_warns(ws, tmp_path):
     run = ws.build("--remote-cache", bad.as_uri())
     assert run.code == 0
     assert "warning: remote cache" in run.err
+
+
+def _tamper(remote, mutate):
+    import json
+
+    for action in (remote / "actions").rglob("*"):
+        if action.is_file():
+            entry = json.loads(action.read_text())
+            if entry["kind"] == "dataset":
+                mutate(entry)
+                action.write_text(json.dumps(entry))
+                return
+    raise AssertionError("no dataset action found")
+
+
+def test_tampered_remote_entries_never_write_outside_the_build_folder(ws, tmp_path):
+    remote = tmp_path / "remote"
+    ws.build("--remote-cache", remote.as_uri())
+
+    def escape(entry):
+        (digest,) = entry["files"].values()
+        entry["files"] = {"../../../../PWNED.txt": digest}
+
+    _tamper(remote, escape)
+    run = ws.build("--remote-cache", remote.as_uri(), "--cache-dir", str(tmp_path / "c2"), "--out", str(tmp_path / "o2"))
+    assert run.code == 0
+    assert "inconsistent" in run.err
+    assert not list(tmp_path.rglob("PWNED.txt"))
+    assert "dataset" in built_steps(run)
+    assert (tmp_path / "o2" / "toy" / "dataset" / "data.json").exists()
+
+
+def test_remote_entry_with_a_forged_digest_is_ignored(ws, tmp_path):
+    remote = tmp_path / "remote"
+    ws.build("--remote-cache", remote.as_uri())
+    _tamper(remote, lambda entry: entry.update(digest="0" * 64))
+    run = ws.build("--remote-cache", remote.as_uri(), "--cache-dir", str(tmp_path / "c2"), "--out", str(tmp_path / "o2"))
+    assert run.code == 0 and "dataset" in built_steps(run)

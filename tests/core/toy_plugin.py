@@ -51,6 +51,7 @@ class TrainParams(Params):
     note: str = Field("", description="free text that does not change the output (for early cutoff)")
     crash: bool = Field(False, description="raise after writing half the output")
     mutate_input: bool = Field(False, description="touch the input while running")
+    exit_with: int | None = Field(None, description="call sys.exit with this code")
     noise: bool = Field(False, description="write to descriptors 1 and 2 like a native library")
     hang: bool = Field(False, description="after writing half the output, signal $TOY_HANG_MARKER and sleep")
 
@@ -60,6 +61,10 @@ def run_train(ctx, inputs, params: TrainParams):
     for epoch in range(1, params.epochs + 1):
         ctx.progress(epoch, params.epochs, f"epoch {epoch}/{params.epochs}")
     (ctx.out_dir / "model.txt").write_text(text + f"trained epochs={params.epochs} lr={params.learning_rate}\n")
+    if params.exit_with is not None:
+        import sys
+
+        sys.exit(params.exit_with)
     if params.noise:
         os.write(2, b"native noise on fd 2\n")
         os.write(1, b"native noise on fd 1\n")

@@ -197,10 +197,27 @@ def test_params_are_validated_and_key_extras_carry_pass_versions(passes):
     with pytest.raises(ValueError):
         OptimizeParams(tolerance=0)
     extras = STEPS["graph-optimize"].key_extras(OptimizeParams(), passes)
-    assert ["remove-identity", "1.0", True] in extras["graph_passes"]
+    assert ["remove-identity", "1.0", True] in [entry[:3] for entry in extras["graph_passes"]]
     assert "fold-batchnorm" not in [name for name, *_ in extras["graph_passes"]]
     bumped = {**passes, "remove-dead": dataclasses.replace(passes["remove-dead"], version="2.0")}
     assert STEPS["graph-optimize"].key_extras(OptimizeParams(), bumped) != extras
+
+
+def test_key_extras_follow_the_code_of_third_party_passes(passes, tmp_path, monkeypatch):
+    """Editing a pass's code (same name, same version) changes graph-optimize's key."""
+    from tinybuild.api import GraphPass
+
+    module = tmp_path / "my_pass_impl.py"
+    module.write_text("def apply(graph):\n    return graph\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    impl = importlib.import_module("my_pass_impl")
+    mine = {**passes, "my-pass": GraphPass("my-pass", "1.0", True, impl.apply)}
+    params = OptimizeParams(passes=("my-pass",))
+    before = STEPS["graph-optimize"].key_extras(params, mine)
+    module.write_text("def apply(graph):\n    return graph  # rewritten\n")
+    assert STEPS["graph-optimize"].key_extras(params, mine) != before
 
 
 def test_the_tflite_step_converts_the_optimized_graph(frozen_artifact, passes, tmp_path):

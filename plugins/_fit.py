@@ -6,6 +6,11 @@ meta.json), fit it on the dataset artifact's train split with the val split
 for validation, and report the same metrics and progress lines. Keeping
 that in one place keeps their behaviour (and their determinism) identical.
 
+Optional data augmentation (``augment``: random shifts, rotations and zooms
+of the training images) also lives here, because it is part of how the
+train split is fed to ``fit``; it is off by default and never touches the
+val split.
+
 TensorFlow is imported inside the functions only (through ``_tf``).
 """
 
@@ -14,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, Mapping, Sequence
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tinybuild.api import Artifact, Params, StepContext, StepError
 
@@ -23,6 +28,33 @@ from ._dataset_io import Dataset, load_dataset
 from ._keras_io import read_model_meta
 
 Optimizer = Literal["adam", "sgd", "rmsprop"]
+FillMode = Literal["nearest", "constant", "reflect", "wrap"]
+
+
+class Augment(Params):
+    """Random geometric augmentation of the training images, drawn per image
+    and per epoch. All ranges are symmetric around "unchanged"."""
+
+    shift: float = Field(
+        0.0, ge=0, le=0.5,
+        description="Largest random translation, as a fraction of the image's height and width (0.1 = up to ±10%).",
+    )
+    rotation: float = Field(0.0, ge=0, le=180, description="Largest random rotation, in degrees (±).")
+    zoom: float = Field(
+        0.0, ge=0, lt=1, description="Largest random scaling of the content, as a fraction (0.1 = ×0.9 to ×1.1)."
+    )
+    fill_mode: FillMode = Field(
+        "nearest", description="How pixels uncovered by the transform are filled (as in tf_keras's RandomRotation)."
+    )
+    fill_value: float = Field(0.0, description="The value uncovered pixels get with fill_mode = \"constant\".")
+
+    @model_validator(mode="after")
+    def _does_something(self) -> "Augment":
+        if not (self.shift or self.rotation or self.zoom):
+            raise ValueError("augment changes nothing: set shift, rotation or zoom above 0 (or leave augment out)")
+        if self.fill_value and self.fill_mode != "constant":
+            raise ValueError(f'fill_value only applies to fill_mode = "constant", not "{self.fill_mode}"')
+        return self
 
 
 class TrainingParams(Params):
@@ -32,6 +64,9 @@ class TrainingParams(Params):
     batch_size: int = Field(64, ge=1, le=1 << 16, description="Samples per gradient step.")
     optimizer: Optimizer = Field("adam", description="Optimizer: adam, sgd or rmsprop.")
     learning_rate: float = Field(1e-3, gt=0, le=10, description="Optimizer learning rate.")
+    augment: Augment | None = Field(
+        None, description="Random shifts, rotations and zooms of the train split's images (off when unset)."
+    )
 
 
 def require_dataset(ctx: StepContext) -> Dataset:
@@ -80,6 +115,91 @@ def compile_model(model: Any, params: TrainingParams, from_logits: bool) -> None
     )
 
 
+# --------------------------------------------------------------------------
+# Augmentation
+# --------------------------------------------------------------------------
+#
+# Why not tf_keras's RandomTranslation/RandomRotation/RandomZoom layers in
+# the map? They run under op determinism too, but draw from stateful random
+# ops: what an image gets depends on every draw made before it in the
+# process (and, in a parallel map, on which thread draws first). Here each
+# batch's random parameters come from a *stateless* draw keyed on (seed,
+# global batch index): a pure function of the recipe seed and the batch's
+# position, whatever tf.data's threads do, yet different every epoch. And
+# one composed affine transform per image resamples it once, not three
+# times, with the op those layers use (ImageProjectiveTransformV3).
+
+
+def affine_transforms(params: Augment, draws: Any, height: int, width: int) -> Any:
+    """Projective transforms (``[n, 8]``, output pixel -> input pixel) for
+    ``draws``: ``[n, 4]`` uniform numbers in [-1, 1] (rotation, zoom, shift
+    x, shift y).
+
+    The content is scaled by ``z`` and rotated by ``theta`` about the image
+    centre ``c``, then moved by ``t``: ``out = z R(theta) (in - c) + c + t``,
+    so each output pixel samples ``in = R(-theta) (out - c - t) / z + c``.
+    """
+    tf = _tf.tensorflow()
+    theta = draws[:, 0] * (params.rotation * math.pi / 180.0)
+    zoom = 1.0 + draws[:, 1] * params.zoom
+    tx = draws[:, 2] * (params.shift * width)
+    ty = draws[:, 3] * (params.shift * height)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    a0, a1 = tf.cos(theta) / zoom, tf.sin(theta) / zoom
+    b0, b1 = -a1, a0
+    a2 = cx - (a0 * (cx + tx) + a1 * (cy + ty))
+    b2 = cy - (b0 * (cx + tx) + b1 * (cy + ty))
+    zeros = tf.zeros_like(theta)
+    return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+
+
+def augment_batch(images: Any, params: Augment, seed: Any) -> Any:
+    """Randomly transform a batch ``[n, height, width, channels]`` of float32
+    images; ``seed`` (shape ``[2]``, int64) fully determines the result."""
+    tf = _tf.tensorflow()
+    draws = tf.random.stateless_uniform([tf.shape(images)[0], 4], seed=seed, minval=-1.0, maxval=1.0)
+    height, width = images.shape[1], images.shape[2]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=affine_transforms(params, draws, height, width),
+        output_shape=tf.constant([height, width], tf.int32),
+        fill_value=tf.constant(params.fill_value, tf.float32),
+        interpolation="BILINEAR",
+        fill_mode=params.fill_mode.upper(),
+    )
+
+
+def augmented_train_split(data: Dataset, augment: Augment, batch_size: int, seed: int, where: str) -> Any:
+    """An endless ``tf.data`` pipeline of shuffled, augmented train batches.
+
+    Batches are formed before ``repeat`` so every epoch is exactly
+    :func:`steps_per_epoch` batches of one full shuffle, as with plain
+    arrays; the global batch index keys each batch's random draw.
+    """
+    shape = data.input_shape
+    if len(shape) != 3:
+        raise StepError(
+            f"{where}: augment shifts, rotates and zooms images of shape [height, width, channels], "
+            f"but the dataset's samples have shape {list(shape)}; remove augment for this data"
+        )
+    tf = _tf.tensorflow()
+    x, y = data.x["train"], data.y["train"]
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .repeat()
+        .enumerate()
+    )
+
+    def transform(index: Any, batch: Any) -> Any:
+        images, labels = batch
+        key = tf.stack([tf.constant(seed, tf.int64), index])
+        return augment_batch(images, augment, key), labels
+
+    return dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+
+
 def _progress_callback(ctx: StepContext, epochs: int, verb: str) -> Any:
     """A Keras callback feeding ``ctx.progress`` once per epoch."""
     keras = _tf.keras()
@@ -119,17 +239,23 @@ def fit(
     """Fit a compiled model; return the metrics of the kept epoch and epochs run.
 
     Shuffling goes through tf.data seeded by ``seed_everything``, so with op
-    determinism on the same inputs give the same weights.
+    determinism on the same inputs give the same weights. With ``augment``
+    the train split comes from :func:`augmented_train_split`; the val split
+    is always passed as it is.
     """
     has_val = len(data.y["val"]) > 0
     ctx.progress(0, params.epochs, f"{verb} epoch 0/{params.epochs}")
+    if params.augment is None:
+        train: dict[str, Any] = {"x": data.x["train"], "y": data.y["train"], "batch_size": params.batch_size,
+                                 "shuffle": True}
+    else:
+        train = {"x": augmented_train_split(data, params.augment, params.batch_size, ctx.seed, f"step '{ctx.step}'"),
+                 "steps_per_epoch": steps_per_epoch(data, params.batch_size),
+                 "validation_batch_size": params.batch_size}
     history = model.fit(
-        data.x["train"],
-        data.y["train"],
-        batch_size=params.batch_size,
+        **train,
         epochs=params.epochs,
         validation_data=(data.x["val"], data.y["val"]) if has_val else None,
-        shuffle=True,
         verbose=0,
         callbacks=[*callbacks, _progress_callback(ctx, params.epochs, verb)],
     )

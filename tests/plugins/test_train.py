@@ -1,4 +1,4 @@
-"""The train step type: learning, determinism, progress, early stopping, errors."""
+"""The train step type: learning, determinism, progress, early stopping, augmentation, errors."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ from pydantic import ValidationError
 
 from tinybuild.api import StepError
 from tinybuild.testing import run_step
-from tinybuild_plugins._dataset_io import load_dataset
-from tinybuild_plugins._fit import model_outputs_logits
+from tinybuild_plugins import _tf
+from tinybuild_plugins._dataset_io import Dataset, load_dataset
+from tinybuild_plugins._fit import Augment, affine_transforms, augment_batch, augmented_train_split, model_outputs_logits
 from tinybuild_plugins._keras_io import load_keras_model, read_model_meta
 from tinybuild_plugins.datasets import NPZ
 from tinybuild_plugins.models import KERAS
+from tinybuild_plugins.prune import PRUNE
 from tinybuild_plugins.train import TRAIN
 
 FAST = {"epochs": 1, "batch_size": 32}
+AUGMENT = {"shift": 0.1, "rotation": 10, "zoom": 0.1}
 
 
 def train(model, dataset, tmp_path, name="train", params=None, progress=None, seed=0):
@@ -114,6 +117,14 @@ def test_softmax_models_are_trained_with_a_probability_loss(mnist_dataset, tmp_p
         ({"learning_rate": 0}, "greater than 0"),
         ({"monitor": "val_f1"}, "val_loss"),
         ({"epoch": 3}, "epoch"),
+        ({"augment": {"shift": 0.6}}, r"augment\.shift\n.*less than or equal to 0\.5"),
+        ({"augment": {"shift": -0.1}}, r"augment\.shift\n.*greater than or equal to 0"),
+        ({"augment": {"rotation": 181}}, r"augment\.rotation\n.*less than or equal to 180"),
+        ({"augment": {"zoom": 1.0}}, r"augment\.zoom\n.*less than 1"),
+        ({"augment": {"fill_mode": "mirror"}}, r"augment\.fill_mode\n.*'nearest'"),
+        ({"augment": {"rotate": 10}}, r"augment\.rotate\n.*not permitted"),
+        ({"augment": {}}, "augment changes nothing: set shift, rotation or zoom"),
+        ({"augment": {"shift": 0.1, "fill_value": 1.0}}, 'fill_value only applies to fill_mode = "constant"'),
     ],
 )
 def test_params_are_validated(params, message):
@@ -125,3 +136,137 @@ def test_step_type_declaration():
     assert TRAIN.default_input == "model" and TRAIN.uses_dataset
     assert TRAIN.consumes == ("keras-model",) and TRAIN.produces == "keras-model"
     assert "tinybuild_plugins._fit" in TRAIN.fingerprint_modules
+
+
+# -- augmentation -----------------------------------------------------------------------
+
+
+def test_augmentation_is_deterministic_and_changes_training(basic_cnn, mnist_dataset, tmp_path):
+    plain = train(basic_cnn, mnist_dataset, tmp_path, "plain")
+    first = train(basic_cnn, mnist_dataset, tmp_path, "a", params={"augment": AUGMENT})
+    second = train(basic_cnn, mnist_dataset, tmp_path, "b", params={"augment": AUGMENT})
+    other = train(basic_cnn, mnist_dataset, tmp_path, "c", params={"augment": {**AUGMENT, "rotation": 20}})
+    assert first.digest == second.digest  # op determinism holds through the augmented pipeline
+    assert len({plain.digest, first.digest, other.digest}) == 3
+    assert TRAIN.params.model_validate({}).augment is None  # off unless asked for
+
+
+def test_validation_sees_the_images_as_they_are(basic_cnn, mnist_dataset, tmp_path):
+    # Augmentation this strong (half-image shifts, any rotation) would change the
+    # val loss far beyond the tolerance below if it reached the val split.
+    art = train(basic_cnn, mnist_dataset, tmp_path, params={"augment": {"shift": 0.5, "rotation": 180}})
+    data = load_dataset(mnist_dataset.path)
+    model = load_keras_model(art.path)
+    model.compile(loss=_tf.keras().losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    loss, acc = model.evaluate(data.x["val"], data.y["val"], verbose=0)
+    assert art.metrics["val_loss"] == pytest.approx(loss, abs=1e-5)
+    assert art.metrics["val_accuracy"] == pytest.approx(acc, abs=1e-6)
+
+
+def _indexed_train_split(dataset) -> Dataset:
+    """The tiny dataset with each train label replaced by the sample's index,
+    so an augmented batch says which original image each sample came from."""
+    data = load_dataset(dataset.path)
+    y = dict(data.y, train=np.arange(len(data.y["train"])))
+    return Dataset(x=data.x, y=y, meta=data.meta)
+
+
+def _centre_of_mass(images: np.ndarray) -> np.ndarray:
+    """(x, y) centre of mass per image of a [n, h, w, 1] batch."""
+    rows, cols = np.mgrid[: images.shape[1], : images.shape[2]]
+    mass = images[..., 0].sum(axis=(1, 2))
+    return np.stack([(images[..., 0] * cols).sum(axis=(1, 2)) / mass,
+                     (images[..., 0] * rows).sum(axis=(1, 2)) / mass], axis=1)
+
+
+def _epochs_of_batches(data: Dataset, augment: Augment, seed: int, epochs: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    batch_size = 32
+    batches_per_epoch = -(-len(data.y["train"]) // batch_size)
+    _tf.seed_everything(seed)
+    pipeline = augmented_train_split(data, augment, batch_size, seed, "test")
+    batches = [(x.numpy(), y.numpy()) for x, y in pipeline.take(epochs * batches_per_epoch)]
+    return [(np.concatenate([x for x, _ in batches[e * batches_per_epoch:(e + 1) * batches_per_epoch]]),
+             np.concatenate([y for _, y in batches[e * batches_per_epoch:(e + 1) * batches_per_epoch]]))
+            for e in range(epochs)]
+
+
+def test_augmented_train_split_shifts_each_image_within_range_and_keeps_its_label(mnist_dataset):
+    data = _indexed_train_split(mnist_dataset)
+    shift = 0.1
+    augment = Augment(shift=shift)
+    (x1, i1), (x2, i2) = _epochs_of_batches(data, augment, seed=0, epochs=2)
+    n = len(data.y["train"])
+    # every epoch is one full reshuffled pass over the train split
+    assert sorted(i1) == sorted(i2) == list(range(n)) and not np.array_equal(i1, i2)
+    # each sample is its own original image, moved: MNIST digits sit inside their
+    # frame, so a shift keeps (nearly) all their ink, and digits differ in ink
+    original = data.x["train"]
+    assert np.allclose(x1.sum(axis=(1, 2, 3)), original[i1].sum(axis=(1, 2, 3)), rtol=0.05)
+    # and the move is at most shift x size (plus a little for interpolation)
+    moved = _centre_of_mass(x1) - _centre_of_mass(original[i1])
+    assert np.abs(moved).max() <= shift * 28 + 0.5
+    assert np.median(np.abs(moved)) > 0.5  # most images really move
+    # a new epoch draws new shifts for the same image
+    order = np.argsort(i2)
+    moved_again = _centre_of_mass(x2[order]) - _centre_of_mass(original)
+    assert not np.allclose(moved[np.argsort(i1)], moved_again, atol=0.05)
+    # and the whole sequence is a function of the seed
+    (y1, j1), _ = _epochs_of_batches(data, augment, seed=0, epochs=2)
+    (z1, k1), _ = _epochs_of_batches(data, augment, seed=1, epochs=2)
+    assert np.array_equal(x1, y1) and np.array_equal(i1, j1)
+    assert not np.array_equal(x1, z1)
+
+
+def test_transforms_move_the_content_as_documented():
+    tf = _tf.tensorflow()
+    image = np.zeros((1, 9, 9, 1), np.float32)
+    image[0, 2, 4:7, 0] = [1.0, 2.0, 3.0]  # an asymmetric stroke off-centre
+
+    def apply(augment: dict, draws: list[float]) -> np.ndarray:
+        # draws in [-1, 1]: rotation, zoom, shift x, shift y (as the pipeline draws them)
+        transforms = affine_transforms(Augment(**augment), tf.constant([draws], tf.float32), 9, 9)
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=image, transforms=transforms, output_shape=[9, 9], fill_value=0.0,
+            interpolation="BILINEAR", fill_mode="CONSTANT").numpy()
+
+    # a full draw of shift 2/9 moves the content 2 pixels right (x) or down (y)
+    right = apply({"shift": 2 / 9}, [0, 0, 1, 0])
+    assert np.allclose(right[0, 2, 6:9, 0], [1, 2, 3], atol=1e-5) and np.isclose(right.sum(), 6, atol=1e-5)
+    down = apply({"shift": 2 / 9}, [0, 0, 0, 1])
+    assert np.allclose(down[0, 4, 4:7, 0], [1, 2, 3], atol=1e-5)
+    # a full draw of rotation 90 turns it a quarter about the centre (clockwise as displayed)
+    assert np.allclose(apply({"rotation": 90}, [1, 0, 0, 0])[0, ..., 0], np.rot90(image[0, ..., 0], k=-1),
+                       atol=1e-5)
+    # a zoom draw of +1 with zoom 0.5 scales the content 1.5x about the centre
+    zoomed = apply({"zoom": 0.5}, [0, 1, 0, 0])
+    assert np.allclose(_centre_of_mass(zoomed) - 4, 1.5 * (_centre_of_mass(image) - 4), atol=0.05)
+    # zero draws leave the image as it is
+    assert np.array_equal(apply({"shift": 0.3, "rotation": 30, "zoom": 0.3}, [0, 0, 0, 0]), image)
+
+
+def test_augment_batch_runs_under_op_determinism():
+    tf = _tf.tensorflow()
+    _tf.seed_everything(0)  # op determinism on: the ops used must not refuse to run
+    images = tf.constant(np.random.default_rng(0).random((4, 12, 12, 3), dtype=np.float32))
+    seed = tf.constant([7, 3], tf.int64)
+    out = augment_batch(images, Augment(shift=0.2, rotation=30, zoom=0.2), seed)
+    assert out.shape == images.shape and out.dtype == tf.float32
+    assert np.array_equal(out.numpy(), augment_batch(images, Augment(shift=0.2, rotation=30, zoom=0.2), seed).numpy())
+
+
+def test_augment_on_data_that_are_not_images_is_a_step_error(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((40, 16), dtype=np.float32), y=np.arange(40) % 4)
+    features = run_step(NPZ, params={"file": "d.npz"}, recipe_dir=tmp_path, out_dir=tmp_path / "ds")
+    mlp = run_step(KERAS, [], {"architecture": "mlp"}, dataset=features, out_dir=tmp_path / "m")
+    with pytest.raises(StepError, match=r"augment shifts, rotates and zooms images .* shape \[16\]"):
+        train(mlp, features, tmp_path, params={"augment": {"shift": 0.1}})
+
+
+def test_fine_tuning_steps_accept_augment(trained_cnn, mnist_dataset, tmp_path):
+    # prune's schedule and UpdatePruningStep callback count optimizer steps: they
+    # must line up with the augmented pipeline's epochs as with plain arrays
+    params = {"final_sparsity": 0.5, "epochs": 2, "batch_size": 32, "augment": {"shift": 0.1}}
+    art = run_step(PRUNE, [trained_cnn], params, dataset=mnist_dataset, out_dir=tmp_path / "p")
+    assert art.metrics["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert art.metrics["epochs_run"] == 2 and "val_accuracy" in art.metrics

@@ -18,6 +18,7 @@ import os
 import re
 import time
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,13 +221,25 @@ def validation_problems(exc: ValidationError, prefix: str, model: type[BaseModel
     return out
 
 
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside an annotation (``Model``, ``Model | None``, ...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:
+    """Field names of the (possibly nested) table at ``path``, for suggestions."""
     current: Any = model
     for part in path:
         fields = getattr(current, "model_fields", None)
         if not fields or part not in fields:
             return []
-        current = fields[part].annotation
+        current = _model_in(fields[part].annotation)
     fields = getattr(current, "model_fields", None)
     return list(fields) if fields else []
 

@@ -74,7 +74,7 @@ def _validate_params(spec: StepSpec, step_type: StepType, recipe: Recipe, proble
     except ValidationError as exc:
         found = validation_problems(exc, spec.key, step_type.params)
         for p in found:
-            if p.message.startswith("unknown key") and not p.hint.startswith("did you mean"):
+            if p.message.startswith("unknown key") and not p.hint.startswith("did you mean") and p.key.count(".") == spec.key.count(".") + 1:
                 p = Problem(p.key, p.message, p.hint + "; a step's own keys are use, input, inputs")
             problems.append(p)
         return None

@@ -45,8 +45,14 @@ def run_model(ctx, inputs, params: ModelParams):
     (ctx.out_dir / "model.txt").write_text(f"model width={params.width} n={len(data)} seed={ctx.seed}\n")
 
 
+class Schedule(Params):
+    warmup: int = Field(0, ge=0)
+    decay: float = Field(1.0, gt=0)
+
+
 class TrainParams(Params):
     epochs: int = Field(2, ge=1)
+    schedule: Schedule | None = Field(None, description="a nested table, to test nested errors")
     learning_rate: float = 0.1
     note: str = Field("", description="free text that does not change the output (for early cutoff)")
     crash: bool = Field(False, description="raise after writing half the output")

@@ -257,6 +257,7 @@ def tinybuild_step_types() -> list[StepType]:
             run=run,
             uses_dataset=True,
             toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert"),
+            uses_input_metrics=True,  # metrics.json records facts from the evaluated step's metrics
             description="Accuracy, per-class scores, size, gzip size, arena estimate and latency "
                         "of a Keras or .tflite model (metrics.json)",
             fingerprint_modules=(

@@ -246,5 +246,6 @@ def tinybuild_step_types() -> list[StepType]:
                         "the [target] budgets (exit code 3)",
             fingerprint_modules=("tinybuild_plugins._report_render",),
             uses_target=True,
+            uses_input_metrics=True,  # latency comes from the evaluations' step metrics
         )
     ]

@@ -200,6 +200,9 @@ class StepType:
     #: recipe's ``[target]`` table enters its key, so tightening a budget
     #: re-checks the gates instead of replaying a cached verdict
     uses_target: bool = False
+    #: whether the output depends on the inputs' *metrics* (``Artifact.metrics``),
+    #: not only on their files: if so, digests of those metrics enter the key
+    uses_input_metrics: bool = False
     #: extra JSON-able key material derived from params and the registered
     #: graph passes (e.g. the versions of the passes a step will apply)
     key_extras: Callable[[Any, Mapping[str, "GraphPass"]], Mapping[str, Any]] | None = None

@@ -133,7 +133,7 @@ class Executor:
     def _step(self, step: ResolvedStep, result: BuildResult, lock: Mapping[str, Any], forced: bool) -> tuple[Artifact, dict[str, Any] | None]:
         artifacts = result.artifacts
         digests = {d: artifacts[d].digest for d in step.dependencies}
-        material = material_for(self.project, step, digests)
+        material = material_for(self.project, step, digests, {d: artifacts[d].metrics for d in step.dependencies})
         key = step_key(material)
         entry = None if forced else self.cache.get_action(key)
         if entry is None and not forced and self.project.remote is not None:

@@ -87,6 +87,8 @@ def explain(new: Mapping[str, Any], new_inputs: Sequence[str],
             reasons.append(f"{label} {old.get(field)} → {new.get(field)}")
     if old.get("names") != new.get("names") and list(old_inputs) == list(new_inputs):
         reasons.append("step names changed")
+    if old.get("input_metrics") != new.get("input_metrics") and list(old_inputs) == list(new_inputs):
+        reasons.append("input metrics changed")
     old_target, new_target = old.get("target") or {}, new.get("target") or {}
     for key in sorted(set(old_target) | set(new_target)):
         if old_target.get(key) != new_target.get(key):

@@ -19,7 +19,9 @@ The key material (a JSON-able dict, also stored in the lock file so that
   named after its step); content-only steps leave them out, so renaming a
   training step reruns nothing;
 * ``target`` -- the recipe's ``[target]`` budgets, for step types that read
-  them (``StepType.uses_target``: the report's gates).
+  them (``StepType.uses_target``: the report's gates);
+* ``input_metrics`` -- digests of the inputs' metrics, for step types whose
+  output depends on them (``StepType.uses_input_metrics``).
 """
 
 from __future__ import annotations
@@ -175,6 +177,7 @@ def key_material(
     passes: Mapping[str, GraphPass],
     recipe_name: str = "",
     target: Mapping[str, Any] | None = None,
+    input_metrics: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Everything that enters ``step``'s key (see module docstring)."""
     st = step.step_type
@@ -202,6 +205,8 @@ def key_material(
         "extras": extras,
         "names": {"recipe": recipe_name, "step": step.name, "inputs": list(step.inputs)} if st.uses_names else None,
         "target": dict(target or {}) if st.uses_target else None,
+        "input_metrics": ([json_digest(dict((input_metrics or {}).get(name, {}))) for name in step.inputs]
+                          if st.uses_input_metrics else None),
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
     }
 

@@ -33,7 +33,8 @@ class PlanItem:
     entry: ActionEntry | None = None
 
 
-def material_for(project: Project, step: ResolvedStep, digests: Mapping[str, str]) -> dict[str, Any]:
+def material_for(project: Project, step: ResolvedStep, digests: Mapping[str, str],
+                 metrics: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Key material of ``step`` given its dependencies' output digests.
 
     Raises :class:`RecipeError` if a file named in the recipe is missing: a
@@ -50,6 +51,7 @@ def material_for(project: Project, step: ResolvedStep, digests: Mapping[str, str
             passes=project.registry.passes,
             recipe_name=project.recipe.meta.name,
             target=project.recipe.target.model_dump(exclude_none=True),
+            input_metrics=metrics,
         )
     except MissingInputFile as exc:
         raise RecipeError(str(project.recipe.path), [Problem(
@@ -70,6 +72,7 @@ def run_reasons(material: Mapping[str, Any], step: ResolvedStep, lock: Mapping[s
 def make_plan(project: Project, selected: Sequence[str], lock: Mapping[str, Any], force: Sequence[str] = ()) -> list[PlanItem]:
     items: dict[str, PlanItem] = {}
     digests: dict[str, str] = {}
+    metrics: dict[str, Mapping[str, Any]] = {}
     for name in selected:
         step = project.steps[name]
         pending = [d for d in step.dependencies if d not in digests]
@@ -86,13 +89,14 @@ def make_plan(project: Project, selected: Sequence[str], lock: Mapping[str, Any]
             upstream = [] if "new step" in own else [f"upstream {dep} reruns" for dep in pending]
             items[name] = PlanItem(name, step.step_type.name, RUN, upstream + own)
             continue
-        material = material_for(project, step, digests)
+        material = material_for(project, step, digests, metrics)
         key = step_key(material)
         entry = None if forced else project.cache.get_action(key)
         remote = None if forced or entry is not None or project.remote is None else project.remote.peek(key)
         if entry is not None or remote is not None:
             found = entry or remote
             digests[name] = found.digest
+            metrics[name] = found.metrics
             items[name] = PlanItem(name, step.step_type.name, CACHED, [] if entry else ["in remote cache"], key, material, found)
         else:
             items[name] = PlanItem(name, step.step_type.name, RUN, run_reasons(material, step, lock, forced), key, material)

@@ -54,6 +54,17 @@ def test_early_cutoff_stops_propagation(ws):
     assert built_steps(run) == ["train"]
 
 
+def test_steps_reading_input_metrics_follow_them(ws):
+    ws.write(ws.recipe.read_text() + '\n[steps.summary]\nuse = "toy-report"\ninputs = ["train"]\n')
+    ws.build()
+    ws.edit("epochs = 3", 'epochs = 3\nnote = "same bytes, new metrics"')
+    run = ws.build()
+    # train's files are unchanged (early cutoff for fp32/int8/report), but its
+    # metrics changed, and summary declares that it reads them
+    assert built_steps(run) == ["train", "summary"]
+    assert "input metrics changed" in run.err
+
+
 def test_plan_reasons_diff_against_the_lock_file(ws):
     assert set(s for s, _ in ws.plan().values()) == {"run"}
     assert ws.plan()["train"][1] == ["new step"]

@@ -88,7 +88,7 @@ def run_train(ctx, inputs, params: TrainParams):
         src = Path(ctx.dataset.path) / "data.json"
         os.chmod(src, 0o644)
         src.write_text(src.read_text() + " ")
-    return {"epochs": params.epochs}
+    return {"epochs": params.epochs, "note": params.note}
 
 
 class ConvertParams(Params):
@@ -128,7 +128,8 @@ STEP_TYPES = [
     StepType("toy-convert", "1.0", Kind.TFLITE, run_convert, consumes=(Kind.KERAS_MODEL,), params=ConvertParams,
              uses_names=False),
     # toy-report writes its inputs' step names into report.md: it keeps uses_names=True
-    StepType("toy-report", "1.0", Kind.REPORT, run_report, consumes=(Kind.TFLITE, Kind.KERAS_MODEL), params=ReportParams, arity=(1, None)),
+    StepType("toy-report", "1.0", Kind.REPORT, run_report, consumes=(Kind.TFLITE, Kind.KERAS_MODEL), params=ReportParams, arity=(1, None),
+             uses_input_metrics=True),  # its gate reads the inputs' "size" metric
 ]
 
 

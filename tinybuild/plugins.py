@@ -12,6 +12,7 @@ code never spells a hook name, so a renamed hook breaks in one place.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
@@ -208,8 +209,15 @@ class Hooks:
 
 
 def module_file(module_name: str) -> str | None:
-    """Source file of an imported (or importable) module, for fingerprints."""
+    """Source file of a module, for fingerprints, without importing it (a
+    plugin's helper modules may import numpy or worse at top level)."""
     module = sys.modules.get(module_name)
-    if module is None:
-        module = importlib.import_module(module_name)
-    return getattr(module, "__file__", None)
+    if module is not None:
+        return getattr(module, "__file__", None)
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise PluginError(f"module '{module_name}' (named in a plugin's fingerprint_modules) cannot be found")
+    return spec.origin if spec.has_location else None

@@ -82,7 +82,17 @@ def model_outputs_logits(model_artifact: Artifact) -> bool:
 
 
 def check_compatible(model: Any, input_shape: Sequence[int], num_classes: int, where: str) -> None:
-    """Fail early, with both shapes named, when model and dataset disagree."""
+    """Fail early, with both shapes named, when model and dataset disagree.
+
+    A dataset feeds one array of samples and one of labels, so the model must
+    have one input and one output; checking that first keeps the shape
+    message below from comparing a list of input shapes with one shape."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise StepError(
+            f"{where}: the model has {len(model.inputs)} input(s) and {len(model.outputs)} output(s); "
+            "tinybuild trains, converts and evaluates single-input, single-output models only "
+            "(the dataset provides one array of samples and one of labels)"
+        )
     model_in = tuple(model.input_shape[1:])
     if len(model_in) != len(input_shape) or any(
         m is not None and m != d for m, d in zip(model_in, input_shape)

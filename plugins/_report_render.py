@@ -64,7 +64,7 @@ def _cells(report: Mapping[str, Any], row: Mapping[str, Any], latency: Mapping[s
     cells = [
         row["variant"],
         row["label"],
-        _pct(row["accuracy"]),
+        _accuracy(row),
         _points(row["accuracy_change_points"]),
         _int(row["size_bytes"]),
         _int(row["gzip_bytes"]),
@@ -96,6 +96,27 @@ def _target_line(report: Mapping[str, Any]) -> str:
     return ", ".join(parts) if parts else "none"
 
 
+def _accuracy(row: Mapping[str, Any]) -> str:
+    """The accuracy cell; figures not measured on the test split say which split."""
+    split = row.get("split", "test")
+    return _pct(row["accuracy"]) + ("" if split == "test" else f" ({split})")
+
+
+def _no_gates_line(report: Mapping[str, Any]) -> str:
+    """Why the gate list is empty, in words."""
+    if not any(k in report["target"] for k in ("flash_kb", "ram_kb", "min_accuracy")):
+        return "No [target] budgets."
+    if report.get("gates_off"):
+        return "No variant is gated (gate = [])."
+    return "No budget was checked: see the warnings."
+
+
+def _verdict(report: Mapping[str, Any]) -> str:
+    if not report["passed"]:
+        return "GATE FAILED"
+    return "no gate failed (see the warnings)" if report.get("warnings") else "all gates passed"
+
+
 def _failed(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [c for c in report["gates"] if not c["passed"]]
 
@@ -122,11 +143,13 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines.append("| " + " | ".join(_md_escape(c) for c in _cells(report, row)) + " |")
     lines += ["", "## Gates", ""]
     if not report["gates"]:
-        lines.append("No budget applies (no `[target]` budgets, or no gated variant).")
+        lines.append(_md_escape(_no_gates_line(report)))
     for check in report["gates"]:
         mark = "pass" if check["passed"] else "**FAIL**"
-        lines.append(f"- `{check['variant']}`: {check['text']} — {mark}")
-    lines += ["", f"Result: {'all gates passed' if report['passed'] else 'GATE FAILED'}", ""]
+        lines.append(f"- `{check['variant']}`: {_md_escape(check['text'])} — {mark}")
+    if report.get("warnings"):
+        lines += ["", "**Warnings**", ""] + [f"- {_md_escape(w)}" for w in report["warnings"]]
+    lines += ["", f"Result: {_verdict(report)}", ""]
 
     classes = report["variants"][0]["classes"] if report["variants"] else []
     if classes:
@@ -260,6 +283,7 @@ th { background: #f0f0f0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .pass { color: #2a7a2a; } .FAIL { color: #c62828; font-weight: bold; }
 p.note { color: #555; font-size: 0.85rem; max-width: 52rem; }
+.warn { color: #a15c00; } p.warn { font-weight: bold; }
 """.strip()
 
 
@@ -281,8 +305,9 @@ def html(report: Mapping[str, Any]) -> str:
         f'<li><code>{escape(c["variant"])}</code>: {escape(c["text"])} — '
         f'<span class="{"pass" if c["passed"] else "FAIL"}">{"pass" if c["passed"] else "FAIL"}</span></li>'
         for c in report["gates"]
-    ) or "<li>No budget applies.</li>"
-    verdict = "all gates passed" if report["passed"] else "GATE FAILED"
+    ) or f"<li>{escape(_no_gates_line(report))}</li>"
+    warnings = "".join(f"<li>{escape(w)}</li>" for w in report.get("warnings") or [])
+    verdict = _verdict(report)
     return "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -298,6 +323,7 @@ def html(report: Mapping[str, Any]) -> str:
         scatter_svg(report),
         f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>",
         f"<h2>Gates</h2>\n<ul>{gates}</ul>",
+        *([f'<p class="warn">Warnings</p>\n<ul class="warn">{warnings}</ul>'] if warnings else []),
         '<p class="note">Sizes: the .tflite file, or a Keras model\'s weight files. gzip: level 9, '
         "mtime 0. Arena: peak of live activation tensors in execution order (ignores alignment, "
         "scratch buffers and runtime bookkeeping). Sparsity: zero weights in conv/dense kernels.</p>",
@@ -328,7 +354,9 @@ def lab_log(report: Mapping[str, Any]) -> str:
             settings = ", ".join(f"{k}={_plain(v)}" for k, v in sorted(upstream.items()))
             lines.append(f"    from its step: {settings}")
         correct = f" ({row['correct']}/{row['samples']})" if row.get("correct") is not None else ""
-        lines.append(f"    accuracy: {row['accuracy']:.4f}{correct}, change vs baseline {_points(row['accuracy_change_points'])} points")
+        split = row.get("split", "test")
+        on_split = "" if split == "test" else f" (on the {split} split)"
+        lines.append(f"    accuracy: {row['accuracy']:.4f}{correct}{on_split}, change vs baseline {_points(row['accuracy_change_points'])} points")
         lines.append(
             f"    size: {_int(row['size_bytes'])} B, gzip {_int(row['gzip_bytes'])} B "
             f"({_ratio(row['gzip_ratio'])} smaller than baseline), params {_int(row['param_count'])}, "
@@ -344,8 +372,10 @@ def lab_log(report: Mapping[str, Any]) -> str:
     for check in report["gates"] or []:
         lines.append(f"    {check['variant']}: {check['text']} -> {'pass' if check['passed'] else 'FAIL'}")
     if not report["gates"]:
-        lines.append("    none")
-    lines.append(f"result: {'all gates passed' if report['passed'] else 'GATE FAILED'}")
+        lines.append(f"    none: {_no_gates_line(report)}")
+    for warning in report.get("warnings") or []:
+        lines.append(f"warning: {warning}")
+    lines.append(f"result: {_verdict(report)}")
     lines.append("")
     return "\n".join(lines)
 

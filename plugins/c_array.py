@@ -41,6 +41,11 @@ C_KEYWORDS = frozenset("""
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+#: valid identifiers that still cannot name a global array: C++ forbids a
+#: global variable called ``main`` ("cannot declare '::main' to be a global
+#: variable"), and in C it would clash with the firmware's entry point
+RESERVED_NAMES = frozenset({"main"})
+
 
 def identifier_problem(name: str) -> str | None:
     """Why ``name`` cannot name a C/C++ array, or None if it can."""
@@ -48,6 +53,8 @@ def identifier_problem(name: str) -> str | None:
         return "a C identifier has only letters, digits and '_' and does not start with a digit"
     if name in C_KEYWORDS:
         return f"'{name}' is a C/C++ keyword"
+    if name in RESERVED_NAMES:
+        return f"'{name}' is the program's entry point; a global array cannot take that name"
     if name.startswith("__") or re.match(r"^_[A-Z]", name):
         return "identifiers starting with '__' or '_' + capital letter are reserved for the compiler"
     if len(name) > 200:
@@ -57,7 +64,8 @@ def identifier_problem(name: str) -> str | None:
 
 def identifier_from(step_name: str) -> str:
     """A valid identifier derived from a step name: ``int8-model`` → ``int8_model``,
-    ``8bit`` → ``model_8bit``, ``float`` → ``float_model``, ``Ünïcode`` → ``Unicode``."""
+    ``8bit`` → ``model_8bit``, ``float`` → ``float_model``, ``main`` → ``main_model``,
+    ``Ünïcode`` → ``Unicode``."""
     ascii_name = unicodedata.normalize("NFKD", step_name).encode("ascii", "ignore").decode("ascii")
     ident = re.sub(r"[^A-Za-z0-9_]+", "_", ascii_name).strip("_")
     ident = re.sub(r"_+", "_", ident)
@@ -65,7 +73,7 @@ def identifier_from(step_name: str) -> str:
         return "model"
     if ident[0].isdigit():
         ident = f"model_{ident}"
-    if ident in C_KEYWORDS:
+    if ident in C_KEYWORDS or ident in RESERVED_NAMES:
         ident = f"{ident}_model"
     return ident[:200]
 

@@ -3,8 +3,14 @@
 Both turn raw arrays into a ``dataset`` artifact (see ``_dataset_io``): a
 deterministic train/val/test split drawn from the recipe seed (optionally
 stratified by class), optional truncation to the first ``limit`` samples,
-pixel scaling, and a channel axis for 2-D images. Standardization statistics
-come from the train split only, so no information leaks from val/test.
+pixel scaling, and a channel axis for 2-D images (always for IDX, whose 3-D
+arrays are grayscale images; on request for npz, whose 3-D arrays may as well
+be time series). Standardization statistics come from the train split only,
+so no information leaks from val/test.
+
+File names are not written into the artifact: the cache key holds the data
+files' content, not their names, so a renamed file must give the same bytes.
+They are returned in the step's metrics instead.
 
 Pure NumPy: no TensorFlow import anywhere in this module.
 """
@@ -52,8 +58,9 @@ class DatasetParams(Params):
     limit: int | None = Field(None, ge=1, description="Use only the first N samples (handy for CI).")
     scale: Scale = Field(
         "unit",
-        description='"unit": integers divided by their maximum (uint8 / 255); "standardize": '
-        'subtract mean, divide by std (per channel, train split only); "none": as stored.',
+        description='"unit": 8- and 16-bit integers divided by their type\'s maximum (uint8 / 255), '
+        'float data kept if already in [0, 1]; "standardize": subtract mean, divide by std (per channel, '
+        'train split only); "none": as stored.',
     )
     class_names: list[str] | None = Field(None, description="Names of the classes, index order.")
 
@@ -77,6 +84,12 @@ class NpzParams(DatasetParams):
     file: InputFile = Field(description="A .npz archive with arrays `x` (samples) and `y` (labels); loaded without pickle.")
     x_key: str = Field("x", min_length=1, description="Name of the samples array in the archive.")
     y_key: str = Field("y", min_length=1, description="Name of the labels array in the archive.")
+    add_channel_axis: bool = Field(
+        False,
+        description="Append a channel axis of size 1 to every sample: (N, 28, 28) grayscale images "
+        "become (N, 28, 28, 1), what Conv2D models expect. Off by default: 3-D arrays may be "
+        "(samples, time steps, features).",
+    )
 
 
 # -- pure functions (unit-tested directly) -----------------------------------
@@ -141,6 +154,18 @@ def scale_features(
         return {s: v.astype(np.float32) for s, v in x.items()}, {"scale": "none"}
     if scale == "unit":
         if np.issubdtype(raw_dtype, np.integer):
+            if raw_dtype.itemsize > 2:
+                # int32/int64 maxima (2.1e9, 9.2e18) are no pixel range: data in 0..255 stored
+                # as int64 (NumPy's default integer) would end up in [0, 2.8e-17].
+                lo = min((int(v.min()) for v in x.values() if v.size), default=0)
+                hi = max((int(v.max()) for v in x.values() if v.size), default=0)
+                hint = (" (they fit uint8: x.astype(np.uint8) gives / 255)" if 0 <= lo and hi <= 255 else
+                        " (they fit uint16: x.astype(np.uint16) gives / 65535)" if 0 <= lo and hi <= 65535 else "")
+                raise StepError(
+                    f"{where}: scale = \"unit\" divides integer data by its type's maximum, but these are "
+                    f"{raw_dtype} values in [{lo}, {hi}] and {raw_dtype}'s maximum is {np.iinfo(raw_dtype).max}; "
+                    f"store them as uint8 or uint16{hint}, or use scale = \"standardize\" or \"none\""
+                )
             divisor = float(np.iinfo(raw_dtype).max)
             return {s: (v.astype(np.float32) / np.float32(divisor)) for s, v in x.items()}, {
                 "scale": "unit", "divisor": divisor,
@@ -149,7 +174,7 @@ def scale_features(
         hi = max((float(v.max()) for v in x.values() if v.size), default=0.0)
         if lo < 0 or hi > 1:
             raise StepError(
-                f"{where}: scale = \"unit\" divides integer data by its maximum, but these are "
+                f"{where}: scale = \"unit\" keeps float data only when it is already in [0, 1], but these are "
                 f"{raw_dtype} values in [{lo:g}, {hi:g}]; use scale = \"standardize\" or \"none\""
             )
         return {s: v.astype(np.float32) for s, v in x.items()}, {"scale": "unit", "divisor": 1.0}
@@ -170,9 +195,14 @@ def build_dataset(
     params: DatasetParams,
     *,
     source: dict[str, Any],
+    files: dict[str, str],
     default_class_names: Sequence[str] | None,
+    add_channel_axis: bool,
 ) -> dict[str, Any]:
-    """Limit, split, scale and save; return the step's metrics."""
+    """Limit, split, scale and save; return the step's metrics.
+
+    ``source`` goes into meta.json and must hold only what the cache key
+    covers (format, params); ``files`` (file names) only into the metrics."""
     where = f"dataset '{ctx.step}'"
     y = labels_to_indices(y, where)
     if len(x) != len(y):
@@ -183,7 +213,7 @@ def build_dataset(
         x, y = x[: params.limit], y[: params.limit]
     if len(y) == 0:
         raise StepError(f"{where}: the data holds no samples")
-    if x.ndim == 3:  # (N, H, W) grayscale images: add the channel axis models expect
+    if add_channel_axis:
         x = x[..., np.newaxis]
 
     class_names = list(params.class_names or default_class_names or [str(i) for i in range(int(y.max()) + 1)])
@@ -215,6 +245,7 @@ def build_dataset(
         **{f"{s}_samples": int(len(ys[s])) for s in SPLITS},
         "num_classes": len(class_names),
         "input_shape": meta["input_shape"],
+        "source": {**source, **files},
     }
 
 
@@ -233,8 +264,10 @@ def run_idx(ctx: StepContext, inputs: Sequence[Any], params: IdxParams) -> dict[
         )
     digits = [str(i) for i in range(10)]
     default_names = digits if y.size and int(y.max()) < 10 else None
-    source = {"format": "idx", "images": Path(params.images).name, "labels": Path(params.labels).name}
-    return build_dataset(ctx, x, y, params, source=source, default_class_names=default_names)
+    files = {"images": Path(params.images).name, "labels": Path(params.labels).name}
+    # (N, H, W) is how IDX stores grayscale images: add the channel axis models expect
+    return build_dataset(ctx, x, y, params, source={"format": "idx"}, files=files,
+                         default_class_names=default_names, add_channel_axis=x.ndim == 3)
 
 
 def _load_npz(params: NpzParams) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
@@ -262,8 +295,9 @@ def _load_npz(params: NpzParams) -> tuple[np.ndarray, np.ndarray, list[str] | No
 
 def run_npz(ctx: StepContext, inputs: Sequence[Any], params: NpzParams) -> dict[str, Any]:
     x, y, names = _load_npz(params)
-    source = {"format": "npz", "file": Path(params.file).name, "x_key": params.x_key, "y_key": params.y_key}
-    return build_dataset(ctx, x, y, params, source=source, default_class_names=names)
+    source = {"format": "npz", "x_key": params.x_key, "y_key": params.y_key}
+    return build_dataset(ctx, x, y, params, source=source, files={"file": Path(params.file).name},
+                         default_class_names=names, add_channel_axis=params.add_channel_axis)
 
 
 IDX = StepType(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import zlib
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -66,7 +67,12 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 def classification_metrics(matrix: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1 (0 where undefined), macro F1."""
+    """Accuracy, per-class precision/recall/F1 (0 where undefined), macro F1.
+
+    Macro F1 averages over the classes that occur in the labels *or* the
+    predictions (scikit-learn's convention): a class absent from both has no
+    F1 to speak of, and counting it as 0 would punish a perfect model on a
+    split that happens to miss a class (e.g. a small val split)."""
     total = int(matrix.sum())
     correct = int(np.trace(matrix))
     per_class = []
@@ -78,11 +84,12 @@ def classification_metrics(matrix: np.ndarray, class_names: Sequence[str]) -> di
         recall = _ratio(tp, actual)
         f1 = _ratio(2 * precision * recall, precision + recall)
         per_class.append({"class": str(name), "precision": precision, "recall": recall, "f1": f1, "support": actual})
+    present = [p for c, p in enumerate(per_class) if matrix[c, :].sum() or matrix[:, c].sum()]
     return {
         "accuracy": _ratio(correct, total),
         "correct": correct,
         "samples": total,
-        "macro_f1": _ratio(sum(p["f1"] for p in per_class), len(per_class)),
+        "macro_f1": _ratio(sum(p["f1"] for p in present), len(present)),
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
     }
@@ -149,8 +156,11 @@ def _evaluate_keras(ctx: Any, artifact: Artifact, x: np.ndarray, params: Evaluat
 
     tf = _tf.tensorflow()
     model = load_keras_model(artifact.path)
-    expected = tuple(int(d) for d in model.input_shape[1:])
-    if tuple(x.shape[1:]) != expected:
+    if len(model.inputs) != 1:
+        raise StepError(f"model '{artifact.step}' has {len(model.inputs)} inputs; evaluate supports "
+                        "single-input models only")
+    expected = tuple(None if d is None else int(d) for d in model.input_shape[1:])  # None: any size
+    if len(expected) != x.ndim - 1 or any(e is not None and e != d for e, d in zip(expected, x.shape[1:])):
         raise StepError(
             f"model '{artifact.step}' expects inputs of shape {list(expected)} but the dataset "
             f"has {list(x.shape[1:])}"
@@ -239,6 +249,13 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[st
     }
 
 
+def key_extras(params: EvaluateParams, passes: Mapping[str, Any]) -> dict[str, Any]:
+    """``gzip_bytes`` comes from the zlib library Python links against, not
+    from a distribution the toolchain can name: another zlib build (or
+    zlib-ng) may compress to a different size, so its version is in the key."""
+    return {"zlib": zlib.ZLIB_RUNTIME_VERSION}
+
+
 def _tf_seed(ctx: Any, source: Artifact) -> None:
     """Keras inference under op determinism; .tflite evaluation never imports TF."""
     if source.kind != Kind.TFLITE:
@@ -258,6 +275,7 @@ def tinybuild_step_types() -> list[StepType]:
             uses_dataset=True,
             toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert"),
             uses_input_metrics=True,  # metrics.json records facts from the evaluated step's metrics
+            key_extras=key_extras,
             description="Accuracy, per-class scores, size, gzip size, arena estimate and latency "
                         "of a Keras or .tflite model (metrics.json)",
             fingerprint_modules=(

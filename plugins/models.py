@@ -157,6 +157,12 @@ def from_file(path: Path, where: str) -> Any:
         raise StepError(f"{where}: cannot load {path} in safe mode: {type(exc).__name__}: {exc}") from exc
 
 
+def _file_format(path: Path) -> str:
+    """"h5" or "keras", from the file's content (which the key covers), not its name."""
+    with open(path, "rb") as f:
+        return "h5" if f.read(8) == b"\x89HDF\r\n\x1a\n" else "keras"
+
+
 def from_architecture(name: str, options: Mapping[str, Any], input_shape: Sequence[int], num_classes: int, where: str) -> Any:
     from ._architectures import ARCHITECTURES
 
@@ -165,8 +171,10 @@ def from_architecture(name: str, options: Mapping[str, Any], input_shape: Sequen
     except StepError as exc:
         raise StepError(f"{where}: {exc}") from None
     except ValueError as exc:  # Keras shape errors, e.g. a 2-D CNN on 1-D features
+        hint = ("; grayscale images without a channel axis? set add_channel_axis = true in the npz [dataset]"
+                if len(input_shape) == 2 else "")
         raise StepError(
-            f"{where}: architecture '{name}' cannot be built for inputs of shape {list(input_shape)}: {exc}"
+            f"{where}: architecture '{name}' cannot be built for inputs of shape {list(input_shape)}{hint}: {exc}"
         ) from exc
 
 
@@ -183,6 +191,7 @@ def run(ctx: StepContext, inputs: Sequence[Any], params: KerasModelParams) -> di
     meta = load_meta(ctx.dataset.path)
     input_shape, num_classes = [int(d) for d in meta["input_shape"]], int(meta["num_classes"])
 
+    extra_metrics: dict[str, Any] = {}
     keras = _tf.keras()
     keras.backend.clear_session()  # layer auto-names restart at "conv2d", not "conv2d_7"
     _tf.seed_everything(ctx.seed)
@@ -195,7 +204,10 @@ def run(ctx: StepContext, inputs: Sequence[Any], params: KerasModelParams) -> di
         source = {"builder": f"{params.builder_path.name}:{params.builder_function}", "options": params.options}
     else:
         model = from_file(Path(params.file), where)
-        source = {"file": Path(params.file).name}
+        # the key holds the file's content, not its name: keep the name out of the
+        # artifact (a renamed file must give the same bytes) and report it as a metric
+        source = {"file_format": _file_format(Path(params.file))}
+        extra_metrics["source"] = {"file": Path(params.file).name}
 
     check_compatible(model, input_shape, num_classes, where)
 
@@ -209,7 +221,7 @@ def run(ctx: StepContext, inputs: Sequence[Any], params: KerasModelParams) -> di
         ) from None
     facts = model_meta(model)
     return {"params": facts["params"]["total"], "trainable_params": facts["params"]["trainable"],
-            "layers": facts["layers"], "output": facts["output"]}
+            "layers": facts["layers"], "output": facts["output"], **extra_metrics}
 
 
 KERAS = StepType(

@@ -17,7 +17,16 @@ Keras model is not what ships to the device). For each gated variant:
 * ``ram_kb`` -- the tensor-arena estimate must not exceed it;
 * ``min_accuracy`` -- accuracy must reach it (also for Keras variants listed
   in ``gate``; flash/RAM budgets are skipped for them: they have no deployed
-  size or arena).
+  size or arena). It is meant for test accuracy: a variant evaluated on the
+  val split is still checked, but the text says "val accuracy" and a warning
+  says why that figure flatters the model.
+
+Gate texts give exact bytes next to the budget in KiB
+(``size 22,440 B (21.91 KiB) > flash_kb 21.9 (22,425 B)``): a rounded figure
+could print "21.9 kB > flash_kb 21.9". A ``[target]`` budget that ends up
+checking no variant (e.g. only Keras variants are evaluated) is a warning, in
+the build log and in every report file, never a silent pass; ``gate = []``
+turns the gates off on purpose and stays silent.
 
 A failed gate raises ``GateFailed`` (exit code 3) *after* the report files are
 written: the user needs the report most when a gate fails. The core keeps a
@@ -35,6 +44,7 @@ cache key, so a cached report would show a stale date anyway.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Mapping, Sequence
 
 from pydantic import Field, field_validator
@@ -44,6 +54,8 @@ from tinybuild.api import Artifact, GateFailed, Kind, Params, StepError, StepTyp
 from . import _report_render as render
 
 KIB = 1024
+#: the [target] keys that are budgets (``name`` is only a label)
+BUDGETS = ("flash_kb", "ram_kb", "min_accuracy")
 
 
 class ReportParams(Params):
@@ -118,6 +130,7 @@ def collect_variants(inputs: Sequence[Artifact], baseline: str | None, with_late
             "variant": m["variant"],
             "evaluated_by": artifact.step,
             "model_kind": m.get("model_kind"),
+            "split": m.get("split", "test"),
             "label": _label(m),
             "accuracy": m["accuracy"],
             "correct": m.get("correct"),
@@ -155,8 +168,18 @@ def gated_variants(rows: Sequence[Mapping[str, Any]], gate: list[str] | None) ->
     return list(gate)
 
 
-def _kb(value: float) -> str:
-    return f"{value / KIB:.1f} kB"
+def budget_bytes(limit_kb: float) -> int:
+    """The most bytes a ``*_kb`` budget allows: 21.9 KiB = 22,425.6 B, so 22,425.
+    (Multiplying by 1024 is exact in binary floating point, so floor is safe.)"""
+    return math.floor(limit_kb * KIB)
+
+
+def _byte_check(row: Mapping[str, Any], budget: str, what: str, value: int, limit: float) -> dict[str, Any]:
+    allowed = budget_bytes(limit)
+    passed = value <= allowed
+    return {"variant": row["variant"], "budget": budget, "limit": limit, "value": value, "passed": passed,
+            "text": f"{what} {value:,} B ({value / KIB:.2f} KiB) {'<=' if passed else '>'} "
+                    f"{budget} {limit:g} ({allowed:,} B)"}
 
 
 def check_gates(rows: Sequence[Mapping[str, Any]], gated: Sequence[str], target: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -167,24 +190,49 @@ def check_gates(rows: Sequence[Mapping[str, Any]], gated: Sequence[str], target:
             continue
         deployed = row["model_kind"] == Kind.TFLITE
         if target.get("flash_kb") is not None and deployed:
-            limit = float(target["flash_kb"])
-            value = row["size_bytes"]
-            checks.append({"variant": row["variant"], "budget": "flash_kb", "limit": limit, "value": value,
-                           "passed": value <= limit * KIB,
-                           "text": f"size {_kb(value)} {'<=' if value <= limit * KIB else '>'} flash_kb {limit:g}"})
+            checks.append(_byte_check(row, "flash_kb", "size", row["size_bytes"], float(target["flash_kb"])))
         if target.get("ram_kb") is not None and deployed and row["arena_bytes"] is not None:
-            limit = float(target["ram_kb"])
-            value = row["arena_bytes"]
-            checks.append({"variant": row["variant"], "budget": "ram_kb", "limit": limit, "value": value,
-                           "passed": value <= limit * KIB,
-                           "text": f"arena estimate {_kb(value)} {'<=' if value <= limit * KIB else '>'} ram_kb {limit:g}"})
+            checks.append(_byte_check(row, "ram_kb", "arena estimate", row["arena_bytes"], float(target["ram_kb"])))
         if target.get("min_accuracy") is not None:
             limit = float(target["min_accuracy"])
             value = row["accuracy"]
+            split = row.get("split", "test")
+            what = "accuracy" if split == "test" else f"{split} accuracy"
             checks.append({"variant": row["variant"], "budget": "min_accuracy", "limit": limit, "value": value,
-                           "passed": value >= limit,
-                           "text": f"accuracy {value:.4f} {'>=' if value >= limit else '<'} min_accuracy {limit:g}"})
+                           "passed": value >= limit, "split": split,
+                           "text": f"{what} {value:.4f} {'>=' if value >= limit else '<'} min_accuracy {limit:g}"
+                                   + ("" if split == "test" else f" (on the {split} split, not test)")})
     return checks
+
+
+def gate_warnings(rows: Sequence[Mapping[str, Any]], gated: Sequence[str], gate: list[str] | None,
+                  target: Mapping[str, Any], checks: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What a user who wrote [target] budgets must not miss: a budget that
+    checked nothing (the build would otherwise pass silently), and accuracy
+    gated on the val split. ``gate = []`` means "check nothing" and is silent."""
+    if gate == []:
+        return []
+    warnings = []
+    checked = {c["budget"] for c in checks}
+    unchecked = [b for b in BUDGETS if target.get(b) is not None and b not in checked]
+    if unchecked:
+        budgets = ", ".join(f"{b} = {target[b]:g}" for b in unchecked)
+        if not gated:
+            kinds = ", ".join(f"{r['variant']} ({r['label']})" for r in rows)
+            reason = (f"no variant is gated (by default only .tflite variants are; evaluated: {kinds}). "
+                      "Evaluate a .tflite variant, or list the variants to check in the report's gate")
+        else:
+            reason = (f"the gated variants ({', '.join(gated)}) are Keras models, which have no deployed "
+                      "file size or tensor arena. Gate a .tflite variant")
+        warnings.append(f"[target] {budgets} {'checks' if len(unchecked) == 1 else 'check'} no variant: "
+                        f"{reason}; set gate = [] in the report to check no budget on purpose")
+    for check in checks:
+        if check["budget"] == "min_accuracy" and check.get("split", "test") != "test":
+            warnings.append(
+                f"variant {check['variant']}: min_accuracy is checked against {check['split']}-split accuracy "
+                f"(its evaluate step has split = \"{check['split']}\"); training chose its best epoch on the "
+                "val split, so that figure is optimistic. Evaluate the test split to gate on test accuracy")
+    return warnings
 
 
 # -- the step -----------------------------------------------------------------------------
@@ -195,6 +243,7 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str,
     gated = gated_variants(rows, params.gate)
     target = {k: v for k, v in dict(ctx.target or {}).items() if v is not None}
     checks = check_gates(rows, gated, target)
+    warnings = gate_warnings(rows, gated, params.gate, target, checks)
     failures = [c for c in checks if not c["passed"]]
     title = params.title or ctx.recipe_name or "tinybuild report"
     report = {
@@ -204,6 +253,8 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str,
         "baseline": params.baseline or rows[0]["variant"],
         "gated": gated,
         "gates": checks,
+        "gates_off": params.gate == [],
+        "warnings": warnings,
         "passed": not failures,
         "variants": rows,
     }
@@ -216,6 +267,8 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str,
     table = render.text_table(report, latencies)
     for line in table.splitlines():
         ctx.log(line)
+    for warning in warnings:
+        ctx.log(f"warning: {warning}")
     if failures:
         summary = "; ".join(f"variant {c['variant']}: {c['text']}" for c in failures)
         raise GateFailed(f"budget gate failed: {summary}\n{table}")
@@ -223,6 +276,7 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str,
         "variants": len(rows),
         "gated": gated,
         "gates_checked": len(checks),
+        "warnings": warnings,
         "passed": True,
         "best_accuracy": max(rows, key=lambda r: r["accuracy"])["variant"],
         "smallest": min(rows, key=lambda r: r["size_bytes"])["variant"],

@@ -10,7 +10,10 @@ Quantization modes (``quantize``), from largest to smallest model:
   are calibrated on a seeded sample of the train split;
 * ``int8-only`` -- ``TFLITE_BUILTINS_INT8`` only, int8 inputs and outputs:
   what an integer-only microcontroller runs. Conversion fails (StepError) if
-  an op has no int8 kernel.
+  an op has no int8 kernel. The converter does not always fail by itself: for
+  some ops (e.g. SIN) it silently keeps a float kernel wrapped in
+  DEQUANTIZE/QUANTIZE, so the converted model is checked operator by operator
+  and any op that reads or writes a float tensor is an error naming it.
 
 Quantization-aware-trained models (their graph holds FakeQuant ops) are
 converted with the ranges learned during training. ``int8`` passes them no
@@ -22,8 +25,10 @@ the activation scales equal the QAT quantizers' ranges.
 
 Keras models are traced at batch 1 and GraphDefs get batch 1 from their
 signature: a device runs one sample at a time, and fixed shapes make smaller
-files. By default (``strip_names``) tensor names and signature defs are
-dropped after conversion with TensorFlow's ``strip_strings``.
+files. A model input with an unknown feature dimension
+(``Input(shape=(None,))``) takes that dimension from the dataset; without a
+dataset it is an error. By default (``strip_names``) tensor names and
+signature defs are dropped after conversion with TensorFlow's ``strip_strings``.
 
 Determinism: the converter is told to leave out its conversion metadata
 (``exclude_conversion_metadata``: TF version, options), and calibration uses a
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import Counter
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -42,9 +48,12 @@ from pydantic import Field
 
 from tinybuild.api import Artifact, Kind, Params, StepError, StepType, hookimpl
 
-from . import _litert, _tf
+from . import _arena, _litert, _tf
 
 MODEL_FILE = "model.tflite"
+
+#: tensor types an integer-only runtime has no kernels for
+_FLOAT_TYPES = frozenset({"float32", "float16", "float64", "bfloat16"})
 
 _FAKE_QUANT_OPS = frozenset({
     "FakeQuantWithMinMaxVars",
@@ -134,7 +143,33 @@ def _representative_data(ctx: Any, input_shape: Sequence[int], count: int, step:
     return generate, len(sample)
 
 
-def _keras_converter(artifact: Artifact, step: str):
+def _fixed_shape(ctx: Any, feature_dims: Sequence[Any], source: str) -> list[int]:
+    """``[1, *feature_dims]`` with every unknown (None) dimension taken from the
+    dataset's ``input_shape``: a .tflite model for a device has fixed shapes."""
+    from ._dataset_io import load_meta
+
+    dims = [None if d is None or int(d) < 0 else int(d) for d in feature_dims]
+    if all(d is not None for d in dims):
+        return [1, *dims]
+    unknown = ", ".join(str(i + 1) for i, d in enumerate(dims) if d is None)
+    shown = ["None" if d is None else d for d in dims]
+    if ctx.dataset is None:
+        raise StepError(
+            f"step '{ctx.step}': model '{source}' has an unknown input dimension (input shape "
+            f"[{', '.join(map(str, shown))}], feature dimension {unknown}); a .tflite model needs fixed shapes. "
+            "Give the model's Input a fixed shape, or add a [dataset] to the recipe so the shape is "
+            "taken from its samples"
+        )
+    data_shape = [int(d) for d in load_meta(ctx.dataset.path)["input_shape"]]
+    if len(data_shape) != len(dims) or any(d is not None and d != e for d, e in zip(dims, data_shape)):
+        raise StepError(
+            f"step '{ctx.step}': model '{source}' expects inputs of shape [{', '.join(map(str, shown))}] "
+            f"but the dataset's samples have shape {data_shape}"
+        )
+    return [1, *data_shape]
+
+
+def _keras_converter(ctx: Any, artifact: Artifact, step: str):
     """Converter for a keras-model artifact, plus its input shape and QAT flag.
 
     The model is traced at batch 1 (what a device runs) rather than handed to
@@ -148,7 +183,7 @@ def _keras_converter(artifact: Artifact, step: str):
     if len(model.inputs) != 1:
         raise StepError(f"step '{step}': '{artifact.step}' has {len(model.inputs)} inputs; "
                         "tflite converts single-input Keras models")
-    shape = [1] + [int(d) for d in model.input_shape[1:]]
+    shape = _fixed_shape(ctx, model.input_shape[1:], artifact.step)
     function = tf.function(lambda x: model(x, training=False)).get_concrete_function(
         tf.TensorSpec(shape, model.inputs[0].dtype, name="input")
     )
@@ -156,7 +191,7 @@ def _keras_converter(artifact: Artifact, step: str):
     return tf.lite.TFLiteConverter.from_concrete_functions([function], model), shape, qat
 
 
-def _graphdef_converter(artifact: Artifact, step: str):
+def _graphdef_converter(ctx: Any, artifact: Artifact, step: str):
     """Converter for a frozen GraphDef: import it into a wrapped function, prune
     it to the signature's tensors and fix the batch dimension to 1."""
     tf = _tf.tensorflow()
@@ -170,15 +205,14 @@ def _graphdef_converter(artifact: Artifact, step: str):
     if not inputs or not outputs:
         raise StepError(f"step '{step}': signature.json of '{artifact.step}' lists no inputs or outputs")
 
+    shape = _fixed_shape(ctx, inputs[0]["shape"][1:], artifact.step) if len(inputs) == 1 else None
     nodes = {node.name: node for node in graph_def.node}
     for spec in inputs:
         node = nodes.get(spec["tensor"].split(":")[0])
         if node is None:
             raise StepError(f"step '{step}': input tensor {spec['tensor']} is not in graph.pb of '{artifact.step}'")
         if node.op == "Placeholder":
-            batch_one = [1 if d is None else int(d) for d in spec["shape"]][:1] + [
-                -1 if d is None else int(d) for d in spec["shape"][1:]
-            ]
+            batch_one = shape or [1] + [-1 if d is None else int(d) for d in spec["shape"][1:]]
             node.attr["shape"].shape.CopyFrom(tf.TensorShape(batch_one).as_proto())
 
     def import_graph():
@@ -191,7 +225,6 @@ def _graphdef_converter(artifact: Artifact, step: str):
     except (KeyError, ValueError) as exc:
         raise StepError(f"step '{step}': signature.json of '{artifact.step}' names a missing tensor: {exc}") from None
     function = wrapped.prune(feeds, fetches)
-    shape = [1] + [int(d) for d in inputs[0]["shape"][1:]]
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], wrapped)
     return converter, shape, _has_fake_quant(graph_def), len(inputs)
 
@@ -234,6 +267,42 @@ def _strip(model_bytes: bytes, names: bool, metadata: bool) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def float_operators(model_bytes: bytes) -> list[str]:
+    """Every operator that reads or writes a float tensor, as "SIN (float32 -> float32)",
+    in graph order (all subgraphs). Empty for a truly integer-only model. A
+    QUANTIZE/DEQUANTIZE between internal tensors always has a float side, so
+    it is listed too; an int8 -> int8 requantization is integer and is not."""
+    model = _arena.read_model(model_bytes)
+    found = []
+    for graph in model.subgraphs or []:
+        tensors = graph.tensors or []
+        for op in graph.operators or []:
+            ins = [_arena.type_name(tensors[i].type) for i in (op.inputs if op.inputs is not None else []) if i >= 0]
+            outs = [_arena.type_name(tensors[i].type) for i in (op.outputs if op.outputs is not None else []) if i >= 0]
+            if _FLOAT_TYPES.intersection(ins + outs):
+                found.append(f"{_arena.operator_name(model, op)} ({', '.join(ins)} -> {', '.join(outs)})")
+    return found
+
+
+def _check_integer_only(model_bytes: bytes, step: str) -> None:
+    """The converter keeps some float kernels under TFLITE_BUILTINS_INT8 instead
+    of failing; an integer-only device could not run the result."""
+    found = float_operators(model_bytes)
+    if not found:
+        return
+    # the ops that compute in float; the QUANTIZE/DEQUANTIZE around them follow from those
+    computing = [f for f in found if f.split(" ")[0] not in ("QUANTIZE", "DEQUANTIZE")]
+    described = ", ".join(f"{item} x{n}" if n > 1 else item for item, n in Counter(computing or found).items())
+    if computing and len(computing) < len(found):
+        described += f"; plus {len(found) - len(computing)} QUANTIZE/DEQUANTIZE op(s) converting to and from float around them"
+    raise StepError(
+        f"step '{step}': quantize = \"int8-only\" must give an integer-only model, but the converter "
+        f"kept {len(computing) or len(found)} operator(s) in float: {described}. An integer-only runtime "
+        "cannot run them: use quantize = \"int8\" (float fallback for ops without an int8 kernel, "
+        "float inputs and outputs), or replace those operations in the model"
+    )
+
+
 def _short(exc: Exception) -> str:
     """First meaningful lines of a converter error (they can be pages long)."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
@@ -245,9 +314,9 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: TFLiteParams) -> dict[str,
     _tf.seed_everything(ctx.seed)
     inputs_count = 1
     if source.kind == Kind.GRAPHDEF:
-        converter, shape, qat, inputs_count = _graphdef_converter(source, ctx.step)
+        converter, shape, qat, inputs_count = _graphdef_converter(ctx, source, ctx.step)
     else:
-        converter, shape, qat = _keras_converter(source, ctx.step)
+        converter, shape, qat = _keras_converter(ctx, source, ctx.step)
 
     calibration, samples = None, 0
     if _needs_calibration(params, qat):
@@ -268,6 +337,8 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: TFLiteParams) -> dict[str,
         if params.quantize == "int8-only":
             hint = " (int8-only needs an int8 kernel for every op; try quantize = \"int8\")"
         raise StepError(f"step '{ctx.step}': TFLite conversion failed{hint}: {_short(exc)}") from None
+    if params.quantize == "int8-only":
+        _check_integer_only(model_bytes, ctx.step)
     if params.strip_names or params.strip_metadata:
         model_bytes = _strip(model_bytes, names=params.strip_names, metadata=params.strip_metadata)
     (ctx.out_dir / MODEL_FILE).write_bytes(model_bytes)
@@ -301,7 +372,9 @@ def tinybuild_step_types() -> list[StepType]:
             run=run,
             uses_dataset=True,
             dataset_optional=True,
-            toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert"),
+            # flatbuffers: _strip re-serializes the model with it
+            toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
+                       "flatbuffers"),
             uses_names=False,  # output depends on content only: renames rerun nothing
             description="Convert a Keras model or frozen GraphDef to .tflite (float32, float16, "
                         "dynamic, int8, int8-only)",

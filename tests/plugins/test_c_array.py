@@ -73,6 +73,7 @@ def test_output_is_deterministic(tflite_artifact):
     ("int8-model", "int8_model"),
     ("8bit", "model_8bit"),
     ("float", "float_model"),
+    ("main", "main_model"),  # C++ refuses a global variable named main
     ("my model.v2", "my_model_v2"),
     ("--", "model"),
     ("__init", "init"),
@@ -84,7 +85,7 @@ def test_identifiers_derived_from_odd_step_names_are_valid(step_name, expected):
     assert c_array.identifier_problem(ident) is None
 
 
-@pytest.mark.parametrize("bad", ["1abc", "int", "class", "a-b", "__x", "_Model", "", "a b", "café"])
+@pytest.mark.parametrize("bad", ["1abc", "int", "class", "a-b", "__x", "_Model", "", "a b", "café", "main"])
 def test_name_param_rejects_invalid_identifiers(bad):
     with pytest.raises(ValidationError):
         STEP.params.model_validate({"name": bad})
@@ -96,9 +97,9 @@ def test_name_param_accepts_valid_identifiers():
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) on this machine")
-def test_generated_code_compiles_links_and_holds_the_bytes(tflite_artifact, tmp_path):
-    out = run_step(STEP, [tflite_artifact], step="8-bit")  # identifier model_8_bit
-    ident = "model_8_bit"
+@pytest.mark.parametrize("step_name, ident", [("8-bit", "model_8_bit"), ("main", "main_model")])
+def test_generated_code_compiles_links_and_holds_the_bytes(tflite_artifact, tmp_path, step_name, ident):
+    out = run_step(STEP, [tflite_artifact], step=step_name)
     for name in out.files:
         shutil.copy(out.path / name, tmp_path / name)
     subprocess.run(["g++", "-c", "-std=c++11", "-Wall", "-Werror", f"{ident}.cc"], cwd=tmp_path, check=True)

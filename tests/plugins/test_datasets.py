@@ -122,9 +122,34 @@ def test_idx_step_builds_the_dataset_artifact(tmp_path):
     assert meta["input_shape"] == [28, 28, 1] and meta["num_classes"] == 10
     assert meta["class_names"] == [str(i) for i in range(10)]
     assert meta["normalization"] == {"scale": "unit", "divisor": 255.0}
-    assert meta["source"]["images"] == IMAGES.name  # a file name, never a machine's absolute path
+    assert meta["source"] == {"format": "idx", "samples": 1000, "limit": 1000, "dtype": "uint8"}
+    assert art.metrics["source"] == {"format": "idx", "images": IMAGES.name, "labels": LABELS.name}
     assert str(REPO) not in (art.path / "meta.json").read_text()
     assert art.metrics["train_samples"] == 700
+
+
+@pytest.mark.parametrize("step", ["idx", "npz"])
+def test_renamed_data_files_give_the_same_artifact_bytes(tmp_path, step):
+    """The cache key holds the data files' content, not their names: a renamed
+    file reuses the cached artifact, so a fresh build must write the same bytes."""
+    if step == "idx":
+        for folder, names in (("a", ("images.gz", "labels.gz")), ("b", ("renamed-x.gz", "renamed-y.gz"))):
+            (tmp_path / folder).mkdir()
+            for source, name in zip((IMAGES, LABELS), names):
+                (tmp_path / folder / name).write_bytes(source.read_bytes())
+        runs = [run_step(IDX, params={"images": f"{folder}/{i}", "labels": f"{folder}/{l}", "limit": 200},
+                         recipe_dir=tmp_path, out_dir=tmp_path / f"out_{folder}")
+                for folder, (i, l) in (("a", ("images.gz", "labels.gz")), ("b", ("renamed-x.gz", "renamed-y.gz")))]
+    else:
+        make_npz(tmp_path / "first.npz", np.arange(40, dtype=np.float32).reshape(20, 2) / 40, np.arange(20) % 2)
+        (tmp_path / "second.npz").write_bytes((tmp_path / "first.npz").read_bytes())
+        runs = [run_step(NPZ, params={"file": name}, recipe_dir=tmp_path, out_dir=tmp_path / f"out_{name}")
+                for name in ("first.npz", "second.npz")]
+    first, second = runs
+    assert first.digest == second.digest
+    for name in first.files:
+        assert (first.path / name).read_bytes() == (second.path / name).read_bytes(), name
+    assert first.metrics["source"] != second.metrics["source"]  # the names are still reported
 
 
 def test_limit_keeps_the_first_samples_and_splits_are_disjoint(tmp_path):
@@ -201,8 +226,32 @@ def test_npz_with_one_hot_labels_and_class_names(tmp_path):
                    recipe_dir=tmp_path, out_dir=tmp_path / "o")
     data = load_dataset(art.path)
     assert data.meta["class_names"] == ["cat", "dog", "owl"]
-    assert data.meta["input_shape"] == [8, 8, 1]
+    assert data.meta["input_shape"] == [8, 8]
     assert sorted(np.concatenate(list(data.y.values())).tolist()) == sorted(labels.tolist())
+
+
+def test_npz_samples_keep_their_shape_unless_a_channel_axis_is_asked_for(tmp_path):
+    """3-D npz arrays are not necessarily images: (N, T, F) time series and
+    (N, 8, 1) columns must arrive as stored; add_channel_axis opts in."""
+    rng = np.random.default_rng(0)
+    shapes = {"series": (30, 16, 3), "column": (30, 8, 1), "images": (30, 8, 8)}
+    for name, shape in shapes.items():
+        make_npz(tmp_path / f"{name}.npz", rng.random(shape, dtype=np.float32), np.arange(30) % 3)
+    for name, shape in shapes.items():
+        art = run_step(NPZ, params={"file": f"{name}.npz"}, recipe_dir=tmp_path, out_dir=tmp_path / name)
+        assert load_dataset(art.path).meta["input_shape"] == list(shape[1:]), name
+        assert load_dataset(art.path).x["train"].shape[1:] == shape[1:], name
+    images = run_step(NPZ, params={"file": "images.npz", "add_channel_axis": True}, recipe_dir=tmp_path,
+                      out_dir=tmp_path / "with_axis")
+    data = load_dataset(images.path)
+    assert data.meta["input_shape"] == [8, 8, 1] and data.x["test"].shape[1:] == (8, 8, 1)
+
+
+def test_idx_images_get_a_channel_axis(tmp_path):
+    write_idx(tmp_path / "i.idx", np.zeros((20, 5, 6), np.uint8))
+    write_idx(tmp_path / "l.idx", (np.arange(20) % 2).astype(np.uint8))
+    art = run_step(IDX, params={"images": "i.idx", "labels": "l.idx"}, recipe_dir=tmp_path, out_dir=tmp_path / "o")
+    assert load_dataset(art.path).meta["input_shape"] == [5, 6, 1]
 
 
 def test_npz_class_names_param_and_out_of_range_labels(tmp_path):
@@ -227,6 +276,32 @@ def test_npz_that_is_not_an_archive(tmp_path):
     (tmp_path / "d.npz").write_text("hello")
     with pytest.raises(StepError, match="d.npz"):
         run_step(NPZ, params={"file": "d.npz"}, recipe_dir=tmp_path, out_dir=tmp_path / "o")
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint32, np.uint64])
+def test_unit_scale_refuses_integers_wider_than_16_bits(tmp_path, dtype):
+    """0..255 pixels stored as int64 (NumPy's default integer) would be divided
+    by 9.2e18 and end up in [0, 2.8e-17]: refuse, and say how to fix it."""
+    x = np.random.default_rng(0).integers(0, 256, size=(20, 4)).astype(dtype)
+    make_npz(tmp_path / "d.npz", x, np.arange(20) % 2)
+    with pytest.raises(StepError, match=r"values in \[\d+, 2\d\d\].*uint8.*x\.astype\(np\.uint8\).*"
+                                        r'scale = "standardize" or "none"'):
+        run_step(NPZ, params={"file": "d.npz"}, recipe_dir=tmp_path, out_dir=tmp_path / "o")
+    wide = make_npz(tmp_path / "w.npz", (x.astype(np.int64) * 100).astype(dtype), np.arange(20) % 2)
+    with pytest.raises(StepError, match=r"x\.astype\(np\.uint16\)"):
+        run_step(NPZ, params={"file": wide.name}, recipe_dir=tmp_path, out_dir=tmp_path / "w")
+    # the fixes the message suggests work
+    for params in ({"scale": "none"}, {"scale": "standardize"}):
+        run_step(NPZ, params={"file": "d.npz", **params}, recipe_dir=tmp_path, out_dir=tmp_path / params["scale"])
+
+
+@pytest.mark.parametrize("dtype, divisor", [(np.uint8, 255.0), (np.uint16, 65535.0), (np.int16, 32767.0)])
+def test_unit_scale_divides_8_and_16_bit_integers_by_their_maximum(tmp_path, dtype, divisor):
+    x = np.full((10, 2), 51, dtype=dtype)
+    make_npz(tmp_path / "d.npz", x, np.arange(10) % 2)
+    data = load_dataset(run_step(NPZ, params={"file": "d.npz"}, recipe_dir=tmp_path, out_dir=tmp_path / "o").path)
+    assert data.meta["normalization"] == {"scale": "unit", "divisor": divisor}
+    np.testing.assert_allclose(data.x["train"], np.float32(51) / np.float32(divisor))
 
 
 def test_unit_scale_refuses_float_data_outside_0_1(tmp_path):

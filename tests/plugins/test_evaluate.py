@@ -17,7 +17,7 @@ import pytest
 
 from tinybuild.api import StepError
 from tinybuild.testing import artifact_from_dir, run_step
-from tinybuild_plugins import _arena, evaluate, tflite
+from tinybuild_plugins import _arena, _litert, evaluate, tflite
 from tinybuild_plugins._dataset_io import save_dataset
 from tinybuild_plugins._keras_io import save_keras_model
 
@@ -140,6 +140,8 @@ def test_val_split_can_be_evaluated(identity_model, dataset):
     metrics = read_metrics(run_step(EVALUATE, [identity_model], {"split": "val", "latency_runs": 0}, dataset=dataset))
     assert metrics["split"] == "val" and metrics["samples"] == 2
     assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 0, 0], [0, 0, 0]]
+    # class "two" is neither a label nor a prediction here: it has no F1 to average
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)
 
 
 def test_model_that_does_not_fit_the_dataset_is_a_step_error(dataset, tmp_path):
@@ -158,6 +160,77 @@ def test_classification_metrics_handle_classes_never_predicted():
     assert matrix.tolist() == [[1, 0, 0], [2, 0, 0], [0, 0, 0]]
     assert scores["per_class"][1] == {"class": "b", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
     assert scores["per_class"][0]["precision"] == pytest.approx(1 / 3)
+
+
+def test_macro_f1_averages_over_classes_in_the_labels_or_the_predictions():
+    """scikit-learn's convention: a class absent from both y_true and y_pred is
+    left out, so a perfect model scores 1.0 on a split that misses a class."""
+    perfect = evaluate.classification_metrics(
+        evaluate.confusion_matrix(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1]), 3), ["a", "b", "c"])
+    assert perfect["accuracy"] == 1.0 and perfect["macro_f1"] == 1.0
+    assert perfect["per_class"][2] == {"class": "c", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    # a class that is only predicted (a false alarm) does count, with F1 0
+    alarm = evaluate.classification_metrics(
+        evaluate.confusion_matrix(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 2]), 3), ["a", "b", "c"])
+    assert alarm["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)  # F1 of b: p = 1, r = 1/2
+
+
+def test_models_with_an_unknown_feature_dimension_take_it_from_the_dataset(dataset, tmp_path):
+    """Input(shape=(None,)): evaluate runs the Keras model as is; tflite fixes the
+    dimension from the dataset (a device needs fixed shapes), or says what to do."""
+    from tinybuild_plugins import _tf
+
+    k = _tf.keras()
+    _tf.seed_everything(0)
+    inputs = k.Input(shape=(None,))
+    pooled = k.layers.GlobalAveragePooling1D()(k.layers.Reshape((-1, 1))(inputs))
+    save_keras_model(k.Model(inputs, k.layers.Dense(3)(pooled)), tmp_path)
+    model = artifact_from_dir("dyn", "keras-model", tmp_path)
+
+    keras_scores = read_metrics(run_step(EVALUATE, [model], {"latency_runs": 1}, dataset=dataset))
+    assert keras_scores["samples"] == 6
+    converted = run_step(TFLITE, [model], {"quantize": "float32"}, dataset=dataset, step="fp32")
+    runner = _litert.interpreter(converted.file("model.tflite").read_bytes())
+    assert list(runner.get_input_details()[0]["shape"]) == [1, 3]  # the dataset's 3 features
+    tflite_scores = read_metrics(run_step(EVALUATE, [converted], {"latency_runs": 1}, dataset=dataset))
+    assert tflite_scores["confusion_matrix"] == keras_scores["confusion_matrix"]
+    int8 = run_step(TFLITE, [model], {"quantize": "int8-only"}, dataset=dataset, step="i8")
+    assert read_metrics(run_step(EVALUATE, [int8], {"latency_runs": 0}, dataset=dataset))["samples"] == 6
+    with pytest.raises(StepError, match=r"model 'dyn' has an unknown input dimension.*\[None\].*\[dataset\]"):
+        run_step(TFLITE, [model], {"quantize": "float32"}, step="fp32")
+
+    # the same through a frozen GraphDef whose signature says [None, None]
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from tinybuild_plugins._keras_io import load_keras_model
+
+    tf = _tf.tensorflow()
+    keras_model = load_keras_model(model.path)
+    frozen = convert_variables_to_constants_v2(tf.function(lambda x: keras_model(x, training=False))
+                                               .get_concrete_function(tf.TensorSpec([None, None], tf.float32, name="x")))
+    graph_dir = tmp_path / "graph"
+    graph_dir.mkdir()
+    (graph_dir / "graph.pb").write_bytes(frozen.graph.as_graph_def().SerializeToString(deterministic=True))
+    (graph_dir / "signature.json").write_text(json.dumps({
+        "inputs": [{"name": "x", "tensor": frozen.inputs[0].name, "shape": [None, None], "dtype": "float32"}],
+        "outputs": [{"name": "y", "tensor": frozen.outputs[0].name, "shape": [None, 3], "dtype": "float32"}],
+    }))
+    graph = artifact_from_dir("frozen", "graphdef", graph_dir)
+    from_graph = run_step(TFLITE, [graph], {"quantize": "float32"}, dataset=dataset, step="graph_fp32")
+    assert list(_litert.interpreter(from_graph.file("model.tflite").read_bytes())
+                .get_input_details()[0]["shape"]) == [1, 3]
+    graph_scores = read_metrics(run_step(EVALUATE, [from_graph], {"latency_runs": 0}, dataset=dataset))
+    assert graph_scores["confusion_matrix"] == keras_scores["confusion_matrix"]
+    with pytest.raises(StepError, match=r"model 'frozen' has an unknown input dimension"):
+        run_step(TFLITE, [graph], {"quantize": "float32"}, step="graph_fp32")
+
+
+def test_gzip_sizes_key_on_the_zlib_library():
+    """gzip_bytes depends on the zlib Python links against, which no
+    distribution version in the toolchain names: it enters the key."""
+    import zlib
+
+    assert EVALUATE.key_extras(EVALUATE.params(), {}) == {"zlib": zlib.ZLIB_RUNTIME_VERSION}
 
 
 def test_upstream_facts_drop_machine_dependent_values():

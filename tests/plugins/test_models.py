@@ -113,6 +113,21 @@ def test_builder_function_gets_shape_classes_and_options(mnist_dataset, tmp_path
     assert meta["source"] == {"builder": "cnn.py:build", "options": {"width": 8}}
 
 
+def test_multi_input_builder_models_are_refused_clearly(mnist_dataset, tmp_path):
+    write_builder(tmp_path, """
+        import tf_keras as keras
+
+        def build(input_shape, num_classes):
+            a, b = keras.Input(shape=input_shape), keras.Input(shape=input_shape)
+            joined = keras.layers.Flatten()(keras.layers.Concatenate()([a, b]))
+            return keras.Model([a, b], keras.layers.Dense(num_classes)(joined))
+    """)
+    with pytest.raises(StepError, match=r"the model has 2 input\(s\) and 1 output\(s\).*"
+                                        r"single-input, single-output models only") as failure:
+        build({"builder": "models/cnn.py:build"}, mnist_dataset, tmp_path)
+    assert "expects inputs of shape" not in str(failure.value)
+
+
 def test_builder_file_is_a_cache_key_input(tmp_path):
     params = KERAS.params.model_validate({"builder": "models/cnn.py:build"}, context={"base_dir": tmp_path})
     assert KERAS.input_files(params) == {"builder": tmp_path / "models" / "cnn.py"}
@@ -190,7 +205,13 @@ def test_file_models_are_loaded_with_their_weights(mnist_dataset, tmp_path, suff
     art = build({"file": path.name}, mnist_dataset, tmp_path)
     x = load_dataset_x(mnist_dataset)
     np.testing.assert_array_equal(load_keras_model(art.path).predict(x, verbose=0), model.predict(x, verbose=0))
-    assert read_model_meta(art.path)["source"] == {"file": path.name}
+    assert read_model_meta(art.path)["source"] == {"file_format": suffix.lstrip(".")}
+    assert art.metrics["source"] == {"file": path.name}  # the name is reported, not stored
+    # the key holds the file's content, not its name: a renamed copy gives the same bytes
+    renamed = tmp_path / f"renamed-copy{suffix}"
+    renamed.write_bytes(path.read_bytes())
+    again = build({"file": renamed.name}, mnist_dataset, tmp_path, name="renamed")
+    assert again.digest == art.digest and file_bytes(again) == file_bytes(art)
 
 
 @pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")

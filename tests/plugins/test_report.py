@@ -28,7 +28,8 @@ FILES = ["build.log", "report.html", "report.json", "report.md"]
 
 def metrics_artifact(root: Path, variant: str, *, kind: str = "tflite", accuracy: float = 0.98,
                      size: int = 20_000, gzip: int = 15_000, arena: int | None = 8_000,
-                     quantize: str | None = "int8", latency: float = 0.5, samples: int = 2000) -> object:
+                     quantize: str | None = "int8", latency: float = 0.5, samples: int = 2000,
+                     split: str = "test") -> object:
     """A metrics artifact as ``evaluate`` writes it (only the keys report reads are filled)."""
     folder = root / f"eval_{variant}"
     folder.mkdir()
@@ -36,7 +37,7 @@ def metrics_artifact(root: Path, variant: str, *, kind: str = "tflite", accuracy
     data = {
         "variant": variant,
         "model_kind": kind,
-        "split": "test",
+        "split": split,
         "accuracy": accuracy,
         "correct": correct,
         "samples": samples,
@@ -132,7 +133,7 @@ def test_build_log_reads_like_a_lab_log(variants):
     assert "[3] int8 (tflite int8)" in log
     assert "accuracy: 0.9790 (1958/2000)" in log and "size: 22,480 B" in log
     assert "from its step: quantize=int8, source=train" in log
-    assert "int8: size 22.0 kB <= flash_kb 96 -> pass" in log
+    assert "int8: size 22,480 B (21.95 KiB) <= flash_kb 96 (98,304 B) -> pass" in log
     assert not re.search(r"\d{4}-\d{2}-\d{2}|\d{2}:\d{2}:\d{2}", log)  # no dates or times
 
 
@@ -160,7 +161,7 @@ def test_terminal_table_goes_through_ctx_log(variants):
 
 def test_flash_gate_names_variant_budget_and_figure(tmp_path):
     big = metrics_artifact(tmp_path, "int8", size=86_221)  # 84.2 KiB
-    with pytest.raises(GateFailed, match=r"variant int8: size 84\.2 kB > flash_kb 64") as failure:
+    with pytest.raises(GateFailed, match=r"variant int8: size 86,221 B \(84\.20 KiB\) > flash_kb 64 \(65,536 B\)") as failure:
         build([big], target={"flash_kb": 64}, out=tmp_path / "out")
     table = str(failure.value).splitlines()[1:]  # the full table follows the one-line summary
     assert any("Variant" in line and "Gate" in line for line in table)
@@ -176,7 +177,7 @@ def test_ram_and_accuracy_gates(tmp_path):
     with pytest.raises(GateFailed) as failure:
         build([model], target={"ram_kb": 32, "min_accuracy": 0.95, "flash_kb": 64})
     message = str(failure.value)
-    assert "variant int8: arena estimate 40.0 kB > ram_kb 32" in message
+    assert "variant int8: arena estimate 40,960 B (40.00 KiB) > ram_kb 32 (32,768 B)" in message
     assert "variant int8: accuracy 0.9100 < min_accuracy 0.95" in message
     assert "flash_kb" not in message.splitlines()[0]  # 20 kB fits: not listed as a failure
 
@@ -187,11 +188,74 @@ def test_budgets_exactly_met_pass(tmp_path):
     assert metrics["passed"] and metrics["gates_checked"] == 3
 
 
+def test_gate_text_gives_exact_bytes_when_kib_would_round_alike(tmp_path):
+    """22,440 B is 21.91 KiB and the budget 21.9 KiB is 22,425.6 B: rounded to
+    one decimal both print "21.9", which made "21.9 kB > flash_kb 21.9"."""
+    over = metrics_artifact(tmp_path, "int8", size=22_440, arena=16_500)
+    with pytest.raises(GateFailed) as failure:
+        build([over], target={"flash_kb": 21.9, "ram_kb": 16.1})
+    first_line = str(failure.value).splitlines()[0]
+    assert "variant int8: size 22,440 B (21.91 KiB) > flash_kb 21.9 (22,425 B)" in first_line
+    assert "variant int8: arena estimate 16,500 B (16.11 KiB) > ram_kb 16.1 (16,486 B)" in first_line
+    # the byte figure shown is the exact limit: one byte less passes
+    fits = metrics_artifact(tmp_path, "fits", size=22_425, arena=16_486)
+    _, metrics = build([fits], target={"flash_kb": 21.9, "ram_kb": 16.1})
+    assert metrics["passed"] and metrics["gates_checked"] == 2
+
+
+def test_budgets_that_check_no_variant_are_a_warning_not_a_silent_pass(variants, tmp_path):
+    keras_only = [variants[0]]  # the Keras "train" variant: not gated by default
+    logs: list[str] = []
+    out, metrics = build(keras_only, target={"flash_kb": 64, "min_accuracy": 0.5}, logs=logs)
+    assert metrics["passed"] and metrics["gates_checked"] == 0
+    [warning] = metrics["warnings"]
+    assert "[target] flash_kb = 64, min_accuracy = 0.5 check no variant" in warning
+    assert "train (keras)" in warning and "gate = []" in warning
+    assert any(line.startswith("warning: [target] flash_kb = 64") for line in logs)
+    for name in ("report.md", "build.log"):
+        text = (out / name).read_text()
+        assert "check no variant" in text and "all gates passed" not in text, name
+    assert "check no variant" in (out / "report.html").read_text()
+    assert json.loads((out / "report.json").read_text())["warnings"] == [warning]
+
+    # a gated Keras variant is held to min_accuracy, but flash_kb still checks nothing
+    _, metrics = build(keras_only, {"gate": ["train"]}, target={"flash_kb": 64, "min_accuracy": 0.5})
+    assert metrics["gates_checked"] == 1
+    assert len(metrics["warnings"]) == 1 and "flash_kb = 64 checks no variant" in metrics["warnings"][0]
+    assert "Keras models" in metrics["warnings"][0]
+
+    # gate = [] turns the gates off on purpose: silent
+    logs.clear()
+    out, metrics = build(keras_only, {"gate": []}, target={"flash_kb": 64}, logs=logs)
+    assert metrics["warnings"] == [] and not any("warning" in line for line in logs)
+    assert "No variant is gated (gate = [])." in (out / "report.md").read_text()
+    # no [target] at all: nothing to warn about
+    _, metrics = build(keras_only)
+    assert metrics["warnings"] == []
+
+
+def test_accuracy_measured_on_the_val_split_is_labelled_as_such(tmp_path):
+    val = metrics_artifact(tmp_path, "int8", accuracy=0.97, split="val")
+    logs: list[str] = []
+    out, metrics = build([val], target={"min_accuracy": 0.95}, logs=logs)
+    report_json = json.loads((out / "report.json").read_text())
+    [check] = report_json["gates"]
+    assert check["text"] == "val accuracy 0.9700 >= min_accuracy 0.95 (on the val split, not test)"
+    assert check["split"] == "val"
+    assert any("val-split accuracy" in w for w in metrics["warnings"])
+    md = (out / "report.md").read_text()
+    assert "| int8 | tflite int8 | 97.00% (val) |" in md
+    assert "val accuracy 0.9700" in md and "val-split accuracy" in md
+    assert "(on the val split)" in (out / "build.log").read_text()
+    with pytest.raises(GateFailed, match=r"variant int8: val accuracy 0\.9700 < min_accuracy 0\.98"):
+        build([val], target={"min_accuracy": 0.98})
+
+
 def test_default_gates_cover_tflite_variants_only(variants):
     with pytest.raises(GateFailed) as failure:
         build(variants, target={"flash_kb": 64, "min_accuracy": 0.975})
     first_line = str(failure.value).splitlines()[0]
-    assert "variant fp32: size 81.3 kB > flash_kb 64" in first_line
+    assert "variant fp32: size 83,280 B (81.33 KiB) > flash_kb 64 (65,536 B)" in first_line
     assert "variant clustered: accuracy 0.9720 < min_accuracy 0.975" in first_line
     assert "variant train" not in first_line
 

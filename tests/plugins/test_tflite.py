@@ -155,6 +155,40 @@ def test_int8_only_has_int8_io_and_no_float_tensor(converted):
     assert scale > 0
 
 
+def test_float_operators_lists_ops_with_a_float_side(converted):
+    assert tflite.float_operators(converted["int8-only"].file("model.tflite").read_bytes()) == []
+    # int8: float I/O, converted at the edges
+    assert tflite.float_operators(converted["int8"].file("model.tflite").read_bytes()) == [
+        "QUANTIZE (float32 -> int8)", "DEQUANTIZE (int8 -> float32)"]
+
+
+def test_int8_only_refuses_ops_the_converter_kept_in_float(dataset, tmp_path):
+    """Dense -> tf.math.sin -> Dense: under TFLITE_BUILTINS_INT8 the converter
+    keeps SIN as a float op between DEQUANTIZE and QUANTIZE instead of failing,
+    and the model has int8 I/O: an integer-only device could not run it."""
+    from tinybuild_plugins import _tf
+
+    tf, k = _tf.tensorflow(), _tf.keras()
+    _tf.seed_everything(0)
+    inputs = k.Input((8, 8, 1))
+    hidden = k.layers.Dense(8)(k.layers.Flatten()(inputs))
+    save_keras_model(k.Model(inputs, k.layers.Dense(3)(tf.math.sin(hidden))), tmp_path)
+    model = artifact_from_dir("sine", "keras-model", tmp_path)
+    with pytest.raises(StepError) as failure:
+        run_step(STEP, [model], {"quantize": "int8-only"}, dataset=dataset, step="i8")
+    message = str(failure.value)
+    assert "step 'i8'" in message and "SIN (float32 -> float32)" in message
+    assert "QUANTIZE/DEQUANTIZE" in message and 'use quantize = "int8"' in message
+    # with float fallback the same model converts, SIN and all
+    fallback = run_step(STEP, [model], {"quantize": "int8"}, dataset=dataset, step="i8f")
+    assert "SIN" in fallback.metrics["ops"]
+
+
+def test_the_flatbuffers_serializer_is_part_of_the_toolchain():
+    """_strip re-serializes every model with the flatbuffers package."""
+    assert "flatbuffers" in STEP.toolchain
+
+
 def test_quantized_models_agree_with_float_model(converted, dataset):
     from tinybuild_plugins._dataset_io import load_dataset
 

@@ -79,7 +79,8 @@ def test_early_stopping_stops_and_restores_the_best_epoch(basic_cnn, mnist_datas
 def test_early_stopping_on_val_metric_without_val_split_is_a_step_error(basic_cnn, tmp_path):
     x = np.random.default_rng(0).random((20, 28, 28), dtype=np.float32)
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(20) % 10)
-    no_val = run_step(NPZ, params={"file": "d.npz", "split": {"train": 0.8, "val": 0.0, "test": 0.2}},
+    no_val = run_step(NPZ, params={"file": "d.npz", "split": {"train": 0.8, "val": 0.0, "test": 0.2},
+                                   "add_channel_axis": True},
                       recipe_dir=tmp_path, out_dir=tmp_path / "ds")
     with pytest.raises(StepError, match="monitors val_loss but the dataset has no val split"):
         train(basic_cnn, no_val, tmp_path, params={"patience": 2})
@@ -89,7 +90,8 @@ def test_early_stopping_on_val_metric_without_val_split_is_a_step_error(basic_cn
 
 def test_model_that_does_not_fit_the_dataset_is_a_step_error(tmp_path, basic_cnn):
     np.savez(tmp_path / "d.npz", x=np.zeros((30, 8, 8), np.uint8), y=np.arange(30) % 3)
-    small = run_step(NPZ, params={"file": "d.npz"}, recipe_dir=tmp_path, out_dir=tmp_path / "ds")
+    small = run_step(NPZ, params={"file": "d.npz", "add_channel_axis": True}, recipe_dir=tmp_path,
+                     out_dir=tmp_path / "ds")
     with pytest.raises(StepError, match=r"expects inputs of shape \[28, 28, 1\] but the dataset provides \[8, 8, 1\]"):
         train(basic_cnn, small, tmp_path)
 

@@ -132,7 +132,7 @@ def checks(rows: list[dict], float_variant: str, compressed_variant: str) -> lis
         lines.append(f"{'PASS' if ratio >= TARGET_GZIP_RATIO else 'MISS'}  {compressed_variant} gzip {small['gzip']:,} B vs "
                      f"{float_variant} gzip {base['gzip']:,} B: {ratio:.2f}x smaller (target >= {TARGET_GZIP_RATIO:g}x)")
         lines.append(f"{'PASS' if loss <= MAX_ACCURACY_LOSS_POINTS else 'MISS'}  {compressed_variant} accuracy "
-                     f"{small['accuracy']:.4f} vs {float_variant} {base['accuracy']:.4f}: {loss:+.2f} points lost "
+                     f"{small['accuracy']:.4f} vs {float_variant} {base['accuracy']:.4f}: {loss:.2f} points lost "
                      f"(target <= {MAX_ACCURACY_LOSS_POINTS:g})")
     else:
         lines.append(f"MISS  variants '{float_variant}' / '{compressed_variant}' not found among: "

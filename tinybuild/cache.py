@@ -71,6 +71,11 @@ class ActionEntry:
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "files": self.files, "digest": self.digest, "metrics": self.metrics}
 
+    @classmethod
+    def from_json(cls, raw: Any) -> "ActionEntry":
+        """Parse a stored entry; KeyError/TypeError/AttributeError when malformed."""
+        return cls(kind=raw["kind"], files=dict(raw["files"]), digest=raw["digest"], metrics=dict(raw["metrics"]))
+
 
 #: Filesystems stamp mtimes with a coarse clock: a file rewritten within the
 #: same tick keeps its mtime. A signature recorded less than this long after
@@ -217,7 +222,7 @@ class Cache:
         """The entry for ``key`` if it exists and all of its objects are present."""
         try:
             raw = json.loads(self.action_path(key).read_text("utf-8"))
-            entry = ActionEntry(kind=raw["kind"], files=dict(raw["files"]), digest=raw["digest"], metrics=dict(raw["metrics"]))
+            entry = ActionEntry.from_json(raw)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
         if not entry_is_consistent(entry) or not all(self.has_object(d) for d in entry.files.values()):

@@ -9,7 +9,6 @@ machine-readable output (``graph``, ``schema``).
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any, Mapping, Sequence
 

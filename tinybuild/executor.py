@@ -23,7 +23,7 @@ from .capture import output_to, tail
 from .context import RunContext
 from .graph import downstream
 from .hashing import artifact_digest, canonical_json, list_files
-from .keys import input_file_fields, step_key
+from .keys import step_input_paths, step_key
 from .lockfile import lock_entry, read_lock, write_lock
 from .plan import make_plan, material_for, run_reasons
 from .plugins import Hooks
@@ -216,12 +216,7 @@ class Executor:
 
     def _watched_files(self, step: ResolvedStep, inputs: Sequence[Artifact], dataset: Artifact | None) -> list[Path]:
         files = [a.path / rel for a in [*inputs, *([dataset] if dataset else [])] for rel in a.files]
-        for value in input_file_fields(step.params).values():
-            if value is not None:
-                files.extend(Path(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
-        if step.step_type.input_files:
-            files.extend(Path(p) for p in step.step_type.input_files(step.params).values())
-        return files
+        return files + step_input_paths(step)
 
     def _fingerprint(self, files: Sequence[Path]) -> dict[str, str]:
         out = {}

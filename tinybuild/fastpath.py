@@ -195,7 +195,7 @@ def record_build(project: Any, result: Any, stamp: Path, reporter_name: str) -> 
     memo's entries for data files, the fingerprinted sources), not as they are
     now: an edit made while the build ran then fails the next check.
     """
-    from .keys import SOURCE_READS, input_file_fields, source_files
+    from .keys import SOURCE_READS, source_files, step_input_paths
     from .lockfile import read_lock
 
     if result.exit_code != 0 or result.uncached or has_observers(project.pm, [reporter_name]):
@@ -207,14 +207,7 @@ def record_build(project: Any, result: Any, stamp: Path, reporter_name: str) -> 
     cache = project.cache
     seen: dict[str, Observation] = {str(project.recipe.path): project.recipe.origin}
     for name in order:
-        step = project.steps[name]
-        paths = []
-        for value in input_file_fields(step.params).values():
-            if value is not None:
-                paths.extend(Path(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
-        if step.step_type.input_files:
-            paths.extend(Path(p) for p in step.step_type.input_files(step.params).values())
-        for path in paths:
+        for path in step_input_paths(project.steps[name]):
             observed = cache.memo.observation(path)
             if observed is None:
                 return False

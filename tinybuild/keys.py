@@ -72,6 +72,18 @@ def input_file_fields(params: BaseModel) -> dict[str, Any]:
     return out
 
 
+def step_input_paths(step: ResolvedStep) -> list[Path]:
+    """Every file a step reads besides its input artifacts: ``InputFile``
+    params (single or lists) and the step type's ``input_files``."""
+    paths: list[Path] = []
+    for value in input_file_fields(step.params).values():
+        if value is not None:
+            paths.extend(Path(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+    if step.step_type.input_files:
+        paths.extend(Path(p) for p in step.step_type.input_files(step.params).values())
+    return paths
+
+
 def _digest_paths(value: Any, digest: Digester, where: str) -> Any:
     if value is None:
         return None

@@ -47,7 +47,7 @@ class RemoteCache:
         """The remote action entry for ``key`` without fetching its objects (for plans)."""
         try:
             raw = json.loads(self.fs.cat_file(self._path("actions", key)))
-            entry = ActionEntry(kind=raw["kind"], files=dict(raw["files"]), digest=raw["digest"], metrics=dict(raw["metrics"]))
+            entry = ActionEntry.from_json(raw)
         except Exception:
             return None
         return entry if entry_is_consistent(entry) else None
@@ -61,7 +61,7 @@ class RemoteCache:
         """
         try:
             raw = json.loads(self.fs.cat_file(self._path("actions", key)))
-            entry = ActionEntry(kind=raw["kind"], files=dict(raw["files"]), digest=raw["digest"], metrics=dict(raw["metrics"]))
+            entry = ActionEntry.from_json(raw)
         except FileNotFoundError:
             return None
         except Exception as exc:  # unreachable, unreadable or malformed: fall back to building

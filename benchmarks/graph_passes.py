@@ -27,8 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from tinybuild_plugins import _tf  # noqa: E402
-from tinybuild_plugins.graph._graphdef import Graph  # noqa: E402
+from tinybuild_plugins.sdk import tf as _tf  # noqa: E402
+from tinybuild_plugins.sdk.graph_edit import Graph  # noqa: E402
 from tinybuild_plugins.graph.freeze import freeze_keras_model  # noqa: E402
 from tinybuild_plugins.graph.optimize import run_to_fixed_point  # noqa: E402
 from tinybuild_plugins.graph.passes import DEFAULT_ORDER, builtin_passes  # noqa: E402

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._graphdef import GraphEditor, control_ref, graph_pass, parse_ref, repeat_until_stable, tensor_name, tensor_ref
+from tinybuild_plugins.sdk.graph_edit import GraphEditor, control_ref, graph_pass, parse_ref, repeat_until_stable, tensor_name, tensor_ref
 
 _NEUTRAL = {  # op -> (neutral value, operand positions the constant may take)
     "Mul": (1, (0, 1)),
@@ -58,7 +58,7 @@ def simplify_arithmetic(editor: GraphEditor) -> None:
 
     def shape_of(ref: str) -> tuple[int | None, ...] | None:
         if "shapes" not in cache:
-            from . import _tfgraph
+            from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
             cache["shapes"] = _tfgraph.static_shapes(editor.graph_def())
         return cache["shapes"].get(tensor_name(ref))
@@ -158,7 +158,7 @@ def _same_shape(shape: tuple[int | None, ...] | None, target: list[int]) -> bool
 
 
 def _transpose(editor: GraphEditor, node: Any, data: list[str]) -> None:
-    from . import _tfgraph
+    from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
     perm = editor.constant(data[1])
     if perm is None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ._graphdef import GraphEditor, control_ref, graph_pass, parse_ref, repeat_until_stable
+from tinybuild_plugins.sdk.graph_edit import GraphEditor, control_ref, graph_pass, parse_ref, repeat_until_stable
 
 FUSED_BATCH_NORM_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
 LINEAR_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative", "MatMul"})
@@ -205,7 +205,7 @@ def _fold_shift(editor: GraphEditor, node: Any) -> None:
 
 def _fold_affine(editor: GraphEditor, target: Any, linear: _Linear, multiplier: np.ndarray, shift: np.ndarray) -> None:
     """Turn ``target`` into ``BiasAdd(linear', b')`` where ``target(z) = z*multiplier + shift``."""
-    from . import _tfgraph
+    from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
     node, weights = linear.node, linear.weights
     dtype = weights.dtype

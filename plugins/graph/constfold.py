@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ._graphdef import GraphEditor, control_ref, graph_pass, repeat_until_stable, tensor_name
+from tinybuild_plugins.sdk.graph_edit import GraphEditor, control_ref, graph_pass, repeat_until_stable, tensor_name
 
 #: a folded result this small is always kept, even if larger than its inputs
 SMALL_RESULT_BYTES = 1024
@@ -49,7 +49,7 @@ _SHAPE_OPS = frozenset({"Shape", "Size", "Rank"})
 
 def may_fold(op: str) -> bool:
     """Whether ``op``'s output is a pure function of its inputs that we may store."""
-    from ._graphdef import op_is_stateful
+    from tinybuild_plugins.sdk.graph_edit import op_is_stateful
 
     if op in _NEVER_FOLD or any(marker in op for marker in _NEVER_FOLD_MARKERS):
         return False
@@ -70,7 +70,7 @@ def fold_constants(editor: GraphEditor) -> None:
 
 
 def _materialize_shapes(editor: GraphEditor) -> bool:
-    from . import _tfgraph
+    from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
     candidates = [n for n in editor.nodes() if n.op in _SHAPE_OPS and len(editor.data_inputs(n)) == 1]
     if not candidates:
@@ -95,7 +95,7 @@ def _materialize_shapes(editor: GraphEditor) -> bool:
 
 
 def _out_type(node: Any) -> Any:
-    from . import _tfgraph
+    from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
     if "out_type" in node.attr:
         return _tfgraph.numpy_dtype(node.attr["out_type"].type)
@@ -103,7 +103,7 @@ def _out_type(node: Any) -> Any:
 
 
 def _fold_once(editor: GraphEditor) -> bool:
-    from . import _tfgraph
+    from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
     foldable: dict[str, Any] = {}
     inherited: dict[str, list[str]] = {}  # control inputs a folded node must keep
@@ -151,7 +151,7 @@ def _fold_once(editor: GraphEditor) -> bool:
 
 
 def _input_bytes(editor: GraphEditor, node: Any, values: dict[str, np.ndarray]) -> int:
-    from . import _tfgraph
+    from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
     largest = 0
     for source, index in editor.data_inputs(node):
@@ -178,9 +178,9 @@ def _evaluate(editor: GraphEditor, foldable: dict[str, Any]) -> tuple[dict[str, 
     integer division by zero) each node is retried alone so the rest still
     folds and the failing node stays an op, failing at run time as before.
     """
-    from tinybuild_plugins import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
-    from . import _tfgraph
+    from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
     tf = _tf.tensorflow()
     sub = editor.empty_graph_def()

@@ -17,7 +17,7 @@ execution order constraints are exactly preserved. Exact by construction.
 
 from __future__ import annotations
 
-from ._graphdef import GraphEditor, control_ref, graph_pass, parse_ref
+from tinybuild_plugins.sdk.graph_edit import GraphEditor, control_ref, graph_pass, parse_ref
 
 
 @graph_pass

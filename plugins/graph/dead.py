@@ -8,7 +8,7 @@ ops, summaries, leftovers of other passes. Exact by construction.
 
 from __future__ import annotations
 
-from ._graphdef import GraphEditor, graph_pass, parse_ref
+from tinybuild_plugins.sdk.graph_edit import GraphEditor, graph_pass, parse_ref
 
 
 @graph_pass

@@ -50,7 +50,7 @@ def _spec_entry(name: str, tensor: Any) -> dict[str, Any]:
 
 def freeze_keras_model(model: Any, batch_size: int | None = None) -> tuple[Any, dict[str, Any]]:
     """(frozen GraphDef, signature dict) for a tf_keras model."""
-    from tinybuild_plugins import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
     tf = _tf.tensorflow()
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2

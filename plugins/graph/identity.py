@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._graphdef import PLACEHOLDER_OPS, GraphEditor, Splice, control_ref, graph_pass, parse_ref, tensor_ref
+from tinybuild_plugins.sdk.graph_edit import PLACEHOLDER_OPS, GraphEditor, Splice, control_ref, graph_pass, parse_ref, tensor_ref
 
 IDENTITY_OPS = frozenset({"Identity", "IdentityN"})
 

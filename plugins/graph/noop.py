@@ -13,7 +13,7 @@ predecessors, one successor) is always removed. Exact by construction.
 
 from __future__ import annotations
 
-from ._graphdef import GraphEditor, control_ref, graph_pass
+from tinybuild_plugins.sdk.graph_edit import GraphEditor, control_ref, graph_pass
 
 
 @graph_pass

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 from tinybuild.api import GraphPass, StepError
 
-from ._graphdef import Graph, op_counts
+from tinybuild_plugins.sdk.graph_edit import Graph, op_counts
 
 
 @dataclass(frozen=True)

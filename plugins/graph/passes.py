@@ -1,7 +1,7 @@
 """Registration of the built-in graph passes (entry point ``graph-passes``).
 
 **What a pass receives.** ``GraphPass.apply`` is typed ``Any``; tinybuild's
-passes take a :class:`tinybuild_plugins.graph._graphdef.Graph` -- a frozen
+passes take a :class:`tinybuild_plugins.sdk.graph_edit.Graph` -- a frozen
 GraphDef plus the signature's input and output tensor names -- and return a
 new ``Graph``. The signature is what a pass needs to know but a GraphDef
 cannot say: its nodes are protected (never removed or renamed). A bare
@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from tinybuild.api import GraphPass, hookimpl
 
-from . import arithmetic, batchnorm, constfold, control_edges, dead, identity, noop
+from tinybuild_plugins.graph import arithmetic, batchnorm, constfold, control_edges, dead, identity, noop
 
-_SHARED = ("tinybuild_plugins.graph._graphdef", "tinybuild_plugins.graph._tfgraph", "tinybuild_plugins._tf")
+_SHARED = ("tinybuild_plugins.sdk.graph_edit", "tinybuild_plugins.sdk.tfgraph", "tinybuild_plugins.sdk.tf")
 
 #: the order graph-optimize applies passes in by default: identities and
 #: NoOps first so constants meet their consumers and stray control edges

@@ -1,7 +1,7 @@
 """Step types ``graph-freeze`` and ``graph-optimize`` (entry point ``graph-steps``).
 
 ``graph-freeze`` turns a keras-model artifact into a graphdef artifact
-(layout in :mod:`tinybuild_plugins.graph._graph_io`, freezing in
+(layout in :mod:`tinybuild_plugins.sdk.graphdef`, freezing in
 :mod:`tinybuild_plugins.graph.freeze`).
 
 ``graph-optimize`` runs registered graph passes (see
@@ -26,8 +26,8 @@ from pydantic import Field, field_validator
 from tinybuild.api import (Artifact, GraphPass, Kind, Params, StepContext, StepError, StepType, graph_pass_fingerprint,
                            hookimpl)
 
-from ._graphdef import Graph, op_counts
-from .passes import DEFAULT_ORDER
+from tinybuild_plugins.sdk.graph_edit import Graph, op_counts
+from tinybuild_plugins.graph.passes import DEFAULT_ORDER
 
 _TOOLCHAIN = ("tensorflow", "numpy", "networkx")
 
@@ -46,10 +46,10 @@ class FreezeParams(Params):
 
 
 def run_freeze(ctx: StepContext, inputs: Sequence[Artifact], params: FreezeParams) -> dict[str, Any]:
-    from tinybuild_plugins._keras_io import load_keras_model
+    from tinybuild_plugins.sdk.keras_model import load_keras_model
 
-    from ._graph_io import GRAPH_FILE, save_graphdef
-    from .freeze import freeze_keras_model
+    from tinybuild_plugins.sdk.graphdef import GRAPH_FILE, save_graphdef
+    from tinybuild_plugins.graph.freeze import freeze_keras_model
 
     model = load_keras_model(inputs[0].path)
     graph_def, signature = freeze_keras_model(model, params.batch_size)
@@ -128,9 +128,9 @@ def _pass_fingerprint(graph_pass: GraphPass) -> str:
 
 
 def run_optimize(ctx: StepContext, inputs: Sequence[Artifact], params: OptimizeParams) -> dict[str, Any]:
-    from ._graph_io import load_graphdef, save_graphdef
-    from .optimize import run_to_fixed_point
-    from .verify import EXACT_TOLERANCE, Runner, sample_inputs
+    from tinybuild_plugins.sdk.graphdef import load_graphdef, save_graphdef
+    from tinybuild_plugins.graph.optimize import run_to_fixed_point
+    from tinybuild_plugins.graph.verify import EXACT_TOLERANCE, Runner, sample_inputs
 
     passes = selected_passes(params, ctx.graph_passes())
     graph_def, signature = load_graphdef(inputs[0])
@@ -188,7 +188,7 @@ def run_optimize(ctx: StepContext, inputs: Sequence[Artifact], params: OptimizeP
 def _verification_message(runner: Any, result: Any, difference: float, failure: str | None,
                           tolerance: float, exact: bool, params: OptimizeParams) -> str:
     """Name the pass application(s) that moved the outputs, checked one by one."""
-    from .verify import EXACT_TOLERANCE
+    from tinybuild_plugins.graph.verify import EXACT_TOLERANCE
 
     why = "every applied pass is exact" if exact else "an inexact pass was applied; see 'tolerance'"
     headline = (f"optimized graph does not match the original: {failure}" if failure else
@@ -221,11 +221,11 @@ def _verification_message(runner: Any, result: Any, difference: float, failure: 
 
 
 _FINGERPRINT = (
-    "tinybuild_plugins._tf",
-    "tinybuild_plugins._dataset_io",
-    "tinybuild_plugins.graph._graphdef",
-    "tinybuild_plugins.graph._tfgraph",
-    "tinybuild_plugins.graph._graph_io",
+    "tinybuild_plugins.sdk.tf",
+    "tinybuild_plugins.sdk.dataset",
+    "tinybuild_plugins.sdk.graph_edit",
+    "tinybuild_plugins.sdk.tfgraph",
+    "tinybuild_plugins.sdk.graphdef",
 )
 
 
@@ -242,7 +242,7 @@ def tinybuild_step_types() -> list[StepType]:
             toolchain=("tensorflow", "tf-keras"),
             description="freeze a Keras model into a GraphDef (variables folded to constants) + signature",
             uses_names=False,
-            fingerprint_modules=(*_FINGERPRINT, "tinybuild_plugins._keras_io", "tinybuild_plugins.graph.freeze"),
+            fingerprint_modules=(*_FINGERPRINT, "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.graph.freeze"),
         ),
         StepType(
             name="graph-optimize",

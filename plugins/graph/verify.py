@@ -17,7 +17,7 @@ import numpy as np
 
 from tinybuild.api import Artifact, StepError
 
-from ._graphdef import Graph
+from tinybuild_plugins.sdk.graph_edit import Graph
 
 #: exact passes must agree with the original to this absolute difference
 EXACT_TOLERANCE = 1e-6
@@ -59,7 +59,7 @@ def _dataset_samples(inputs: Sequence[Mapping[str, Any]], dataset: Artifact | No
         return None, ""
     if len(inputs) != 1:
         return None, "dataset not used: the graph has several inputs"
-    from tinybuild_plugins._dataset_io import load_dataset
+    from tinybuild_plugins.sdk.dataset import load_dataset
 
     x = load_dataset(dataset.path).x["test"]
     if len(x) == 0:
@@ -113,9 +113,9 @@ class Runner:
         return self._cache[key][1]
 
     def _run(self, graph: Graph) -> list[list[np.ndarray]] | str:
-        from tinybuild_plugins import _tf
+        from tinybuild_plugins.sdk import tf as _tf
 
-        from . import _tfgraph
+        from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
         tf = _tf.tensorflow()
         try:

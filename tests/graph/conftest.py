@@ -18,7 +18,7 @@ from tinybuild.testing import artifact_from_dir
 
 @pytest.fixture(scope="session")
 def tf() -> Any:
-    from tinybuild_plugins import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
     return _tf.tensorflow()
 
@@ -34,7 +34,7 @@ def passes() -> dict[str, Any]:
 def make_graph(tf: Any) -> Callable[..., Any]:
     """``make_graph(build, outputs, inputs)``: run ``build(tf)`` in a fresh
     tf.Graph and wrap its GraphDef with the given signature tensor names."""
-    from tinybuild_plugins.graph._graphdef import Graph
+    from tinybuild_plugins.sdk.graph_edit import Graph
 
     def make(build: Callable[[Any], None], outputs: tuple[str, ...], inputs: tuple[str, ...] = ("x:0",)) -> Graph:
         graph = tf.Graph()
@@ -48,7 +48,7 @@ def make_graph(tf: Any) -> Callable[..., Any]:
 @pytest.fixture(scope="session")
 def run_graph() -> Callable[..., list[np.ndarray]]:
     """``run_graph(graph, feeds)``: the graph's signature outputs on ``feeds``."""
-    from tinybuild_plugins.graph import _tfgraph
+    from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
     def run(graph: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return _tfgraph.run_graph(graph.graph_def, graph.outputs, feeds)
@@ -63,7 +63,7 @@ def nodes() -> Callable[[Any], dict[str, Any]]:
 
 
 def _freeze(model: Any) -> Any:
-    from tinybuild_plugins.graph._graphdef import Graph
+    from tinybuild_plugins.sdk.graph_edit import Graph
     from tinybuild_plugins.graph.freeze import freeze_keras_model
 
     graph_def, signature = freeze_keras_model(model)
@@ -85,7 +85,7 @@ def _randomize_batchnorms(model: Any, seed: int) -> None:
 def bn_model(tf: Any) -> Any:
     """Conv -> BN -> ReLU -> depthwise -> BN -> (residual add) -> Dense -> BN (unfused
     form) -> softmax: every pattern the passes know, on 12x12x3 inputs."""
-    from tinybuild_plugins import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
     keras = _tf.keras()
     keras.utils.set_random_seed(3)
@@ -119,7 +119,7 @@ def bn_signature(bn_model: Any) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def basic_cnn(tf: Any) -> Any:
     """The seed tutorial's CNN at a smaller width (Conv 4 filters)."""
-    from tinybuild_plugins import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
     keras = _tf.keras()
     keras.utils.set_random_seed(1)
@@ -137,7 +137,7 @@ def basic_cnn(tf: Any) -> Any:
 def keras_artifact(basic_cnn: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The basic CNN as a keras-model artifact."""
     from tinybuild.api import Kind
-    from tinybuild_plugins._keras_io import save_keras_model
+    from tinybuild_plugins.sdk.keras_model import save_keras_model
 
     out = tmp_path_factory.mktemp("keras-model")
     save_keras_model(basic_cnn, out)
@@ -159,7 +159,7 @@ def while_graph(tf: Any) -> Any:
     """A frozen tf.function holding a tf.while_loop (functional While op)."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    from tinybuild_plugins.graph._graphdef import Graph
+    from tinybuild_plugins.sdk.graph_edit import Graph
 
     scale = tf.Variable(np.float32(0.5))
 
@@ -178,7 +178,7 @@ def while_graph(tf: Any) -> Any:
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A 28x28x1 dataset artifact (random pixels) for verification inputs."""
     from tinybuild.api import Kind
-    from tinybuild_plugins._dataset_io import save_dataset
+    from tinybuild_plugins.sdk.dataset import save_dataset
 
     rng = np.random.default_rng(0)
     out = tmp_path_factory.mktemp("dataset")

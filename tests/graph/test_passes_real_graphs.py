@@ -32,7 +32,7 @@ def test_each_pass_keeps_a_keras_models_outputs(bn_graph, passes, runner, name):
 
 
 def test_passes_together_strip_a_keras_graph_to_its_computation(bn_graph, passes, runner):
-    from tinybuild_plugins.graph._graphdef import op_counts
+    from tinybuild_plugins.sdk.graph_edit import op_counts
     from tinybuild_plugins.graph.optimize import run_to_fixed_point
 
     result = run_to_fixed_point(bn_graph, [passes[n] for n in ALL_PASSES], max_rounds=6)

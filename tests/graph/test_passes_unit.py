@@ -162,7 +162,7 @@ def test_fold_constants_folds_in_place_and_respects_limits(make_graph, passes, n
     graph = make_graph(constant_graph, ("out:0",))
     result = passes["fold-constants"].apply(graph)
     after = nodes(result)
-    from tinybuild_plugins.graph._tfgraph import const_array
+    from tinybuild_plugins.sdk.tfgraph import const_array
 
     assert after["m"].op == "Const" and "c1" not in after and "c2" not in after
     np.testing.assert_array_equal(const_array(after["m"]), [2.0, 4.0, 6.0])
@@ -184,7 +184,7 @@ def test_fold_constants_materializes_known_shapes(make_graph, passes, nodes, run
     graph = make_graph(build, ("out:0",))
     result = passes["fold-constants"].apply(graph)
     after = nodes(result)
-    from tinybuild_plugins.graph._tfgraph import const_array
+    from tinybuild_plugins.sdk.tfgraph import const_array
 
     assert "n" not in after  # folded into nf, then unused
     assert after["nf"].op == "Const" and const_array(after["nf"]) == 12.0
@@ -241,7 +241,7 @@ def control_graph(tf: Any) -> None:
 
 def _with_control_inputs(graph: Any) -> Any:
     """TF's graph builder prunes control inputs it deems redundant; add them by hand."""
-    from tinybuild_plugins.graph._graphdef import Graph
+    from tinybuild_plugins.sdk.graph_edit import Graph
 
     graph_def = type(graph.graph_def)()
     graph_def.CopyFrom(graph.graph_def)
@@ -286,7 +286,7 @@ def conv_bn_graph(tf: Any) -> None:
 
 
 def test_fold_batchnorm_folds_conv_bias_and_fused_batchnorm(make_graph, passes, nodes, run_graph):
-    from tinybuild_plugins.graph._tfgraph import const_array
+    from tinybuild_plugins.sdk.tfgraph import const_array
 
     graph = make_graph(conv_bn_graph, ("out:0", "out_train:0"))
     result = passes["fold-batchnorm"].apply(graph)
@@ -371,7 +371,7 @@ def test_simplify_arithmetic_removes_neutral_operations(make_graph, passes, node
     assert after["relu1"].input[0] == "cube"
     assert after["out_w"].input[0] == "relu1"
     assert after["u2"].input[0] == "cube"  # the two transposes became one
-    from tinybuild_plugins.graph._tfgraph import const_array
+    from tinybuild_plugins.sdk.tfgraph import const_array
 
     np.testing.assert_array_equal(const_array(after[after["u2"].input[1]]), [1, 2, 0])
     assert after["widened"].op == "AddV2"

@@ -26,8 +26,8 @@ def _optimize(frozen: Any, passes: dict[str, GraphPass], params: dict[str, Any] 
 
 
 def _graph(artifact: Any) -> Any:
-    from tinybuild_plugins.graph._graph_io import load_graphdef
-    from tinybuild_plugins.graph._graphdef import Graph
+    from tinybuild_plugins.sdk.graphdef import load_graphdef
+    from tinybuild_plugins.sdk.graph_edit import Graph
 
     graph_def, signature = load_graphdef(artifact)
     return Graph(graph_def, tuple(s["tensor"] for s in signature["inputs"]),
@@ -112,7 +112,7 @@ def test_optimize_verifies_on_the_dataset_test_split(frozen_artifact, passes, sm
 
 
 def test_optimize_uses_the_tolerance_once_an_inexact_pass_applies(bn_graph, bn_signature, passes, tmp_path):
-    from tinybuild_plugins.graph._graph_io import save_graphdef
+    from tinybuild_plugins.sdk.graphdef import save_graphdef
 
     save_graphdef(tmp_path, bn_graph.graph_def, bn_signature)
     frozen = artifact_from_dir("frozen", Kind.GRAPHDEF, tmp_path)
@@ -125,7 +125,7 @@ def test_optimize_uses_the_tolerance_once_an_inexact_pass_applies(bn_graph, bn_s
 
 
 def test_optimize_records_passes_that_skip_graphs_they_do_not_understand(while_graph, passes, tmp_path):
-    from tinybuild_plugins.graph._graph_io import save_graphdef
+    from tinybuild_plugins.sdk.graphdef import save_graphdef
 
     signature = {"inputs": [{"name": "x", "tensor": while_graph.inputs[0], "shape": [None, 3], "dtype": "float32"}],
                  "outputs": [{"name": "output_0", "tensor": while_graph.outputs[0], "shape": [None, 3],
@@ -140,7 +140,7 @@ def test_optimize_records_passes_that_skip_graphs_they_do_not_understand(while_g
 def _perturb_first_weight(graph: Any) -> Any:
     """A deliberately wrong 'exact' pass: adds 0.5 to the first float weight
     (once: it marks what it touched, like a real pass reaching its fixed point)."""
-    from tinybuild_plugins.graph._tfgraph import const_array, const_attrs
+    from tinybuild_plugins.sdk.tfgraph import const_array, const_attrs
 
     graph_def = type(graph.graph_def)()
     graph_def.CopyFrom(graph.graph_def)
@@ -221,7 +221,7 @@ def test_key_extras_follow_the_code_of_third_party_passes(passes, tmp_path, monk
 
 
 def test_the_tflite_step_converts_the_optimized_graph(frozen_artifact, passes, tmp_path):
-    from tinybuild_plugins.tflite import tinybuild_step_types as tflite_steps
+    from tinybuild_plugins.tflite.convert import tinybuild_step_types as tflite_steps
 
     optimized = _optimize(frozen_artifact, passes)
     (tflite,) = [s for s in tflite_steps() if s.name == "tflite"]

@@ -45,7 +45,7 @@ def _step(step_type, inputs, params, dataset, factory, name: str) -> Artifact:
 @pytest.fixture(scope="session")
 def mnist_dataset(tmp_path_factory) -> Artifact:
     """``dataset`` artifact: the first 300 MNIST test digits, scaled to [0, 1]."""
-    from tinybuild_plugins.datasets import IDX
+    from tinybuild_plugins.data.datasets import IDX
 
     return _step(IDX, [], TINY_DATASET_PARAMS, None, tmp_path_factory, "dataset")
 
@@ -53,7 +53,7 @@ def mnist_dataset(tmp_path_factory) -> Artifact:
 @pytest.fixture(scope="session")
 def basic_cnn(mnist_dataset, tmp_path_factory) -> Artifact:
     """``keras-model``: the untrained basic CNN (20,410 parameters, logits)."""
-    from tinybuild_plugins.models import KERAS
+    from tinybuild_plugins.keras.models import KERAS
 
     return _step(KERAS, [], {"architecture": "basic-cnn"}, mnist_dataset, tmp_path_factory, "model")
 
@@ -61,7 +61,7 @@ def basic_cnn(mnist_dataset, tmp_path_factory) -> Artifact:
 @pytest.fixture(scope="session")
 def trained_cnn(basic_cnn, mnist_dataset, tmp_path_factory) -> Artifact:
     """``keras-model``: the basic CNN after 3 quick epochs (well above chance)."""
-    from tinybuild_plugins.train import TRAIN
+    from tinybuild_plugins.keras.train import TRAIN
 
     return _step(TRAIN, [basic_cnn], {"epochs": 3, "batch_size": 32}, mnist_dataset, tmp_path_factory, "train")
 
@@ -69,7 +69,7 @@ def trained_cnn(basic_cnn, mnist_dataset, tmp_path_factory) -> Artifact:
 @pytest.fixture(scope="session")
 def pruned_cnn(trained_cnn, mnist_dataset, tmp_path_factory) -> Artifact:
     """``keras-model``: trained_cnn pruned to 75% sparsity and stripped."""
-    from tinybuild_plugins.prune import PRUNE
+    from tinybuild_plugins.keras.prune import PRUNE
 
     return _step(PRUNE, [trained_cnn], {"final_sparsity": 0.75, **TINY_FIT}, mnist_dataset, tmp_path_factory, "pruned")
 
@@ -77,7 +77,7 @@ def pruned_cnn(trained_cnn, mnist_dataset, tmp_path_factory) -> Artifact:
 @pytest.fixture(scope="session")
 def qat_cnn(trained_cnn, mnist_dataset, tmp_path_factory) -> Artifact:
     """``keras-model``: trained_cnn after quantization-aware training (quantize-wrapped)."""
-    from tinybuild_plugins.qat import QAT
+    from tinybuild_plugins.keras.qat import QAT
 
     return _step(QAT, [trained_cnn], TINY_FIT, mnist_dataset, tmp_path_factory, "qat")
 
@@ -85,6 +85,6 @@ def qat_cnn(trained_cnn, mnist_dataset, tmp_path_factory) -> Artifact:
 @pytest.fixture(scope="session")
 def clustered_cnn(trained_cnn, mnist_dataset, tmp_path_factory) -> Artifact:
     """``keras-model``: trained_cnn clustered to 8 values per kernel and stripped."""
-    from tinybuild_plugins.cluster import CLUSTER
+    from tinybuild_plugins.keras.cluster import CLUSTER
 
     return _step(CLUSTER, [trained_cnn], {"clusters": 8, **TINY_FIT}, mnist_dataset, tmp_path_factory, "clustered")

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from tinybuild.testing import artifact_from_dir, run_step
-from tinybuild_plugins import c_array
+from tinybuild_plugins.tflite import c_array
 
 STEP = c_array.tinybuild_step_types()[0]
 
@@ -19,8 +19,9 @@ STEP = c_array.tinybuild_step_types()[0]
 @pytest.fixture(scope="module")
 def tflite_artifact(tmp_path_factory):
     """A real .tflite file (a small Dense model converted by the tflite step)."""
-    from tinybuild_plugins import _tf, tflite
-    from tinybuild_plugins._keras_io import save_keras_model
+    from tinybuild_plugins.sdk import tf as _tf
+    from tinybuild_plugins.tflite import convert as tflite
+    from tinybuild_plugins.sdk.keras_model import save_keras_model
 
     _tf.seed_everything(0)
     k = _tf.keras()

@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from tinybuild.api import StepError
 from tinybuild.testing import run_step
-from tinybuild_plugins._dataset_io import load_dataset
-from tinybuild_plugins._idx import read_idx, write_idx
-from tinybuild_plugins.datasets import IDX, NPZ, Split, split_indices
+from tinybuild_plugins.sdk.dataset import load_dataset
+from tinybuild_plugins.data.idx import read_idx, write_idx
+from tinybuild_plugins.data.datasets import IDX, NPZ, Split, split_indices
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
@@ -335,12 +335,14 @@ def test_relative_paths_resolve_against_the_recipe_folder(tmp_path):
 
 
 def test_importing_plugin_modules_does_not_import_tensorflow():
-    modules = ["datasets", "models", "train", "prune", "qat", "cluster", "_keras_io", "_fit",
-               "_tfmot_layers", "_architectures", "_idx", "_dataset_io", "_tf"]
+    modules = ["data.datasets", "keras.models", "keras.train", "keras.prune", "keras.qat", "keras.cluster",
+               "sdk.keras_model", "keras.fit", "keras.tfmot_layers", "keras.architectures", "data.idx",
+               "sdk.dataset", "sdk.tf"]
     code = (
         "import sys\n"
         + "".join(f"import tinybuild_plugins.{m}\n" for m in modules)
-        + "from tinybuild_plugins import datasets, models, train, prune, qat, cluster\n"
+        + "from tinybuild_plugins.data import datasets\n"
+        + "from tinybuild_plugins.keras import models, train, prune, qat, cluster\n"
         + "for m in (datasets, models, train, prune, qat, cluster): m.tinybuild_step_types()\n"
         + "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
           "('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'))\n"

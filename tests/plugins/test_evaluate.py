@@ -17,9 +17,12 @@ import pytest
 
 from tinybuild.api import StepError
 from tinybuild.testing import artifact_from_dir, run_step
-from tinybuild_plugins import _arena, _litert, evaluate, tflite
-from tinybuild_plugins._dataset_io import save_dataset
-from tinybuild_plugins._keras_io import save_keras_model
+from tinybuild_plugins.tflite import arena as _arena
+from tinybuild_plugins.tflite import litert as _litert
+from tinybuild_plugins.report import evaluate
+from tinybuild_plugins.tflite import convert as tflite
+from tinybuild_plugins.sdk.dataset import save_dataset
+from tinybuild_plugins.sdk.keras_model import save_keras_model
 
 EVALUATE = evaluate.tinybuild_step_types()[0]
 TFLITE = tflite.tinybuild_step_types()[0]
@@ -58,7 +61,7 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def identity_model(tmp_path_factory):
-    from tinybuild_plugins import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
     k = _tf.keras()
     model = k.Sequential([k.layers.Input((3,)), k.layers.Dense(3)])
@@ -145,7 +148,7 @@ def test_val_split_can_be_evaluated(identity_model, dataset):
 
 
 def test_model_that_does_not_fit_the_dataset_is_a_step_error(dataset, tmp_path):
-    from tinybuild_plugins import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
     k = _tf.keras()
     model = k.Sequential([k.layers.Input((4,)), k.layers.Dense(3)])
@@ -178,7 +181,7 @@ def test_macro_f1_averages_over_classes_in_the_labels_or_the_predictions():
 def test_models_with_an_unknown_feature_dimension_take_it_from_the_dataset(dataset, tmp_path):
     """Input(shape=(None,)): evaluate runs the Keras model as is; tflite fixes the
     dimension from the dataset (a device needs fixed shapes), or says what to do."""
-    from tinybuild_plugins import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
     k = _tf.keras()
     _tf.seed_everything(0)
@@ -202,7 +205,7 @@ def test_models_with_an_unknown_feature_dimension_take_it_from_the_dataset(datas
     # the same through a frozen GraphDef whose signature says [None, None]
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    from tinybuild_plugins._keras_io import load_keras_model
+    from tinybuild_plugins.sdk.keras_model import load_keras_model
 
     tf = _tf.tensorflow()
     keras_model = load_keras_model(model.path)
@@ -267,7 +270,7 @@ def test_constant_tensors_and_variables_in_lifetimes():
 @pytest.fixture(scope="module")
 def mlp(tmp_path_factory):
     """Input(16) -> Dense(64, relu) -> Dense(8) -> softmax, as a keras-model artifact."""
-    from tinybuild_plugins import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
     _tf.seed_everything(0)
     k = _tf.keras()
@@ -305,7 +308,7 @@ def test_arena_of_float16_counts_the_expanded_weights_for_the_whole_run(mlp):
     """float16 kernels are DEQUANTIZEd to float32 once, at load time, and kept:
     16x64 + 64x8 = 1536 floats = 6144 B on top of the 320 B activation peak
     (this untrained model's biases are all zero, and the converter drops them)."""
-    from tinybuild_plugins import _litert
+    from tinybuild_plugins.tflite import litert as _litert
 
     data = run_step(TFLITE, [mlp], {"quantize": "float16"}).file("model.tflite").read_bytes()
     assert _ops(data).count("DEQUANTIZE") == 2

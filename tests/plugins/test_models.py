@@ -12,9 +12,9 @@ from pydantic import ValidationError
 
 from tinybuild.api import StepError
 from tinybuild.testing import run_step
-from tinybuild_plugins import _tf
-from tinybuild_plugins._keras_io import load_keras_model, read_model_meta, save_keras_model
-from tinybuild_plugins.models import KERAS
+from tinybuild_plugins.sdk import tf as _tf
+from tinybuild_plugins.sdk.keras_model import load_keras_model, read_model_meta, save_keras_model
+from tinybuild_plugins.keras.models import KERAS
 
 
 def build(params, dataset, tmp_path, name="model", seed=0, recipe_dir=None):
@@ -263,14 +263,14 @@ def test_corrupt_artifacts_are_step_errors(basic_cnn, tmp_path):
 
 
 def test_every_declared_built_in_has_a_builder():
-    from tinybuild_plugins._architectures import ARCHITECTURES
-    from tinybuild_plugins.models import BUILT_INS
+    from tinybuild_plugins.keras.architectures import ARCHITECTURES
+    from tinybuild_plugins.keras.models import BUILT_INS
 
     assert set(BUILT_INS) == set(ARCHITECTURES)
 
 
 def test_an_image_architecture_on_feature_vectors_is_a_step_error(tmp_path):
-    from tinybuild_plugins.datasets import NPZ
+    from tinybuild_plugins.data.datasets import NPZ
 
     np.savez(tmp_path / "d.npz", x=np.zeros((20, 16), np.float32), y=np.arange(20) % 2)
     vectors = run_step(NPZ, params={"file": "d.npz"}, recipe_dir=tmp_path, out_dir=tmp_path / "ds")

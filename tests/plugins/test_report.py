@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from tinybuild.api import GateFailed, StepError
 from tinybuild.testing import artifact_from_dir, run_step
-from tinybuild_plugins import report
+from tinybuild_plugins.report import report
 
 STEP = report.tinybuild_step_types()[0]
 FILES = ["build.log", "report.html", "report.json", "report.md"]
@@ -289,9 +289,11 @@ def test_metrics_not_written_by_evaluate_are_a_step_error(tmp_path):
 
 def test_report_on_real_evaluations(tmp_path):
     """evaluate -> report with a real (tiny) model: the schema the two share."""
-    from tinybuild_plugins import _tf, evaluate, tflite
-    from tinybuild_plugins._dataset_io import save_dataset
-    from tinybuild_plugins._keras_io import save_keras_model
+    from tinybuild_plugins.sdk import tf as _tf
+    from tinybuild_plugins.report import evaluate
+    from tinybuild_plugins.tflite import convert as tflite
+    from tinybuild_plugins.sdk.dataset import save_dataset
+    from tinybuild_plugins.sdk.keras_model import save_keras_model
 
     rng = np.random.default_rng(0)
     x = {s: rng.random((n, 4), dtype=np.float32) for s, n in (("train", 50), ("val", 10), ("test", 40))}
@@ -368,7 +370,7 @@ def test_tinybuild_build_exits_3_when_a_budget_is_exceeded(tmp_path, capsys):
 
 
 def test_chart_labels_of_equal_points_do_not_overlap():
-    from tinybuild_plugins import _report_render
+    from tinybuild_plugins.report import render as _report_render
 
     points = [(100.0, 50.0, "int8"), (100.0, 50.0, "pruned_int8"), (100.0, 50.0, "clustered_int8")]
     placed = _report_render._place_labels(points)

@@ -20,9 +20,11 @@ from pydantic import ValidationError
 
 from tinybuild.api import StepError
 from tinybuild.testing import artifact_from_dir, run_step
-from tinybuild_plugins import _arena, _litert, tflite
-from tinybuild_plugins._dataset_io import save_dataset
-from tinybuild_plugins._keras_io import save_keras_model
+from tinybuild_plugins.tflite import arena as _arena
+from tinybuild_plugins.tflite import litert as _litert
+from tinybuild_plugins.tflite import convert as tflite
+from tinybuild_plugins.sdk.dataset import save_dataset
+from tinybuild_plugins.sdk.keras_model import save_keras_model
 
 STEP = tflite.tinybuild_step_types()[0]
 
@@ -48,7 +50,7 @@ def dataset(tmp_path_factory):
 
 
 def _tiny_cnn():
-    from tinybuild_plugins import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
     _tf.seed_everything(0)
     k = _tf.keras()
@@ -63,7 +65,7 @@ def _tiny_cnn():
 
 
 def _fit(model, dataset, epochs: int):
-    from tinybuild_plugins._dataset_io import load_dataset
+    from tinybuild_plugins.sdk.dataset import load_dataset
 
     data = load_dataset(dataset.path)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -81,8 +83,8 @@ def trained(dataset, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def qat(dataset, trained, tmp_path_factory):
-    from tinybuild_plugins import _tf
-    from tinybuild_plugins._keras_io import load_keras_model
+    from tinybuild_plugins.sdk import tf as _tf
+    from tinybuild_plugins.sdk.keras_model import load_keras_model
 
     model = _tf.tfmot().quantization.keras.quantize_model(load_keras_model(trained.path))
     _fit(model, dataset, epochs=1)
@@ -166,7 +168,7 @@ def test_int8_only_refuses_ops_the_converter_kept_in_float(dataset, tmp_path):
     """Dense -> tf.math.sin -> Dense: under TFLITE_BUILTINS_INT8 the converter
     keeps SIN as a float op between DEQUANTIZE and QUANTIZE instead of failing,
     and the model has int8 I/O: an integer-only device could not run it."""
-    from tinybuild_plugins import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
     tf, k = _tf.tensorflow(), _tf.keras()
     _tf.seed_everything(0)
@@ -190,7 +192,7 @@ def test_the_flatbuffers_serializer_is_part_of_the_toolchain():
 
 
 def test_quantized_models_agree_with_float_model(converted, dataset):
-    from tinybuild_plugins._dataset_io import load_dataset
+    from tinybuild_plugins.sdk.dataset import load_dataset
 
     x = load_dataset(dataset.path).x["test"]
     reference = _litert.predict(_litert.interpreter(converted["float32"].file("model.tflite").read_bytes()), x).argmax(1)
@@ -219,7 +221,7 @@ def test_conversion_is_byte_deterministic_across_processes(trained, dataset, con
         import hashlib
         from pathlib import Path
         from tinybuild.testing import artifact_from_dir, run_step
-        from tinybuild_plugins import tflite
+        from tinybuild_plugins.tflite import convert as tflite
         step = tflite.tinybuild_step_types()[0]
         model = artifact_from_dir("train", "keras-model", Path({str(trained.path)!r}))
         data = artifact_from_dir("dataset", "dataset", Path({str(dataset.path)!r}))
@@ -318,7 +320,7 @@ def _quantize_layer_scale(model) -> float:
 
 
 def test_qat_models_keep_their_learned_ranges(qat, dataset, tmp_path):
-    from tinybuild_plugins._dataset_io import load_dataset
+    from tinybuild_plugins.sdk.dataset import load_dataset
 
     artifact, model = qat
     expected_scale = _quantize_layer_scale(model)
@@ -346,9 +348,9 @@ def test_graphdef_input_converts_like_the_keras_model(trained, dataset, tmp_path
     """Freeze the Keras model ourselves, convert the GraphDef, compare predictions."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    from tinybuild_plugins import _tf
-    from tinybuild_plugins._dataset_io import load_dataset
-    from tinybuild_plugins._keras_io import load_keras_model
+    from tinybuild_plugins.sdk import tf as _tf
+    from tinybuild_plugins.sdk.dataset import load_dataset
+    from tinybuild_plugins.sdk.keras_model import load_keras_model
 
     tf = _tf.tensorflow()
     model = load_keras_model(trained.path)
@@ -393,7 +395,7 @@ def test_graphdef_with_a_wrong_signature_is_a_step_error(trained, tmp_path):
 def test_every_model_plugin_output_converts_to_int8_only(fixture, request, mnist_dataset):
     """The real chain: keras artifacts made by the train/prune/cluster/qat steps
     (shared fixtures in conftest.py) convert to integer-only models that still classify."""
-    from tinybuild_plugins import evaluate
+    from tinybuild_plugins.report import evaluate
 
     model = request.getfixturevalue(fixture)
     converted = run_step(STEP, [model], {"quantize": "int8-only"}, dataset=mnist_dataset, step=f"{fixture}_int8")

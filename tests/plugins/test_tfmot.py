@@ -13,12 +13,12 @@ from pydantic import ValidationError
 
 from tinybuild.api import StepError
 from tinybuild.testing import run_step
-from tinybuild_plugins import _tf
-from tinybuild_plugins._dataset_io import load_dataset
-from tinybuild_plugins._keras_io import load_keras_model, read_model_meta, save_keras_model
-from tinybuild_plugins.cluster import CLUSTER
-from tinybuild_plugins.prune import PRUNE, PruneParams, plan_schedule
-from tinybuild_plugins.qat import QAT
+from tinybuild_plugins.sdk import tf as _tf
+from tinybuild_plugins.sdk.dataset import load_dataset
+from tinybuild_plugins.sdk.keras_model import load_keras_model, read_model_meta, save_keras_model
+from tinybuild_plugins.keras.cluster import CLUSTER
+from tinybuild_plugins.keras.prune import PRUNE, PruneParams, plan_schedule
+from tinybuild_plugins.keras.qat import QAT
 
 FAST = {"epochs": 1, "batch_size": 32}
 RECIPE = Path(__file__).parent / "recipes" / "tiny-chain.toml"

@@ -8,14 +8,14 @@ from pydantic import ValidationError
 
 from tinybuild.api import StepError
 from tinybuild.testing import run_step
-from tinybuild_plugins import _tf
-from tinybuild_plugins._dataset_io import Dataset, load_dataset
-from tinybuild_plugins._fit import Augment, affine_transforms, augment_batch, augmented_train_split, model_outputs_logits
-from tinybuild_plugins._keras_io import load_keras_model, read_model_meta
-from tinybuild_plugins.datasets import NPZ
-from tinybuild_plugins.models import KERAS
-from tinybuild_plugins.prune import PRUNE
-from tinybuild_plugins.train import TRAIN
+from tinybuild_plugins.sdk import tf as _tf
+from tinybuild_plugins.sdk.dataset import Dataset, load_dataset
+from tinybuild_plugins.keras.fit import Augment, affine_transforms, augment_batch, augmented_train_split, model_outputs_logits
+from tinybuild_plugins.sdk.keras_model import load_keras_model, read_model_meta
+from tinybuild_plugins.data.datasets import NPZ
+from tinybuild_plugins.keras.models import KERAS
+from tinybuild_plugins.keras.prune import PRUNE
+from tinybuild_plugins.keras.train import TRAIN
 
 FAST = {"epochs": 1, "batch_size": 32}
 AUGMENT = {"shift": 0.1, "rotation": 10, "zoom": 0.1}
@@ -137,7 +137,7 @@ def test_params_are_validated(params, message):
 def test_step_type_declaration():
     assert TRAIN.default_input == "model" and TRAIN.uses_dataset
     assert TRAIN.consumes == ("keras-model",) and TRAIN.produces == "keras-model"
-    assert "tinybuild_plugins._fit" in TRAIN.fingerprint_modules
+    assert "tinybuild_plugins.keras.fit" in TRAIN.fingerprint_modules
 
 
 # -- augmentation -----------------------------------------------------------------------

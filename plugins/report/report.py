@@ -51,7 +51,7 @@ from pydantic import Field, field_validator
 
 from tinybuild.api import Artifact, GateFailed, Kind, Params, StepError, StepType, hookimpl
 
-from . import _report_render as render
+from tinybuild_plugins.report import render
 
 KIB = 1024
 #: the [target] keys that are budgets (``name`` is only a label)
@@ -298,7 +298,7 @@ def tinybuild_step_types() -> list[StepType]:
             toolchain=("rich",),
             description="Compare evaluated variants (report.md/.json/.html, build.log) and enforce "
                         "the [target] budgets (exit code 3)",
-            fingerprint_modules=("tinybuild_plugins._report_render",),
+            fingerprint_modules=("tinybuild_plugins.report.render",),
             uses_target=True,
             uses_input_metrics=True,  # latency comes from the evaluations' step metrics
         )

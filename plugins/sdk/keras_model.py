@@ -30,7 +30,7 @@ import numpy as np
 
 from tinybuild.api import StepError
 
-from . import _tf
+from tinybuild_plugins.sdk import tf as _tf
 
 ARCHITECTURE_FILE = "model.json"
 MANIFEST_FILE = "weights.json"

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tinybuild_plugins import _tf
+from tinybuild_plugins.sdk import tf as _tf
 
 
 def const_array(node: Any) -> np.ndarray:

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tinybuild.api import Artifact, Kind, StepContext, StepError, StepType, hookimpl
 
-from ._fit import TrainingParams
+from tinybuild_plugins.keras.fit import TrainingParams
 
 VERSION = "1.0"
 
@@ -97,7 +97,7 @@ def plan_schedule(params: PruneParams, steps_per_epoch: int, where: str) -> dict
 
 def _prunable_weight_names(layer: Any) -> list[str]:
     """Names of the weights tfmot would prune in ``layer`` (empty: not prunable)."""
-    from . import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
     mot = _tf.tfmot()
     if isinstance(layer, mot.sparsity.keras.PrunableLayer):
@@ -111,7 +111,7 @@ def _prunable_weight_names(layer: Any) -> list[str]:
 
 def measure_sparsity(model: Any, pruned: dict[str, list[str]]) -> dict[str, Any]:
     """Fraction of exact zeros per pruned layer and over all pruned kernels."""
-    from ._tfmot_layers import weight_array
+    from tinybuild_plugins.keras.tfmot_layers import weight_array
 
     zeros = total = 0
     per_layer = {}
@@ -128,9 +128,9 @@ def measure_sparsity(model: Any, pruned: dict[str, list[str]]) -> dict[str, Any]
 
 
 def run(ctx: StepContext, inputs: Sequence[Artifact], params: PruneParams) -> dict[str, Any]:
-    from . import _tf
-    from ._fit import compile_model, fit, load_input_model, model_outputs_logits, save_output_model, steps_per_epoch
-    from ._tfmot_layers import check_selection, clone_wrapping
+    from tinybuild_plugins.sdk import tf as _tf
+    from tinybuild_plugins.keras.fit import compile_model, fit, load_input_model, model_outputs_logits, save_output_model, steps_per_epoch
+    from tinybuild_plugins.keras.tfmot_layers import check_selection, clone_wrapping
 
     where = f"step '{ctx.step}'"
     model, data = load_input_model(ctx, inputs)
@@ -187,8 +187,8 @@ PRUNE = StepType(
     toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy"),
     description="Magnitude pruning (tfmot) with fine-tuning; outputs a stripped model with exact zeros.",
     uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins._tf", "tinybuild_plugins._keras_io", "tinybuild_plugins._fit",
-                         "tinybuild_plugins._tfmot_layers", "tinybuild_plugins._dataset_io"),
+    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.keras.fit",
+                         "tinybuild_plugins.keras.tfmot_layers", "tinybuild_plugins.sdk.dataset"),
 )
 
 

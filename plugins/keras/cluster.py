@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 
 from tinybuild.api import Artifact, Kind, StepContext, StepError, StepType, hookimpl
 
-from ._fit import TrainingParams
+from tinybuild_plugins.keras.fit import TrainingParams
 
 VERSION = "1.0"
 CentroidInit = Literal["linear", "kmeans_plus_plus", "density_based", "random"]
@@ -45,7 +45,7 @@ class ClusterParams(TrainingParams):
 
 def _clusterable_weight_names(layer: Any, clusters: int) -> list[str]:
     """Weights tfmot clusters in ``layer``; empty when it cannot (or too few weights)."""
-    from . import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
     mot = _tf.tfmot()
     if isinstance(layer, mot.clustering.keras.ClusterableLayer):
@@ -61,14 +61,14 @@ def _clusterable_weight_names(layer: Any, clusters: int) -> list[str]:
 
 
 def distinct_values(model: Any, clustered: dict[str, list[str]]) -> dict[str, int]:
-    from ._tfmot_layers import weight_array
+    from tinybuild_plugins.keras.tfmot_layers import weight_array
 
     return {f"{layer}/{name}": int(np.unique(weight_array(model, layer, name)).size)
             for layer, names in sorted(clustered.items()) for name in names}
 
 
 def zero_fraction(model: Any, clustered: dict[str, list[str]]) -> float:
-    from ._tfmot_layers import weight_array
+    from tinybuild_plugins.keras.tfmot_layers import weight_array
 
     arrays = [weight_array(model, layer, name) for layer, names in clustered.items() for name in names]
     total = sum(a.size for a in arrays)
@@ -76,9 +76,9 @@ def zero_fraction(model: Any, clustered: dict[str, list[str]]) -> float:
 
 
 def run(ctx: StepContext, inputs: Sequence[Artifact], params: ClusterParams) -> dict[str, Any]:
-    from . import _tf
-    from ._fit import compile_model, fit, load_input_model, model_outputs_logits, save_output_model
-    from ._tfmot_layers import check_selection, clone_wrapping
+    from tinybuild_plugins.sdk import tf as _tf
+    from tinybuild_plugins.keras.fit import compile_model, fit, load_input_model, model_outputs_logits, save_output_model
+    from tinybuild_plugins.keras.tfmot_layers import check_selection, clone_wrapping
 
     where = f"step '{ctx.step}'"
     model, data = load_input_model(ctx, inputs)
@@ -140,8 +140,8 @@ CLUSTER = StepType(
     toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy"),
     description="Weight clustering (tfmot) with fine-tuning; optionally sparsity-preserving.",
     uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins._tf", "tinybuild_plugins._keras_io", "tinybuild_plugins._fit",
-                         "tinybuild_plugins._tfmot_layers", "tinybuild_plugins._dataset_io"),
+    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.keras.fit",
+                         "tinybuild_plugins.keras.tfmot_layers", "tinybuild_plugins.sdk.dataset"),
 )
 
 

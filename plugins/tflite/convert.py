@@ -48,7 +48,9 @@ from pydantic import Field
 
 from tinybuild.api import Artifact, Kind, Params, StepError, StepType, hookimpl
 
-from . import _arena, _litert, _tf
+from tinybuild_plugins.tflite import arena as _arena
+from tinybuild_plugins.tflite import litert as _litert
+from tinybuild_plugins.sdk import tf as _tf
 
 MODEL_FILE = "model.tflite"
 
@@ -114,7 +116,7 @@ def _has_fake_quant(graph_def: Any) -> bool:
 
 def _representative_data(ctx: Any, input_shape: Sequence[int], count: int, step: str):
     """A generator function over a seeded sample of the train split."""
-    from ._dataset_io import load_dataset
+    from tinybuild_plugins.sdk.dataset import load_dataset
 
     if ctx.dataset is None:
         raise StepError(
@@ -146,7 +148,7 @@ def _representative_data(ctx: Any, input_shape: Sequence[int], count: int, step:
 def _fixed_shape(ctx: Any, feature_dims: Sequence[Any], source: str) -> list[int]:
     """``[1, *feature_dims]`` with every unknown (None) dimension taken from the
     dataset's ``input_shape``: a .tflite model for a device has fixed shapes."""
-    from ._dataset_io import load_meta
+    from tinybuild_plugins.sdk.dataset import load_meta
 
     dims = [None if d is None or int(d) < 0 else int(d) for d in feature_dims]
     if all(d is not None for d in dims):
@@ -176,7 +178,7 @@ def _keras_converter(ctx: Any, artifact: Artifact, step: str):
     ``from_keras_model``: fixed shapes need no shape signatures, which makes
     the file smaller, and the Keras and GraphDef paths then convert alike.
     """
-    from ._keras_io import load_keras_model
+    from tinybuild_plugins.sdk.keras_model import load_keras_model
 
     tf = _tf.tensorflow()
     model = load_keras_model(artifact.path)
@@ -379,8 +381,8 @@ def tinybuild_step_types() -> list[StepType]:
             description="Convert a Keras model or frozen GraphDef to .tflite (float32, float16, "
                         "dynamic, int8, int8-only)",
             fingerprint_modules=(
-                "tinybuild_plugins._tf", "tinybuild_plugins._keras_io", "tinybuild_plugins._litert",
-                "tinybuild_plugins._arena", "tinybuild_plugins._dataset_io",
+                "tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.tflite.litert",
+                "tinybuild_plugins.tflite.arena", "tinybuild_plugins.sdk.dataset",
             ),
         )
     ]

@@ -15,7 +15,7 @@ import numpy as np
 
 from tinybuild.api import StepError
 
-from . import _tf
+from tinybuild_plugins.sdk import tf as _tf
 
 
 def layer_names(model: Any) -> list[str]:

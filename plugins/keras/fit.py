@@ -23,9 +23,9 @@ from pydantic import Field, model_validator
 
 from tinybuild.api import Artifact, Params, StepContext, StepError
 
-from . import _tf
-from ._dataset_io import Dataset, load_dataset
-from ._keras_io import read_model_meta
+from tinybuild_plugins.sdk import tf as _tf
+from tinybuild_plugins.sdk.dataset import Dataset, load_dataset
+from tinybuild_plugins.sdk.keras_model import read_model_meta
 
 Optimizer = Literal["adam", "sgd", "rmsprop"]
 FillMode = Literal["nearest", "constant", "reflect", "wrap"]
@@ -288,7 +288,7 @@ def load_input_model(ctx: StepContext, inputs: Sequence[Artifact]) -> tuple[Any,
     The Keras session is cleared first so auto-generated layer names (of
     wrappers tfmot adds) do not depend on what ran earlier in the process.
     """
-    from ._keras_io import load_keras_model
+    from tinybuild_plugins.sdk.keras_model import load_keras_model
 
     data = require_dataset(ctx)
     _tf.keras().backend.clear_session()
@@ -304,7 +304,7 @@ def save_output_model(
     """Save ``model`` with meta.json recording what this step did on top of
     what its input had been through (``history``), and the input's output
     type (a wrapper can hide the final activation from inspection)."""
-    from ._keras_io import read_model_meta, save_keras_model
+    from tinybuild_plugins.sdk.keras_model import read_model_meta, save_keras_model
 
     before = read_model_meta(source.path)
     history = [*before.get("history", []), optimization]

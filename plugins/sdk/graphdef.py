@@ -48,7 +48,7 @@ def load_signature(artifact: Artifact) -> dict[str, Any]:
 
 def load_graphdef(artifact: Artifact) -> tuple[Any, dict[str, Any]]:
     """(GraphDef, signature) of a graphdef artifact; imports TensorFlow."""
-    from tinybuild_plugins import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
     _tf.tensorflow()
     from google.protobuf.message import DecodeError

@@ -26,8 +26,8 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 
 from tinybuild.api import InputFile, Kind, Params, StepContext, StepError, StepType, hookimpl
 
-from . import _tf
-from ._dataset_io import load_meta
+from tinybuild_plugins.sdk import tf as _tf
+from tinybuild_plugins.sdk.dataset import load_meta
 
 VERSION = "1.0"
 Architecture = Literal["basic-cnn", "mlp", "ds-cnn"]
@@ -164,7 +164,7 @@ def _file_format(path: Path) -> str:
 
 
 def from_architecture(name: str, options: Mapping[str, Any], input_shape: Sequence[int], num_classes: int, where: str) -> Any:
-    from ._architectures import ARCHITECTURES
+    from tinybuild_plugins.keras.architectures import ARCHITECTURES
 
     try:
         return ARCHITECTURES[name](input_shape, num_classes, options)
@@ -182,8 +182,8 @@ def from_architecture(name: str, options: Mapping[str, Any], input_shape: Sequen
 
 
 def run(ctx: StepContext, inputs: Sequence[Any], params: KerasModelParams) -> dict[str, Any]:
-    from ._fit import check_compatible
-    from ._keras_io import load_keras_model, model_meta, save_keras_model
+    from tinybuild_plugins.keras.fit import check_compatible
+    from tinybuild_plugins.sdk.keras_model import load_keras_model, model_meta, save_keras_model
 
     where = f"model '{ctx.step}'"
     if ctx.dataset is None:
@@ -236,11 +236,11 @@ KERAS = StepType(
     description="A tf_keras model from a built-in architecture, a builder function or a saved file.",
     uses_names=False,  # output depends on content only: renames rerun nothing
     fingerprint_modules=(
-        "tinybuild_plugins._tf",
-        "tinybuild_plugins._keras_io",
-        "tinybuild_plugins._architectures",
-        "tinybuild_plugins._dataset_io",
-        "tinybuild_plugins._fit",
+        "tinybuild_plugins.sdk.tf",
+        "tinybuild_plugins.sdk.keras_model",
+        "tinybuild_plugins.keras.architectures",
+        "tinybuild_plugins.sdk.dataset",
+        "tinybuild_plugins.keras.fit",
     ),
     input_files=builder_input_files,
 )

@@ -22,7 +22,7 @@ import numpy as np
 
 from tinybuild.api import StepError
 
-from . import _arena
+from tinybuild_plugins.tflite import arena as _arena
 
 
 def interpreter(model_bytes: bytes):

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 
 from tinybuild.api import Artifact, Kind, StepContext, StepError, StepType, hookimpl
 
-from ._fit import TrainingParams
+from tinybuild_plugins.keras.fit import TrainingParams
 
 VERSION = "1.0"
 
@@ -47,8 +47,8 @@ def _quantizable(layer: Any) -> bool:
 
 def quantize(model: Any, layers: Sequence[str] | None, where: str) -> tuple[Any, list[str]]:
     """The quantize-wrapped model and the names of the layers it quantizes."""
-    from . import _tf
-    from ._tfmot_layers import check_selection, clone_wrapping
+    from tinybuild_plugins.sdk import tf as _tf
+    from tinybuild_plugins.keras.tfmot_layers import check_selection, clone_wrapping
 
     qkeras = _tf.tfmot().quantization.keras
     check_selection(model, layers, _quantizable, "quantization-aware training", where)
@@ -68,7 +68,7 @@ def quantize(model: Any, layers: Sequence[str] | None, where: str) -> tuple[Any,
 
 
 def run(ctx: StepContext, inputs: Sequence[Artifact], params: QatParams) -> dict[str, Any]:
-    from ._fit import compile_model, fit, load_input_model, model_outputs_logits, save_output_model
+    from tinybuild_plugins.keras.fit import compile_model, fit, load_input_model, model_outputs_logits, save_output_model
 
     where = f"step '{ctx.step}'"
     model, data = load_input_model(ctx, inputs)
@@ -94,8 +94,8 @@ QAT = StepType(
     toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy"),
     description="Quantization-aware training (tfmot) of the whole model or selected layers.",
     uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins._tf", "tinybuild_plugins._keras_io", "tinybuild_plugins._fit",
-                         "tinybuild_plugins._tfmot_layers", "tinybuild_plugins._dataset_io"),
+    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.keras.fit",
+                         "tinybuild_plugins.keras.tfmot_layers", "tinybuild_plugins.sdk.dataset"),
 )
 
 

@@ -25,8 +25,8 @@ from pydantic import Field, field_validator, model_validator
 
 from tinybuild.api import InputFile, Kind, Params, StepContext, StepError, StepType, hookimpl
 
-from ._dataset_io import SPLITS, save_dataset
-from ._idx import read_idx
+from tinybuild_plugins.sdk.dataset import SPLITS, save_dataset
+from tinybuild_plugins.data.idx import read_idx
 
 VERSION = "1.0"
 Scale = Literal["none", "unit", "standardize"]
@@ -310,7 +310,7 @@ IDX = StepType(
     toolchain=("numpy",),
     description="Dataset from MNIST-format IDX files (gzip or raw), split train/val/test from the seed.",
     uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins._idx", "tinybuild_plugins._dataset_io"),
+    fingerprint_modules=("tinybuild_plugins.data.idx", "tinybuild_plugins.sdk.dataset"),
 )
 
 NPZ = StepType(
@@ -323,7 +323,7 @@ NPZ = StepType(
     toolchain=("numpy",),
     description="Dataset from a .npz archive with arrays x and y, split train/val/test from the seed.",
     uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins._dataset_io",),
+    fingerprint_modules=("tinybuild_plugins.sdk.dataset",),
 )
 
 

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from tinybuild.api import Artifact, Kind, StepContext, StepError, StepType, hookimpl
 
-from ._fit import TrainingParams
+from tinybuild_plugins.keras.fit import TrainingParams
 
 VERSION = "1.0"
 Monitor = Literal["val_loss", "val_accuracy", "loss", "accuracy"]
@@ -41,7 +41,7 @@ def _early_stopping(params: TrainParams, has_val: bool, where: str) -> list[Any]
             f"{where}: early stopping monitors {params.monitor} but the dataset has no val split; "
             'give the split a val fraction or set monitor = "loss"'
         )
-    from . import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
     mode = "max" if params.monitor.endswith("accuracy") else "min"
     return [_tf.keras().callbacks.EarlyStopping(
@@ -51,7 +51,7 @@ def _early_stopping(params: TrainParams, has_val: bool, where: str) -> list[Any]
 
 
 def run(ctx: StepContext, inputs: Sequence[Artifact], params: TrainParams) -> dict[str, Any]:
-    from ._fit import compile_model, fit, load_input_model, model_outputs_logits, save_output_model
+    from tinybuild_plugins.keras.fit import compile_model, fit, load_input_model, model_outputs_logits, save_output_model
 
     model, data = load_input_model(ctx, inputs)
     from_logits = params.from_logits if params.from_logits is not None else model_outputs_logits(inputs[0])
@@ -77,8 +77,8 @@ TRAIN = StepType(
     toolchain=("tensorflow", "tf-keras", "numpy"),
     description="Train a Keras model on the dataset's train split (seeded, deterministic).",
     uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins._tf", "tinybuild_plugins._keras_io", "tinybuild_plugins._fit",
-                         "tinybuild_plugins._dataset_io"),
+    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.keras.fit",
+                         "tinybuild_plugins.sdk.dataset"),
 )
 
 

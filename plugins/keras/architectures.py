@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from tinybuild.api import StepError
 
-from . import _tf
+from tinybuild_plugins.sdk import tf as _tf
 
 Builder = Callable[[Sequence[int], int, Mapping[str, Any]], Any]
 

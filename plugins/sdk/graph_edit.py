@@ -143,7 +143,7 @@ class Graph:
 @functools.lru_cache(maxsize=None)
 def op_is_stateful(op: str) -> bool | None:
     """Whether TensorFlow registers ``op`` as stateful; None for unknown ops."""
-    from tinybuild_plugins import _tf
+    from tinybuild_plugins.sdk import tf as _tf
 
     _tf.tensorflow()
     from tensorflow.python.framework import op_def_registry
@@ -246,7 +246,7 @@ class GraphEditor:
     def constant(self, ref: str) -> Any:
         """The NumPy value behind ``ref`` if it is a ``Const`` (possibly seen
         through ``Identity`` nodes), else None."""
-        from ._tfgraph import const_array
+        from tinybuild_plugins.sdk.tfgraph import const_array
 
         name, index = parse_ref(ref)
         while name in self and index == 0:

@@ -34,7 +34,7 @@ from pydantic import Field
 
 from tinybuild.api import Artifact, Kind, Params, StepError, StepType, hookimpl
 
-from . import _tf
+from tinybuild_plugins.sdk import tf as _tf
 
 METRICS_FILE = "metrics.json"
 
@@ -129,7 +129,8 @@ def upstream_facts(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate_tflite(ctx: Any, artifact: Artifact, x: np.ndarray, params: EvaluateParams) -> tuple[np.ndarray, dict, float | None]:
-    from . import _arena, _litert
+    from tinybuild_plugins.tflite import arena as _arena
+    from tinybuild_plugins.tflite import litert as _litert
 
     data = artifact.file("model.tflite").read_bytes()
     runner = _litert.interpreter(data)
@@ -151,8 +152,8 @@ def _evaluate_tflite(ctx: Any, artifact: Artifact, x: np.ndarray, params: Evalua
 
 
 def _evaluate_keras(ctx: Any, artifact: Artifact, x: np.ndarray, params: EvaluateParams) -> tuple[np.ndarray, dict, float | None]:
-    from . import _litert
-    from ._keras_io import load_keras_model, read_model_meta
+    from tinybuild_plugins.tflite import litert as _litert
+    from tinybuild_plugins.sdk.keras_model import load_keras_model, read_model_meta
 
     tf = _tf.tensorflow()
     model = load_keras_model(artifact.path)
@@ -188,7 +189,7 @@ def _evaluate_keras(ctx: Any, artifact: Artifact, x: np.ndarray, params: Evaluat
 
 
 def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[str, Any]:
-    from ._dataset_io import load_dataset
+    from tinybuild_plugins.sdk.dataset import load_dataset
 
     source = inputs[0]
     if ctx.dataset is None:  # the core guarantees it for uses_dataset; run_step may not
@@ -279,8 +280,8 @@ def tinybuild_step_types() -> list[StepType]:
             description="Accuracy, per-class scores, size, gzip size, arena estimate and latency "
                         "of a Keras or .tflite model (metrics.json)",
             fingerprint_modules=(
-                "tinybuild_plugins._tf", "tinybuild_plugins._keras_io", "tinybuild_plugins._litert",
-                "tinybuild_plugins._arena", "tinybuild_plugins._dataset_io",
+                "tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.tflite.litert",
+                "tinybuild_plugins.tflite.arena", "tinybuild_plugins.sdk.dataset",
             ),
         )
     ]

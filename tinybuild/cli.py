@@ -275,16 +275,21 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     from .plugins import load_plugins
 
-    _, registry = load_plugins(disabled=args.disable_plugin)
+    # tolerant: a broken plugin is listed with its error instead of hiding every other one
+    _, registry = load_plugins(disabled=args.disable_plugin, tolerant=True)
     console = Console(highlight=False)
     plugins = Table(title="plugins", title_justify="left")
     for col in ("plugin", "version", "module", "step types", "graph passes"):
         plugins.add_column(col)
     for info in registry.plugins.values():
         plugins.add_row(info.name, info.version, info.module, ", ".join(info.step_types) or "-", ", ".join(info.passes) or "-")
+    for name in registry.broken:
+        plugins.add_row(name, "BROKEN", "-", "-", "-")
     console.print(plugins)
     if registry.disabled:
         console.print(f"disabled: {', '.join(registry.disabled)}", markup=False)
+    for name, error in registry.broken.items():
+        print(f"broken plugin '{name}': {error}", file=sys.stderr)
     steps = Table(title="step types", title_justify="left")
     for col in ("step type", "version", "plugin", "consumes → produces", "description"):
         steps.add_column(col, overflow="fold")

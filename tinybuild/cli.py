@@ -76,6 +76,11 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the JSON Schema of recipes (with every plugin's params)")
     p.add_argument("--disable-plugin", action="append", default=[], metavar="NAME")
     p.add_argument("--debug", action="store_true")
+
+    p = sub.add_parser("new-plugin", help="write a plugin package (a step type, a graph pass, their tests) to start from")
+    p.add_argument("name", help="plugin name: lowercase letters, digits, dashes (also the package's distribution name)")
+    p.add_argument("--dir", default=".", metavar="DIR", help="folder to create the package in (default: .); writes DIR/NAME/")
+    p.add_argument("--debug", action="store_true")
     return parser
 
 
@@ -316,7 +321,17 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import names_for, write_plugin
+
+    root = write_plugin(args.name, Path(args.dir))
+    names = names_for(args.name)
+    print(f"wrote {root}: step type {names['step']}, graph pass {names['graph_pass']}, tests", file=sys.stderr)
+    print(f"next: cd {root} && pip install -e . && pytest   (guide: docs/plugins.md)", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {
     "build": cmd_build, "plan": cmd_plan, "graph": cmd_graph, "show": cmd_show, "clean": cmd_clean,
-    "gc": cmd_gc, "plugins": cmd_plugins, "schema": cmd_schema,
+    "gc": cmd_gc, "plugins": cmd_plugins, "schema": cmd_schema, "new-plugin": cmd_new_plugin,
 }

@@ -85,26 +85,49 @@ class Params(BaseModel):
     @classmethod
     def _no_quoted_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str) and info.field_name in cls.model_fields:
-            if numbers_only(cls.model_fields[info.field_name].annotation):
-                raise ValueError(f"expected a number or boolean, got the string {value!r}; remove the quotes")
+            kinds = scalar_kinds(cls.model_fields[info.field_name].annotation)
+            if kinds is not None:
+                from pydantic_core import PydanticCustomError
+
+                kind = "bool" if kinds == {bool} else "int" if kinds == {int} else "float"
+                word = {"bool": "boolean (true/false)", "int": "integer", "float": "number"}[kind]
+                quoted = value.strip().lower() in ("true", "false") or _is_number(value)
+                raise PydanticCustomError(f"{kind}_type", "Input should be a valid {word}, not a string{fix}",
+                                          {"word": word, "fix": "; remove the quotes" if quoted else ""})
         return value
 
 
-_NUMBER_TYPES = (bool, int, float, type(None))
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
-def numbers_only(annotation: Any) -> bool:
-    """Whether a field type admits only numbers/booleans (and None), so a
-    string in its place is a mistake, not something to coerce."""
+def scalar_kinds(annotation: Any) -> set[type] | None:
+    """The number/boolean types a field admits ({int}, {int, float}, {bool}),
+    or None when it admits anything else (a string, a path, a list...): for
+    such fields a string is a mistake, not something to coerce."""
     import types
     import typing
 
     origin = typing.get_origin(annotation)
     if origin is Annotated:
-        return numbers_only(typing.get_args(annotation)[0])
+        return scalar_kinds(typing.get_args(annotation)[0])
     if origin is typing.Union or origin is types.UnionType:
-        return all(numbers_only(arg) for arg in typing.get_args(annotation))
-    return isinstance(annotation, type) and issubclass(annotation, _NUMBER_TYPES)
+        found: set[type] = set()
+        for arg in typing.get_args(annotation):
+            if arg is type(None):
+                continue
+            kinds = scalar_kinds(arg)
+            if kinds is None:
+                return None
+            found |= kinds
+        return found or None
+    if annotation in (bool, int, float):
+        return {annotation}
+    return None
 
 
 def _resolve_against_recipe(value: Path, info: ValidationInfo) -> Path:

@@ -152,6 +152,8 @@ def load_plugins(disabled: Iterable[str] = (), environ: Mapping[str, str] | None
             registry.disabled.append(name)
             registry.disabled_loaders.setdefault(name, load)
             continue
+        if name in registry.plugins and registry.plugins[name].module == module_name:
+            continue  # the same plugin twice (installed and named in TINYBUILD_PLUGINS): load it once
         if name in registry.plugins:
             fail(f"{name} ({module_name})", PluginError(
                 f"two plugins are named '{name}' ({registry.plugins[name].module} and {module_name}); "

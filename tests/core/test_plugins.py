@@ -108,14 +108,19 @@ def test_schema_includes_plugin_params(ws):
     run = ws.run("schema")
     assert run.code == 0
     schema = json.loads(run.out)
-    step_variants = schema["properties"]["steps"]["additionalProperties"]["oneOf"]
-    train = next(v for v in step_variants if v["title"] == "toy-train")
+    assert schema["properties"]["steps"]["additionalProperties"] == {"$ref": "#/$defs/step"}
+    step = schema["$defs"]["step"]
+    assert set(step["properties"]["use"]["enum"]) == {"toy-model", "toy-train", "toy-convert", "toy-report"}
+    # discriminated on use: one if/then per step type, no undiscriminated oneOf
+    assert {"if": {"properties": {"use": {"const": "toy-train"}}, "required": ["use"]},
+            "then": {"$ref": "#/$defs/step.toy-train"}} in step["allOf"]
+    train = schema["$defs"]["step.toy-train"]
     assert train["properties"]["epochs"]["default"] == 2
     assert train["properties"]["use"] == {"const": "toy-train", "description": "step type toy-train"}
     assert train["additionalProperties"] is False
-    datasets = schema["properties"]["dataset"]["oneOf"]
-    assert [d["title"] for d in datasets] == ["toy-data"]
+    assert schema["properties"]["dataset"]["properties"]["use"]["enum"] == ["toy-data"]
     assert "flash_kb" in schema["properties"]["target"]["properties"]
+    assert "oneOf" not in json.dumps(schema)
 
 
 def test_python_dash_m_entry_point(ws):

@@ -26,7 +26,8 @@ module             names
                    ``model_meta(model)``
 ``sdk.graphdef``   ``load_graphdef(a) -> (GraphDef, signature)``,
                    ``load_graph(a) -> Graph``, ``save_graphdef(out, gd, sig)``,
-                   ``load_signature(a)``
+                   ``load_signature(a)``; file names ``GRAPH_FILE``,
+                   ``SIGNATURE_FILE``
 ``sdk.graph_edit`` for graph passes: ``Graph`` (GraphDef + protected
                    inputs/outputs), ``GraphEditor`` (reroute, remove, add
                    constants on a private copy), ``graph_pass`` (turns
@@ -35,8 +36,10 @@ module             names
                    ``op_counts``
 ``sdk.tflite``     ``read_model_bytes(a)``, ``save_model_bytes(out, b)``,
                    ``interpreter(b)``, ``predict(b, x)``, ``describe(b)``,
-                   ``quantize``, ``dequantize`` (LiteRT, batch 1)
-``sdk.metrics``    ``read_metrics(a)``, ``write_metrics(out, dict)``
+                   ``quantize``, ``dequantize`` (LiteRT, batch 1);
+                   ``MODEL_FILE``
+``sdk.metrics``    ``read_metrics(a)``, ``write_metrics(out, dict)``;
+                   ``METRICS_FILE``
 ``sdk.tf``         ``seed_everything(seed)`` (Python, NumPy, TF, op
                    determinism), ``tensorflow()``, ``keras()`` (tf_keras),
                    ``tfmot()`` -- import TensorFlow only through these, so

@@ -87,7 +87,8 @@ class Registry:
                     f"(--disable-plugin/{ENV_DISABLE}); enable it again")
         available = sorted(available)
         hint = did_you_mean(name, available)
-        listing = f"installed {label}s: {', '.join(available) or 'none'}"
+        plural = label + ("es" if label.endswith("s") else "s")
+        listing = f"installed {plural}: {', '.join(available) or 'none'}"
         return f"{hint} {listing}" if hint else f"{listing} (see `tinybuild plugins`)"
 
 

@@ -80,7 +80,8 @@ def params_problems(step_type: StepType, params: Mapping[str, Any], *, recipe_di
         return validation_problems(exc, key, step_type.params)
     if registry is None or step_type.check is None:
         return []
-    return [Problem(f"{key}.{p.key}" if p.key else key, p.message, p.hint) for p in step_type.check(validated, registry)]
+    return [Problem(key if not p.key else f"{key}{p.key}" if p.key.startswith("[") else f"{key}.{p.key}",
+                    p.message, p.hint) for p in step_type.check(validated, registry)]
 
 
 def _key_material(step_type: StepType, params: Mapping[str, Any], inputs: Sequence[Artifact], dataset: Artifact | None,

@@ -20,7 +20,8 @@ from tinybuild.plugins import load_plugins
 from tinybuild.recipe import load_recipe
 from tinybuild.resolve import resolve_recipe
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.toml"))
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted([*(ROOT / "recipes").glob("*.toml"), *(ROOT / "tests" / "plugins" / "recipes").glob("*.toml")])
 MNIST_CNN = Path(__file__).resolve().parents[2] / "recipes" / "mnist_cnn.toml"
 
 
@@ -69,7 +70,7 @@ def test_top_level_tables_are_described_in_plain_text(schema):
     assert texts and not [t for t in texts if "``" in t or ":class:`" in t]
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_example_recipes_are_valid(path, validator):
     errors = list(validator.iter_errors(tomllib.loads(path.read_text())))
     assert not errors, [e.message for e in errors]

@@ -285,7 +285,8 @@ class StepType:
     #: :class:`tinybuild.plugins.Registry`: ``.passes``, ``.step_types`` and
     #: ``.missing_hint(label, name, available)`` (which names a disabled
     #: plugin that would provide ``name``). Problems fail ``tinybuild plan``
-    #: and ``build`` with exit 2 before anything runs.
+    #: and ``build`` with exit 2 before anything runs. It runs on every plan,
+    #: cached builds included, so it must be cheap: no TensorFlow, no I/O.
     check: Callable[[Any, Any], Iterable["ParamProblem"]] | None = None
 
 

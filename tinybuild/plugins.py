@@ -143,9 +143,9 @@ def load_plugins(disabled: Iterable[str] = (), environ: Mapping[str, str] | None
         hint = did_you_mean(name, known) or f"installed plugins: {', '.join(sorted(known))}"
         raise UsageError(f"cannot disable plugin '{name}': no such plugin; {hint}")
 
-    def fail(name: str, error: PluginError) -> None:
+    def fail(name: str, error: PluginError, cause: BaseException | None = None) -> None:
         if not tolerant:
-            raise error
+            raise error from cause  # the cause is what --debug shows
         registry.broken[name] = str(error)
 
     for name, module_name, version, dist, load in candidates:
@@ -166,12 +166,12 @@ def load_plugins(disabled: Iterable[str] = (), environ: Mapping[str, str] | None
             fail(name, PluginError(
                 f"plugin '{name}' ({module_name}) failed to import: {type(exc).__name__}: {exc}\n"
                 f"  fix: reinstall or fix the plugin, or skip it with --disable-plugin {name} (or {ENV_DISABLE}={name})"
-            ))
+            ), exc)
             continue
         try:
             pm.register(module, name=name)
         except pluggy.PluginValidationError as exc:
-            fail(name, PluginError(f"plugin '{name}' ({module_name}) implements an invalid hook: {exc}"))
+            fail(name, PluginError(f"plugin '{name}' ({module_name}) implements an invalid hook: {exc}"), exc)
             continue
         registry.plugins[name] = PluginInfo(name=name, module=module_name, version=version, dist=dist)
 
@@ -189,7 +189,7 @@ def load_plugins(disabled: Iterable[str] = (), environ: Mapping[str, str] | None
 
 
 def _call_registry_hook(pm: pluggy.PluginManager, hook_name: str,
-                        fail: Callable[[str, PluginError], None]) -> list[tuple[str, list[Any]]]:
+                        fail: Callable[..., None]) -> list[tuple[str, list[Any]]]:
     results = []
     hook = getattr(pm.hook, hook_name)
     for impl in hook.get_hookimpls():  # registration order
@@ -197,7 +197,7 @@ def _call_registry_hook(pm: pluggy.PluginManager, hook_name: str,
         try:
             declared = impl.function()
         except Exception as exc:
-            fail(name, PluginError(f"plugin '{name}' failed in hook {hook_name}: {type(exc).__name__}: {exc}"))
+            fail(name, PluginError(f"plugin '{name}' failed in hook {hook_name}: {type(exc).__name__}: {exc}"), exc)
             continue
         if declared is None:
             continue
@@ -208,7 +208,7 @@ def _call_registry_hook(pm: pluggy.PluginManager, hook_name: str,
     return results
 
 
-def _collect(pm: pluggy.PluginManager, registry: Registry, fail: Callable[[str, PluginError], None]) -> None:
+def _collect(pm: pluggy.PluginManager, registry: Registry, fail: Callable[..., None]) -> None:
     _register(pm, "tinybuild_step_types", StepType, "step type", registry.step_types, registry.step_plugin,
               lambda info: info.step_types, registry, fail)
     _register(pm, "tinybuild_graph_passes", GraphPass, "graph pass", registry.passes, registry.pass_plugin,
@@ -217,7 +217,7 @@ def _collect(pm: pluggy.PluginManager, registry: Registry, fail: Callable[[str, 
 
 def _register(pm: pluggy.PluginManager, hook: str, cls: type, label: str, table: dict[str, Any],
               owners: dict[str, str], listing: Callable[[PluginInfo], list[str]], registry: Registry,
-              fail: Callable[[str, PluginError], None]) -> None:
+              fail: Callable[..., None]) -> None:
     """Collect one registry hook's declarations, rejecting wrong types and duplicate names."""
     for plugin, declared in _call_registry_hook(pm, hook, fail):
         for item in declared:

@@ -272,7 +272,18 @@ def test_a_new_pass_version_reruns_the_step(tb, tb_graphdef):
 '''
 
 TEST_REGISTERED = '''\
-"""The plugin is registered (installed with pip, or named in TINYBUILD_PLUGINS)."""
+"""The plugin is registered (installed with pip, or named in TINYBUILD_PLUGINS)
+and cheap to import: every tinybuild command imports it, cached builds too."""
+
+import subprocess
+import sys
+
+
+def test_importing_the_plugin_imports_no_tensorflow():
+    code = "import sys, $module.plugin; print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'numpy')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", "import TensorFlow and NumPy inside functions, not at module top"
 
 
 def test_tinybuild_finds_the_plugin(tb):

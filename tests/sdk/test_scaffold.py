@@ -9,6 +9,7 @@ into tmp_path to check the entry point pip would install.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -48,7 +49,7 @@ def test_generated_tests_pass(package):
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=package,
                          env=plugin_env(package), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert "9 passed" in run.stdout
+    assert "10 passed" in run.stdout
 
 
 def test_wheel_declares_the_entry_point(package, tmp_path):
@@ -105,6 +106,17 @@ passes = ["{NAME}-bypass-identity", "remove-dead"]
                           text=True, timeout=120, cwd=tmp_path)
     assert plan.returncode == 0, plan.stderr
     assert "0 cached, 5 to run" in plan.stdout
+    # editors see the plugin's params: the schema validates the recipe and names a misspelled key
+    import jsonschema
+    import tomllib
+
+    schema = subprocess.run([*tinybuild, "schema"], env=plugin_env(package), capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    validator = jsonschema.Draft202012Validator(json.loads(schema.stdout))
+    assert f"step.{NAME}-scale" in validator.schema["$defs"]
+    assert not list(validator.iter_errors(tomllib.loads(recipe.read_text())))
+    (error,) = validator.iter_errors(tomllib.loads(recipe.read_text().replace("factor = 0.5", "facter = 0.5")))
+    assert list(error.absolute_path) == ["steps", "cool"] and "'facter'" in error.message
     recipe.write_text(recipe.read_text().replace(f'"{NAME}-bypass-identity"', f'"{NAME}-bypass-identiy"'))
     plan = subprocess.run([*tinybuild, "plan", str(recipe)], env=plugin_env(package), capture_output=True,
                           text=True, timeout=120, cwd=tmp_path)

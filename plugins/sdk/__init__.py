@@ -1,7 +1,8 @@
 """tinybuild plugin SDK: what a plugin needs to read and write artifacts.
 
-Built-in plugins use exactly this, as a third-party plugin would; nothing in
-it starts with an underscore. Importing this package is free (no NumPy, no
+The built-in plugins share their artifact code through it, and a
+third-party plugin needs nothing else from them: no name it needs starts with
+an underscore. Importing this package is free (no NumPy, no
 TensorFlow): every name below is loaded from its module on first use, and
 the functions import heavy libraries only when called. The step API itself
 (``StepType``, ``Params``, ``Artifact``, ``hookimpl``...) is in

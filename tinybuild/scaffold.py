@@ -326,8 +326,12 @@ def write_plugin(name: str, parent: Path) -> Path:
     root = Path(parent) / name
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise UsageError(f"new-plugin: {root} already exists and is not empty; choose another --dir or name")
-    for rel, text in FILES.items():
-        path = root / Template(rel).substitute(values)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(Template(text).substitute(values), encoding="utf-8")
+    try:
+        for rel, text in FILES.items():
+            path = root / Template(rel).substitute(values)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(Template(text).substitute(values), encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"new-plugin: cannot write {exc.filename or root}: {exc.strerror or exc}; "
+                         "choose a writable --dir") from None
     return root

@@ -141,3 +141,9 @@ def test_never_overwrites(package, capsys):
     assert cli.main(["new-plugin", NAME, "--dir", str(package.parent)]) == 2
     assert "already exists and is not empty" in capsys.readouterr().err
     assert (package / "pyproject.toml").read_text() == before
+
+
+def test_a_file_in_the_way_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "blocker").write_text("")
+    assert cli.main(["new-plugin", NAME, "--dir", str(tmp_path / "blocker")]) == 2
+    assert "cannot write" in capsys.readouterr().err

@@ -203,6 +203,13 @@ class StepType:
     #: whether the output depends on the inputs' *metrics* (``Artifact.metrics``),
     #: not only on their files: if so, digests of those metrics enter the key
     uses_input_metrics: bool = False
+    #: names of this step's returned metrics that vary from run to run with the
+    #: same inputs (timings, load): they are kept with the artifact and visible
+    #: downstream as ``Artifact.metrics``, but never enter the keys of
+    #: ``uses_input_metrics`` steps, so a rerun that measured a new time but
+    #: wrote identical files keeps early cutoff. A step that shows such a
+    #: figure shows the one measured when it was built.
+    volatile_metrics: tuple[str, ...] = ()
     #: extra JSON-able key material derived from params and the registered
     #: graph passes (e.g. the versions of the passes a step will apply)
     key_extras: Callable[[Any, Mapping[str, "GraphPass"]], Mapping[str, Any]] | None = None

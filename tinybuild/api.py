@@ -144,7 +144,9 @@ class StepContext(Protocol):
         """Report progress (epochs, batches...) to the live display."""
 
     def log(self, message: str) -> None:
-        """A line for the build log (shown in plain output, kept in verbose mode)."""
+        """A line for the build log (shown in plain output, kept in verbose mode).
+        A message with several lines (a table) is shown as a block indented by
+        four spaces, so a block at most ``terminal width - 4`` wide does not wrap."""
 
     def graph_passes(self) -> Mapping[str, "GraphPass"]:
         """Every registered graph pass, by name."""

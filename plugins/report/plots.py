@@ -174,7 +174,8 @@ def size_accuracy_svg(points: Sequence[Mapping[str, Any]], target: Mapping[str, 
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=columns, frameon=False,
                fontsize=9, handletextpad=0.3, columnspacing=1.5)
     fig.tight_layout()
-    return _svg(fig, "Model size and RAM against accuracy, with the target budgets")
+    return _svg(fig, "Model size and RAM against accuracy, with the target budgets" if with_ram
+                else "Model size against accuracy, with the target budgets")
 
 
 def history_svg(variant: str, history: Mapping[str, Sequence[float]]) -> str | None:

@@ -111,6 +111,15 @@ def _tflm_reason(row: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _compression_line(row: Mapping[str, Any]) -> str | None:
+    """"22,440 B → 12,784 B" for a variant whose weights were LUT-compressed."""
+    compression = row.get("compression") or {}
+    before, after = _number(compression.get("bytes_before")), _number(compression.get("bytes_after"))
+    if before is None or after is None:
+        return None
+    return f"{_int(before)} B → {_int(after)} B"
+
+
 def _no_gates_line(report: Mapping[str, Any]) -> str:
     """Why the gate list is empty, in words."""
     if not any(k in report["target"] for k in ("flash_kb", "ram_kb", "min_accuracy")):
@@ -234,6 +243,7 @@ def _page(report: Mapping[str, Any]) -> dict[str, Any]:
         "no_gates": _no_gates_line(report),
         "warnings": list(report.get("warnings") or []),
         "tflm_reasons": [(r["variant"], _tflm_reason(r)) for r in report["variants"] if _tflm_reason(r)],
+        "compressed": [(r["variant"], line) for r in report["variants"] if (line := _compression_line(r))],
         "f1_classes": classes if same_classes else [],
         "f1_rows": [(r["variant"], [_fraction(f) for f in r["per_class_f1"]]) for r in report["variants"]],
         "notes": _notes(report),

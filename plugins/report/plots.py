@@ -28,15 +28,22 @@ from typing import Any, Mapping, Sequence
 
 KIB = 1024
 #: Okabe & Ito (2008), "Color Universal Design": distinguishable with deuteranopia and protanopia
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+#: (its yellow is left out: too pale for a marker on white)
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "h"]
 BUDGET_COLOR = "#555555"
 
 
 def style(index: int) -> tuple[str, str]:
-    """(colour, marker) of the variant at ``index``: unique pairs for 64 variants,
+    """(colour, marker) of the variant at ``index``: unique pairs for 56 variants,
     and neighbours differ in both."""
-    return PALETTE[index % len(PALETTE)], MARKERS[(index + index // len(PALETTE)) % len(MARKERS)]
+    colour, cycle = index % len(PALETTE), index // len(PALETTE)
+    return PALETTE[colour], MARKERS[(colour + cycle) % len(MARKERS)]
+
+
+def _translucent(colour: str, alpha: float = 0.35) -> tuple[float, float, float, float]:
+    red, green, blue = (int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    return (red, green, blue, alpha)
 
 
 def _pyplot(salt: str) -> Any:
@@ -80,10 +87,10 @@ def _svg(fig: Any, title: str) -> str:
 
 
 def _kib_formatter(value: float, _pos: Any = None) -> str:
+    if value < KIB:
+        return f"{value:g} B"
     kib = value / KIB
-    if kib >= KIB:
-        return f"{kib / KIB:g} MiB"
-    return f"{kib:.3g} KiB" if kib < 10 else f"{kib:.0f} KiB"
+    return f"{kib / KIB:g} MiB" if kib >= KIB else f"{kib:g} KiB"
 
 
 def _accuracy_limits(values: Sequence[float]) -> tuple[float, float]:
@@ -95,11 +102,13 @@ def _accuracy_limits(values: Sequence[float]) -> tuple[float, float]:
 def _size_axis(ax: Any, values: Sequence[float]) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    ax.set_xscale("log")
+    ax.set_xscale("log", base=2)
     low, high = min(values), max(values)
-    ax.set_xlim(low / 1.35, high * 1.35)
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.set_xlim(low / 1.4, high * 1.4)
+    # powers of two (8 KiB, 16 KiB, 32 KiB...): the sizes memories come in
+    ax.xaxis.set_major_locator(LogLocator(base=2))
     ax.xaxis.set_major_formatter(FuncFormatter(_kib_formatter))
+    ax.xaxis.set_minor_locator(LogLocator(base=2, subs=(1.5,)))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
@@ -131,7 +140,7 @@ def size_accuracy_svg(points: Sequence[Mapping[str, Any]], target: Mapping[str, 
     flash_kb, ram_kb, min_accuracy = target.get("flash_kb"), target.get("ram_kb"), target.get("min_accuracy")
     with_ram = [p for p in points if p.get("ram")]
     panels = 2 if with_ram else 1
-    fig, axes = plt.subplots(1, panels, figsize=(12.5 if panels == 2 else 9.5, 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(12.5 if panels == 2 else 9.5, 5.0), squeeze=False)
     accuracy_values = [p["accuracy"] for p in points] + ([min_accuracy] if min_accuracy is not None else [])
     y_low, y_high = _accuracy_limits(accuracy_values)
 
@@ -142,10 +151,12 @@ def size_accuracy_svg(points: Sequence[Mapping[str, Any]], target: Mapping[str, 
         budget = budget_kb * KIB if budget_kb is not None else None
         _size_axis(ax, [p[key] for p in shown] + ([budget] if budget else []))
         for p in shown:
+            # translucent faces with solid edges: variants of equal size and accuracy
+            # (same flash, same arena) stay visible on top of each other
             colour, marker = style(p["index"])
             hollow = key == "ram" and not p.get("ram_measured")
-            ax.scatter([p[key]], [p["accuracy"]], s=70, marker=marker, zorder=3, linewidths=1.4,
-                       facecolors="none" if hollow else colour, edgecolors=colour if hollow else "white")
+            ax.scatter([p[key]], [p["accuracy"]], s=110, marker=marker, zorder=3, linewidths=1.6,
+                       facecolors="none" if hollow else _translucent(colour), edgecolors=colour)
         _budget_lines(ax, budget, budget_name, min_accuracy)
         ax.set_ylim(y_low, y_high)
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
@@ -168,8 +179,9 @@ def size_accuracy_svg(points: Sequence[Mapping[str, Any]], target: Mapping[str, 
     handles = []
     for p in points:
         colour, marker = style(p["index"])
-        handles.append(Line2D([], [], linestyle="none", marker=marker, markersize=8, markerfacecolor=colour,
-                              markeredgecolor="white", label=f"{p['variant']} ({p['label']})"))
+        handles.append(Line2D([], [], linestyle="none", marker=marker, markersize=9, markeredgewidth=1.6,
+                              markerfacecolor=_translucent(colour), markeredgecolor=colour,
+                              label=f"{p['variant']} ({p['label']})"))
     columns = min(4, len(handles))
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=columns, frameon=False,
                fontsize=9, handletextpad=0.3, columnspacing=1.5)
@@ -188,8 +200,8 @@ def history_svg(variant: str, history: Mapping[str, Sequence[float]]) -> str | N
     if not panels:
         return None
     plt = _pyplot(f"history-{variant}")
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.2), squeeze=False)
-    from matplotlib.ticker import MaxNLocator
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.0), squeeze=False)
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     for ax, name in zip(axes[0], panels):
         for key, colour, line, label in ((name, PALETTE[0], "-", "train"), (f"val_{name}", PALETTE[3], "--", "val")):
@@ -197,6 +209,8 @@ def history_svg(variant: str, history: Mapping[str, Sequence[float]]) -> str | N
                 epochs = range(1, len(series[key]) + 1)
                 ax.plot(list(epochs), series[key], color=colour, linestyle=line, linewidth=1.6,
                         marker="o" if len(series[key]) <= 12 else None, markersize=3.5, label=label)
+        if name == "accuracy" and all(v <= 1.0 for key in (name, f"val_{name}") for v in series.get(key, [])):
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.set_title(f"{variant}: {name}", loc="left", fontsize=11)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

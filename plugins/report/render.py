@@ -159,19 +159,25 @@ LATENCY_NOTE = ("Latency: median of N single-sample (batch 1) inferences on the 
 
 
 def summary_columns(report: Mapping[str, Any], latency: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
-    """(key, header) of the summary table's columns, in order."""
-    columns = [("variant", "Variant"), ("label", "Kind"), ("accuracy", "Accuracy"),
-               ("change", "Δ acc (pts)"), ("flash", "Flash (B)"), ("gzip", "gzip (B)"),
-               ("gzip_ratio", "gzip ×smaller"), ("ram", "RAM (B)")]
+    """(key, header) of the summary table's columns: what a device decision
+    needs first (flash, RAM, TFLM, accuracy, gate), so a narrow window that
+    scrolls the table still shows them; comparisons and model facts after."""
+    columns = [("variant", "Variant"), ("label", "Kind"), ("flash", "Flash (B)"), ("ram", "RAM (B)")]
     if _has_tflm(report):
         columns.append(("tflm", "On TFLM"))
-    columns += [("macro_f1", "Macro-F1"), ("params", "Params"), ("sparsity", "Sparsity")]
+    columns += [("accuracy", "Accuracy"), ("gate", "Gate"), ("change", "Δ acc (pts)"), ("gzip", "gzip (B)"),
+                ("gzip_ratio", "gzip ×smaller"), ("macro_f1", "Macro-F1"), ("params", "Params"),
+                ("sparsity", "Sparsity")]
     if any(r.get("macs") is not None for r in report["variants"]):
         columns.append(("macs", "MACs"))
     if latency is not None or _has_latency(report):
         columns.append(("latency", "Latency (ms)"))
-    columns.append(("gate", "Gate"))
     return columns
+
+
+#: report.md's compact table, in reading order
+MARKDOWN_COLUMNS = ["variant", "label", "accuracy", "change", "flash", "gzip", "gzip_ratio", "ram", "tflm",
+                    "latency", "gate"]
 
 
 def summary_cells(report: Mapping[str, Any], row: Mapping[str, Any],
@@ -253,8 +259,8 @@ def _page(report: Mapping[str, Any]) -> dict[str, Any]:
 def markdown(report: Mapping[str, Any]) -> str:
     page = _page(report)
     # the Markdown table is the compact one: the HTML and report.json hold the rest
-    keep = {"variant", "label", "accuracy", "change", "flash", "gzip", "gzip_ratio", "ram", "tflm", "latency", "gate"}
-    page["columns"] = [c for c in page["columns"] if c[0] in keep]
+    headers = dict(page["columns"])
+    page["columns"] = [(key, headers[key]) for key in MARKDOWN_COLUMNS if key in headers]
     return _environment(autoescape=False).get_template(MD_TEMPLATE).render(**page)
 
 
@@ -293,6 +299,16 @@ def per_class_view(per_class: Sequence[Mapping[str, Any]]) -> list[dict[str, str
     return [{"class": c["class"], "precision": _fraction(c["precision"]), "recall": _fraction(c["recall"]),
              "f1": _fraction(c["f1"]), "support": _int(c["support"]),
              "ovr": _pct(c["one_vs_rest_accuracy"])} for c in per_class]
+
+
+def _card_groups(report: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
+    """Cards in rows: each ``side_by_side`` group on its own, then the other
+    variants in the recipe's order."""
+    cards = {card["variant"]: card for card in _variant_cards(report)}
+    groups = [[cards[n] for n in group if n in cards] for group in report.get("side_by_side") or []]
+    grouped = {n for group in report.get("side_by_side") or [] for n in group}
+    rest = [card for name, card in cards.items() if name not in grouped]
+    return [g for g in groups if g] + ([rest] if rest else [])
 
 
 def _variant_cards(report: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -351,7 +367,7 @@ def html(report: Mapping[str, Any]) -> str:
 
     page = _page(report)
     page["chart"] = plots.size_accuracy_svg(_chart_points(report), report["target"])
-    page["cards"] = _variant_cards(report)
+    page["card_groups"] = _card_groups(report)
     page["curves"] = [(row["variant"], svg) for row in report["variants"]
                       if row.get("history") and (svg := plots.history_svg(row["variant"], row["history"]))]
     page["budgets"] = {k: report["target"][k] for k in ("flash_kb", "ram_kb", "min_accuracy") if k in report["target"]}

@@ -82,11 +82,28 @@ class ReportParams(Params):
         description="variant the others are compared with (accuracy change, gzip ratio); "
                     "default: the first input",
     )
+    side_by_side: list[list[str]] = Field(
+        default_factory=list,
+        description="groups of variants whose confusion matrices are shown next to each other, e.g. "
+                    "[[\"train\", \"int8\"]] (an original model and its conversion); the others "
+                    "follow in the recipe's order",
+    )
     latency: bool = Field(
         False,
         description="also write the measured latency into the report files (makes them "
                     "machine-dependent; it is always in the terminal table and step metrics)",
     )
+
+    @field_validator("side_by_side")
+    @classmethod
+    def _groups(cls, value: list[list[str]]) -> list[list[str]]:
+        names = [name for group in value for name in group]
+        dupes = sorted({v for v in names if names.count(v) > 1})
+        if dupes:
+            raise ValueError(f"variants listed twice: {', '.join(dupes)}")
+        if any(not group for group in value):
+            raise ValueError("a group must name at least one variant")
+        return value
 
     @field_validator("gate")
     @classmethod
@@ -362,6 +379,10 @@ def evaluate_gates(rows: Sequence[Mapping[str, Any]], gate: list[str] | None,
 
 def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str, Any]:
     rows = collect_variants(inputs, params.baseline, params.latency)
+    unknown = [n for group in params.side_by_side for n in group if n not in {r["variant"] for r in rows}]
+    if unknown:
+        raise StepError(f"report side_by_side names unknown variants: {', '.join(unknown)}; "
+                        f"evaluated variants: {', '.join(r['variant'] for r in rows)}")
     target = {k: v for k, v in dict(ctx.target or {}).items() if v is not None}
     gated, checks, warnings = evaluate_gates(rows, params.gate, target)
     failures = [c for c in checks if not c["passed"]]
@@ -376,6 +397,7 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str,
         "gates_off": params.gate == [],
         "warnings": warnings,
         "passed": not failures,
+        "side_by_side": params.side_by_side,
         "variants": rows,
     }
     render.write_files(ctx.out_dir, report)

@@ -226,6 +226,19 @@ def test_html_shows_summary_chart_budgets_and_confusion_matrices(tmp_path):
     assert set(re.findall(r"https?://[^\"' ]+", text)) <= {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
 
 
+def test_side_by_side_groups_come_first_one_per_row(variants):
+    out, _ = build(variants, {"side_by_side": [["train", "int8"], ["clustered"]]})
+    text = (out / "report.html").read_text()
+    rows = re.findall(r'<div class="cards">(.*?)</div>\s*(?=<div class="cards">|\n<h2>|\n</main>)', text, re.S)
+    order = [re.findall(r"<h3>(\w+) ", row) for row in rows]
+    assert order == [["train", "int8"], ["clustered"], ["fp32"]]
+    assert json.loads((out / "report.json").read_text())["side_by_side"] == [["train", "int8"], ["clustered"]]
+    with pytest.raises(StepError, match="side_by_side names unknown variants: int9"):
+        build(variants, {"side_by_side": [["train", "int9"]]})
+    with pytest.raises(ValidationError, match="listed twice: int8"):
+        STEP.params.model_validate({"side_by_side": [["int8"], ["train", "int8"]]})
+
+
 def test_chart_without_ram_figures_has_one_panel(variants):
     out, _ = build(variants[:1], target={"flash_kb": 96})  # the Keras variant: no arena
     page = Page((out / "report.html").read_text())

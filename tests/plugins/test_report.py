@@ -323,6 +323,20 @@ def test_absent_per_class_data_is_left_out_not_an_error(tmp_path):
     assert len(page.svgs) == 1 and "F1 per class" not in (out / "report.md").read_text()
 
 
+def test_figures_that_are_not_numbers_show_as_a_dash(tmp_path):
+    """A metrics.json written by another tool may hold NaN (Python's json reads it):
+    the reader sees "—", never "nan"."""
+    odd = metrics_artifact(tmp_path, "int8", macro_f1=float("nan"), sparsity=float("inf"),
+                           tflm={"runs": True, "accuracy": float("nan"), "arena_bytes": 12_000})
+    out, _ = build([odd])
+    page = Page((out / "report.html").read_text())
+    cells = dict(zip(*page.table("summary")[:2]))
+    assert cells["Macro-F1"] == "—" and cells["Sparsity"] == "—" and cells["On TFLM"] == "yes"
+    visible = " ".join(page.texts)
+    assert not re.search(r"\bnan\b|\binf\b", visible, re.I)
+    assert not re.search(r"\bnan\b", (out / "report.md").read_text(), re.I)
+
+
 def test_json_holds_every_figure_and_the_comparisons(variants):
     out, _ = build(variants, {"baseline": "fp32"})
     data = json.loads((out / "report.json").read_text())

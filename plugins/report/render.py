@@ -111,6 +111,15 @@ def _tflm_reason(row: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _gate_table(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The checks as a grid: one row per gated variant, one column per budget."""
+    budgets = list(dict.fromkeys(c["budget"] for c in report["gates"]))
+    rows: dict[str, dict[str, Any]] = {}
+    for check in report["gates"]:
+        rows.setdefault(check["variant"], {})[check["budget"]] = {"text": check["text"], "passed": check["passed"]}
+    return {"budgets": budgets, "rows": [(variant, [cells.get(b) for b in budgets]) for variant, cells in rows.items()]}
+
+
 def _compression_line(row: Mapping[str, Any]) -> str | None:
     """"22,440 B → 12,784 B" for a variant whose weights were LUT-compressed."""
     compression = row.get("compression") or {}
@@ -246,6 +255,7 @@ def _page(report: Mapping[str, Any]) -> dict[str, Any]:
         "columns": columns,
         "rows": [summary_cells(report, row) for row in report["variants"]],
         "gates": [{"variant": c["variant"], "text": c["text"], "passed": c["passed"]} for c in report["gates"]],
+        "gate_table": _gate_table(report),
         "no_gates": _no_gates_line(report),
         "warnings": list(report.get("warnings") or []),
         "tflm_reasons": [(r["variant"], _tflm_reason(r)) for r in report["variants"] if _tflm_reason(r)],
@@ -370,7 +380,8 @@ def html(report: Mapping[str, Any]) -> str:
     page["card_groups"] = _card_groups(report)
     page["curves"] = [(row["variant"], svg) for row in report["variants"]
                       if row.get("history") and (svg := plots.history_svg(row["variant"], row["history"]))]
-    page["budgets"] = {k: report["target"][k] for k in ("flash_kb", "ram_kb", "min_accuracy") if k in report["target"]}
+    page["budgets"] = {k: f"{report['target'][k]:g}" for k in ("flash_kb", "ram_kb", "min_accuracy")
+                       if _number(report["target"].get(k)) is not None}
     return _environment(autoescape=True).get_template(HTML_TEMPLATE).render(**page)
 
 

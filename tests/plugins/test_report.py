@@ -193,6 +193,13 @@ def test_html_shows_summary_chart_budgets_and_confusion_matrices(tmp_path):
     assert rows["train"]["RAM (B)"] == "—" and rows["int8"]["Gate"] == "pass"
     assert rows["clustered"]["Accuracy"] == "97.20%"
 
+    # the gates as a grid: a row per gated variant, a column per budget
+    gates = page.table("gates")
+    assert gates[0] == ["Variant", "flash_kb", "ram_kb", "min_accuracy"]
+    assert [r[0] for r in gates[1:]] == ["int8", "clustered"]
+    assert gates[1][1] == "pass size 22,480 B (21.95 KiB) <= flash_kb 96 (98,304 B)"
+    assert gates[2][3] == "pass accuracy 0.9720 >= min_accuracy 0.95"
+
     # one chart, two panels: flash and RAM against accuracy, every budget drawn and named
     [chart] = page.svgs
     assert chart["attrs"]["width"] == "100%" and "viewbox" in chart["attrs"]

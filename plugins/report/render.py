@@ -378,6 +378,7 @@ def html(report: Mapping[str, Any]) -> str:
     page = _page(report)
     page["chart"] = plots.size_accuracy_svg(_chart_points(report), report["target"])
     page["card_groups"] = _card_groups(report)
+    page["grouped"] = bool(report.get("side_by_side"))
     page["curves"] = [(row["variant"], svg) for row in report["variants"]
                       if row.get("history") and (svg := plots.history_svg(row["variant"], row["history"]))]
     page["budgets"] = {k: f"{report['target'][k]:g}" for k in ("flash_kb", "ram_kb", "min_accuracy")

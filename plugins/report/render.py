@@ -167,7 +167,7 @@ LATENCY_NOTE = ("Latency: median of N single-sample (batch 1) inferences on the 
 # -- the summary table (Markdown, HTML, terminal) ---------------------------------------
 
 
-def summary_columns(report: Mapping[str, Any], latency: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
+def summary_columns(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(key, header) of the summary table's columns: what a device decision
     needs first (flash, RAM, TFLM, accuracy, gate), so a narrow window that
     scrolls the table still shows them; comparisons and model facts after."""
@@ -179,7 +179,7 @@ def summary_columns(report: Mapping[str, Any], latency: Mapping[str, Any] | None
                 ("sparsity", "Sparsity")]
     if any(r.get("macs") is not None for r in report["variants"]):
         columns.append(("macs", "MACs"))
-    if latency is not None or _has_latency(report):
+    if _has_latency(report):  # written into the files only with the report's latency = true
         columns.append(("latency", "Latency (ms)"))
     return columns
 
@@ -473,11 +473,12 @@ def terminal_width(default: int = 80) -> int:
     return default
 
 
-def _rich_table(report: Mapping[str, Any], keys: Sequence[str], cells: Sequence[Mapping[str, str]]) -> Any:
+def _rich_table(report: Mapping[str, Any], keys: Sequence[str], cells: Sequence[Mapping[str, str]],
+                titled: bool = True) -> Any:
     from rich import box
     from rich.table import Table
 
-    table = Table(box=box.ASCII2, title=report["title"], title_justify="left")
+    table = Table(box=box.ASCII2, title=report["title"] if titled else None, title_justify="left")
     numeric = {"flash", "ram", "accuracy", "latency", "change", "gzip", "params", "sparsity"}
     for key in keys:
         table.add_column(TERMINAL_HEADERS[key], justify="right" if key in numeric else "left",
@@ -507,7 +508,8 @@ def text_table(report: Mapping[str, Any], latency: Mapping[str, Any] | None = No
                  if not (k == "latency" and measured is None and not _has_latency(report))
                  and not (k == "tflm" and not _has_tflm(report))]
     keys = list(available)
-    while len(keys) > 5 and max(len(line) for line in _print(_rich_table(report, keys, cells), 10_000)) > width:
+    # measured without the title: a long title wraps, a row must not
+    while len(keys) > 5 and max(len(line) for line in _print(_rich_table(report, keys, cells, False), 10_000)) > width:
         keys.pop()
     lines = _print(_rich_table(report, keys, cells), width)
     notes = []

@@ -413,7 +413,8 @@ def _long_named(tmp_path):
 def test_terminal_table_fits_the_width_one_line_per_variant(tmp_path, width):
     from tinybuild_plugins.report import render
 
-    out, _ = build(_long_named(tmp_path), target={"flash_kb": 96})
+    out, _ = build(_long_named(tmp_path), {"title": "a report title longer than the narrowest terminal " * 2},
+                   target={"flash_kb": 96})
     report_dict = json.loads((out / "report.json").read_text())
     latency = {"train": 1.5, "fp32": 0.5, "pruned_clustered_int8_only": 0.25, "qat_int8": 0.3}
     lines = render.text_table(report_dict, latency, width=width).splitlines()

@@ -213,7 +213,9 @@ class StepContext(Protocol):
         """Report progress (epochs, batches...) to the live display."""
 
     def log(self, message: str) -> None:
-        """A line for the build log (shown in plain output, kept in verbose mode)."""
+        """A line for the build log (shown in plain output, kept in verbose mode).
+        A message with several lines (a table) is shown as a block indented by
+        four spaces, so a block at most ``terminal width - 4`` wide does not wrap."""
 
     def graph_passes(self) -> Mapping[str, "GraphPass"]:
         """Every registered graph pass, by name."""
@@ -276,6 +278,13 @@ class StepType:
     #: whether the output depends on the inputs' *metrics* (``Artifact.metrics``),
     #: not only on their files: if so, digests of those metrics enter the key
     uses_input_metrics: bool = False
+    #: names of this step's returned metrics that vary from run to run with the
+    #: same inputs (timings, load): they are kept with the artifact and visible
+    #: downstream as ``Artifact.metrics``, but never enter the keys of
+    #: ``uses_input_metrics`` steps, so a rerun that measured a new time but
+    #: wrote identical files keeps early cutoff. A step that shows such a
+    #: figure shows the one measured when it was built.
+    volatile_metrics: tuple[str, ...] = ()
     #: extra JSON-able key material derived from params and the registered
     #: graph passes (e.g. the versions of the passes a step will apply)
     key_extras: Callable[[Any, Mapping[str, "GraphPass"]], Mapping[str, Any]] | None = None

@@ -101,8 +101,16 @@ class ConsoleReporter:
             count = f"{completed:g}/{total:g} " if total is not None else ""
             self._line(f"{'':>{self._pad(step)}} {count}{_e(description)}".rstrip())
 
+    #: indent of the lines of a multi-line log message (a table): as small as an
+    #: error's, so a block laid out for the terminal's width still fits
+    BLOCK_INDENT = 4
+
     @hookimpl
     def tinybuild_step_log(self, step: str, message: str) -> None:
+        if "\n" in message:
+            for line in message.splitlines():
+                self._line(f"{'':>{self.BLOCK_INDENT}}{_e(line)}".rstrip())
+            return
         self._line(f"{'':>{self._pad(step)}} {_e(message)}")
 
     @hookimpl

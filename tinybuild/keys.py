@@ -21,7 +21,9 @@ The key material (a JSON-able dict, also stored in the lock file so that
 * ``target`` -- the recipe's ``[target]`` budgets, for step types that read
   them (``StepType.uses_target``: the report's gates);
 * ``input_metrics`` -- digests of the inputs' metrics, for step types whose
-  output depends on them (``StepType.uses_input_metrics``).
+  output depends on them (``StepType.uses_input_metrics``), without the
+  metrics their producers declare volatile (``StepType.volatile_metrics``:
+  timings that change every run and must not defeat early cutoff).
 """
 
 from __future__ import annotations
@@ -221,6 +223,12 @@ def key_material(
                           if st.uses_input_metrics else None),
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
     }
+
+
+def stable_metrics(metrics: Mapping[str, Any], volatile: tuple[str, ...]) -> dict[str, Any]:
+    """A step's metrics without the names its step type declares volatile:
+    what may enter a downstream key."""
+    return {k: v for k, v in metrics.items() if k not in volatile}
 
 
 def step_key(material: Mapping[str, Any]) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 from .cache import ActionEntry
 from .errors import Problem, RecipeError
 from .explain import explain
-from .keys import MissingInputFile, key_material, step_key
+from .keys import MissingInputFile, key_material, stable_metrics, step_key
 from .project import Project
 from .resolve import ResolvedStep
 
@@ -31,6 +31,19 @@ class PlanItem:
     key: str | None = None
     material: dict[str, Any] | None = None
     entry: ActionEntry | None = None
+
+
+def _stable_input_metrics(project: Project, metrics: Mapping[str, Mapping[str, Any]] | None
+                          ) -> dict[str, dict[str, Any]] | None:
+    """Each dependency's metrics minus those its step type declares volatile."""
+    if metrics is None:
+        return None
+    out = {}
+    for name, values in metrics.items():
+        producer = project.steps.get(name)
+        volatile = producer.step_type.volatile_metrics if producer is not None else ()
+        out[name] = stable_metrics(values or {}, volatile)
+    return out
 
 
 def material_for(project: Project, step: ResolvedStep, digests: Mapping[str, str],
@@ -51,7 +64,7 @@ def material_for(project: Project, step: ResolvedStep, digests: Mapping[str, str
             passes=project.registry.passes,
             recipe_name=project.recipe.meta.name,
             target=project.recipe.target.model_dump(exclude_none=True),
-            input_metrics=metrics,
+            input_metrics=_stable_input_metrics(project, metrics),
         )
     except MissingInputFile as exc:
         raise RecipeError(str(project.recipe.path), [Problem(

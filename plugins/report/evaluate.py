@@ -276,6 +276,7 @@ def tinybuild_step_types() -> list[StepType]:
             uses_dataset=True,
             toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert"),
             uses_input_metrics=True,  # metrics.json records facts from the evaluated step's metrics
+            volatile_metrics=("latency_ms",),  # a new timing on every run: kept out of downstream keys
             key_extras=key_extras,
             description="Accuracy, per-class scores, size, gzip size, arena estimate and latency "
                         "of a Keras or .tflite model (metrics.json)",

@@ -1,40 +1,68 @@
-"""Rendering a report dict (built by ``report.py``) as Markdown, HTML+SVG, a lab
-log and a terminal table.
+"""Rendering a report dict (built by ``report.py``) as files and a terminal table.
+
+``report.json`` is the dict itself; ``report.md`` and ``report.html`` come from
+jinja2 templates (``templates/``), the HTML's charts from ``plots`` (matplotlib
+SVG, inlined); ``build.log`` and the terminal table are plain text built here.
 
 Pure functions of the report: no clock, no paths, no randomness, so the same
 metrics always render to the same bytes. The HTML is one file with inline CSS
-and an inline SVG chart; it loads nothing and runs no script, so it can be
-attached to a CI run or mailed as is.
+and inline SVG; it loads nothing and runs no script, so it can be attached to
+a CI run or mailed as is. jinja2 and matplotlib are imported only when a file
+is rendered: importing this module (which every plan does, through the step
+type's registration) costs nothing.
+
+Cells are formatted here, not in the templates, so that the Markdown, the
+HTML and the terminal say the same thing in the same words; anything absent
+(a variant TFLM never ran, a Keras model's arena) prints as "—".
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
-from html import escape
+import os
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+HTML_TEMPLATE = "report.html.j2"
+MD_TEMPLATE = "report.md.j2"
+DASH = "—"
 
 # -- shared cell formatting ---------------------------------------------------------------
 
 
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
 def _int(value: Any) -> str:
-    return "—" if value is None else f"{int(value):,}"
+    return DASH if _number(value) is None else f"{int(value):,}"
 
 
-def _pct(value: Any) -> str:
-    return "—" if value is None else f"{value * 100:.2f}%"
+def _pct(value: Any, decimals: int = 2) -> str:
+    return DASH if _number(value) is None else f"{value * 100:.{decimals}f}%"
 
 
 def _ratio(value: Any) -> str:
-    return "—" if value is None else f"{value:.2f}×"
+    return DASH if _number(value) is None else f"{value:.2f}×"
 
 
 def _points(value: Any) -> str:
-    return "—" if value is None else f"{value:+.2f}"
+    return DASH if _number(value) is None else f"{value:+.2f}"
 
 
 def _ms(value: Any) -> str:
-    return "—" if value is None else f"{value:.3f}"
+    return DASH if _number(value) is None else f"{value:.3f}"
+
+
+def _fraction(value: Any) -> str:
+    return DASH if _number(value) is None else f"{value:.3f}"
 
 
 def _gate_status(report: Mapping[str, Any], variant: str) -> str:
@@ -44,49 +72,6 @@ def _gate_status(report: Mapping[str, Any], variant: str) -> str:
     if not checks:
         return "no budget"
     return "pass" if all(c["passed"] for c in checks) else "FAIL"
-
-
-COLUMNS: list[tuple[str, str]] = [
-    ("variant", "Variant"),
-    ("label", "Kind"),
-    ("accuracy", "Accuracy"),
-    ("accuracy_change_points", "Δ acc (pts)"),
-    ("size_bytes", "Size (B)"),
-    ("gzip_bytes", "gzip (B)"),
-    ("gzip_ratio", "gzip ×smaller"),
-    ("param_count", "Params"),
-    ("sparsity", "Sparsity"),
-    ("arena_bytes", "Arena est. (B)"),
-]
-
-
-def _cells(report: Mapping[str, Any], row: Mapping[str, Any], latency: Mapping[str, Any] | None = None) -> list[str]:
-    cells = [
-        row["variant"],
-        row["label"],
-        _accuracy(row),
-        _points(row["accuracy_change_points"]),
-        _int(row["size_bytes"]),
-        _int(row["gzip_bytes"]),
-        _ratio(row["gzip_ratio"]),
-        _int(row["param_count"]),
-        _pct(row["sparsity"]),
-        _int(row["arena_bytes"]),
-    ]
-    if latency is not None:
-        cells.append(_ms(latency.get(row["variant"])))
-    elif "latency_ms" in row:
-        cells.append(_ms(row["latency_ms"]))
-    cells.append(_gate_status(report, row["variant"]))
-    return cells
-
-
-def _headers(report: Mapping[str, Any], with_latency: bool) -> list[str]:
-    return [h for _, h in COLUMNS] + (["Latency (ms)"] if with_latency else []) + ["Gate"]
-
-
-def _has_latency(report: Mapping[str, Any]) -> bool:
-    return any("latency_ms" in r for r in report["variants"])
 
 
 def _target_line(report: Mapping[str, Any]) -> str:
@@ -100,6 +85,48 @@ def _accuracy(row: Mapping[str, Any]) -> str:
     """The accuracy cell; figures not measured on the test split say which split."""
     split = row.get("split", "test")
     return _pct(row["accuracy"]) + ("" if split == "test" else f" ({split})")
+
+
+def _ram(row: Mapping[str, Any]) -> str:
+    """RAM: the arena measured on TFLite Micro, else the estimate, marked "est"."""
+    if row.get("ram_bytes") is None:
+        return DASH
+    return _int(row["ram_bytes"]) + (" est" if row.get("ram_source") == "estimate" else "")
+
+
+def _tflm_short(row: Mapping[str, Any]) -> str:
+    """"yes 98.05%", "no" or "—" (not run on TFLM); the reason is given apart."""
+    tflm = row.get("tflm")
+    if not tflm:
+        return DASH
+    if not tflm["runs"]:
+        return "no"
+    return "yes" + (f" {_pct(tflm['accuracy'])}" if tflm.get("accuracy") is not None else "")
+
+
+def _tflm_reason(row: Mapping[str, Any]) -> str | None:
+    tflm = row.get("tflm")
+    if tflm and not tflm["runs"]:
+        return tflm.get("reason") or "no reason given"
+    return None
+
+
+def _gate_table(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The checks as a grid: one row per gated variant, one column per budget."""
+    budgets = list(dict.fromkeys(c["budget"] for c in report["gates"]))
+    rows: dict[str, dict[str, Any]] = {}
+    for check in report["gates"]:
+        rows.setdefault(check["variant"], {})[check["budget"]] = {"text": check["text"], "passed": check["passed"]}
+    return {"budgets": budgets, "rows": [(variant, [cells.get(b) for b in budgets]) for variant, cells in rows.items()]}
+
+
+def _compression_line(row: Mapping[str, Any]) -> str | None:
+    """"22,440 B → 12,784 B" for a variant whose weights were LUT-compressed."""
+    compression = row.get("compression") or {}
+    before, after = _number(compression.get("bytes_before")), _number(compression.get("bytes_after"))
+    if before is None or after is None:
+        return None
+    return f"{_int(before)} B → {_int(after)} B"
 
 
 def _no_gates_line(report: Mapping[str, Any]) -> str:
@@ -117,220 +144,246 @@ def _verdict(report: Mapping[str, Any]) -> str:
     return "no gate failed (see the warnings)" if report.get("warnings") else "all gates passed"
 
 
-def _failed(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return [c for c in report["gates"] if not c["passed"]]
+def _has_latency(report: Mapping[str, Any]) -> bool:
+    return any("latency_ms" in r for r in report["variants"])
 
 
-# -- Markdown -----------------------------------------------------------------------------
+def _has_tflm(report: Mapping[str, Any]) -> bool:
+    return any(r.get("tflm") for r in report["variants"])
 
 
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|")
+NOTES = (
+    "Flash: the model's bytes as stored on the device (the .tflite file; for a Keras model, its weight files); "
+    "gzip (level 9, mtime 0) is only a measure of how compressible they are. "
+    "RAM: the tensor arena TensorFlow Lite Micro measured when the variant ran there; \"est\" marks the "
+    "estimate (peak of live activation tensors; ignores alignment, scratch buffers and the runtime's "
+    "bookkeeping, so a real arena is larger). "
+    "Sparsity: zero weights in conv/dense kernels."
+)
+LATENCY_NOTE = ("Latency: median of N single-sample (batch 1) inferences on the build machine's CPU "
+                "(LiteRT for .tflite, TensorFlow for Keras); not a microcontroller timing.")
+
+
+# -- the summary table (Markdown, HTML, terminal) ---------------------------------------
+
+
+def summary_columns(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key, header) of the summary table's columns: what a device decision
+    needs first (flash, RAM, TFLM, accuracy, gate), so a narrow window that
+    scrolls the table still shows them; comparisons and model facts after."""
+    columns = [("variant", "Variant"), ("label", "Kind"), ("flash", "Flash (B)"), ("ram", "RAM (B)")]
+    if _has_tflm(report):
+        columns.append(("tflm", "On TFLM"))
+    columns += [("accuracy", "Accuracy"), ("gate", "Gate"), ("change", "Δ acc (pts)"), ("gzip", "gzip (B)"),
+                ("gzip_ratio", "gzip ×smaller"), ("macro_f1", "Macro-F1"), ("params", "Params"),
+                ("sparsity", "Sparsity")]
+    if any(r.get("macs") is not None for r in report["variants"]):
+        columns.append(("macs", "MACs"))
+    if _has_latency(report):  # written into the files only with the report's latency = true
+        columns.append(("latency", "Latency (ms)"))
+    return columns
+
+
+#: report.md's compact table, in reading order
+MARKDOWN_COLUMNS = ["variant", "label", "accuracy", "change", "flash", "gzip", "gzip_ratio", "ram", "tflm",
+                    "latency", "gate"]
+
+
+def summary_cells(report: Mapping[str, Any], row: Mapping[str, Any],
+                  latency: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Every summary cell of one variant, formatted."""
+    measured = latency.get(row["variant"]) if latency is not None else row.get("latency_ms")
+    return {
+        "variant": row["variant"],
+        "label": row["label"],
+        "accuracy": _accuracy(row),
+        "change": _points(row["accuracy_change_points"]),
+        "flash": _int(row["size_bytes"]),
+        "gzip": _int(row["gzip_bytes"]),
+        "gzip_ratio": _ratio(row["gzip_ratio"]),
+        "ram": _ram(row),
+        "tflm": _tflm_short(row),
+        "macro_f1": _fraction(row.get("macro_f1")),
+        "params": _int(row["param_count"]),
+        "sparsity": _pct(row["sparsity"]),
+        "macs": _int(row.get("macs")),
+        "latency": _ms(measured),
+        "gate": _gate_status(report, row["variant"]),
+    }
+
+
+# -- files --------------------------------------------------------------------------------
+
+
+def template_files(params: Any = None) -> dict[str, Path]:
+    """The templates the step reads: their content enters its cache key
+    (``StepType.input_files``), so editing one rebuilds the report."""
+    return {f"template {name}": TEMPLATES / name for name in (HTML_TEMPLATE, MD_TEMPLATE)}
+
+
+def _environment(autoescape: bool) -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=autoescape,
+        undefined=jinja2.StrictUndefined,  # a template naming a missing key is a bug, not a blank
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["md"] = lambda text: str(text).replace("|", "\\|")
+    return env
+
+
+def _notes(report: Mapping[str, Any]) -> list[str]:
+    return [NOTES] + ([LATENCY_NOTE] if _has_latency(report) else [])
+
+
+def _page(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What both templates show, formatted."""
+    columns = summary_columns(report)
+    classes = report["variants"][0]["classes"] if report["variants"] else []
+    same_classes = all(r["classes"] == classes for r in report["variants"])
+    return {
+        "title": report["title"],
+        "seed": report["seed"],
+        "target_line": _target_line(report),
+        "baseline": report["baseline"],
+        "verdict": _verdict(report),
+        "passed": report["passed"],
+        "columns": columns,
+        "rows": [summary_cells(report, row) for row in report["variants"]],
+        "gates": [{"variant": c["variant"], "text": c["text"], "passed": c["passed"]} for c in report["gates"]],
+        "gate_table": _gate_table(report),
+        "no_gates": _no_gates_line(report),
+        "warnings": list(report.get("warnings") or []),
+        "tflm_reasons": [(r["variant"], _tflm_reason(r)) for r in report["variants"] if _tflm_reason(r)],
+        "compressed": [(r["variant"], line) for r in report["variants"] if (line := _compression_line(r))],
+        "f1_classes": classes if same_classes else [],
+        "f1_rows": [(r["variant"], [_fraction(f) for f in r["per_class_f1"]]) for r in report["variants"]],
+        "notes": _notes(report),
+    }
 
 
 def markdown(report: Mapping[str, Any]) -> str:
-    with_latency = _has_latency(report)
-    headers = _headers(report, with_latency)
-    lines = [
-        f"# {_md_escape(report['title'])}",
-        "",
-        f"Seed {report['seed']} · target: {_target_line(report)} · baseline: `{report['baseline']}`",
-        "",
-        "| " + " | ".join(headers) + " |",
-        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(headers) - 1)) + "|---|",
-    ]
+    page = _page(report)
+    # the Markdown table is the compact one: the HTML and report.json hold the rest
+    headers = dict(page["columns"])
+    page["columns"] = [(key, headers[key]) for key in MARKDOWN_COLUMNS if key in headers]
+    return _environment(autoescape=False).get_template(MD_TEMPLATE).render(**page)
+
+
+# -- HTML ---------------------------------------------------------------------------------
+
+
+def _heat(count: int, row_total: int, diagonal: bool) -> tuple[str, str]:
+    """(background, text colour) of a confusion-matrix cell: blue for correct
+    predictions, vermilion for errors (Okabe-Ito), stronger with the share of
+    the true class's samples; errors on a square-root scale so that a few
+    stand out."""
+    share = count / row_total if row_total else 0.0
+    if count == 0:
+        return "transparent", "#999"
+    alpha = share if diagonal else min(1.0, math.sqrt(share))
+    alpha = max(alpha, 0.08)
+    rgb = "0,114,178" if diagonal else "213,94,0"
+    return f"rgba({rgb},{alpha:.3f})", ("#fff" if alpha > 0.55 else "#222")
+
+
+def confusion_view(classes: Sequence[str], matrix: Sequence[Sequence[int]]) -> dict[str, Any]:
+    rows = []
+    for i, counts in enumerate(matrix):
+        total = sum(counts)
+        cells = []
+        for j, count in enumerate(counts):
+            background, colour = _heat(count, total, i == j)
+            share = f"{count / total * 100:.1f}%" if total else DASH
+            cells.append({"count": count, "style": f"background:{background};color:{colour}",
+                          "title": f"true {classes[i]}, predicted {classes[j]}: {count} ({share} of {classes[i]})"})
+        rows.append({"name": classes[i], "cells": cells, "total": total})
+    return {"classes": list(classes), "rows": rows, "vertical": any(len(c) > 3 for c in classes)}
+
+
+def per_class_view(per_class: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    return [{"class": c["class"], "precision": _fraction(c["precision"]), "recall": _fraction(c["recall"]),
+             "f1": _fraction(c["f1"]), "support": _int(c["support"]),
+             "ovr": _pct(c["one_vs_rest_accuracy"])} for c in per_class]
+
+
+def _card_groups(report: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
+    """Cards in rows: each ``side_by_side`` group on its own, then the other
+    variants in the recipe's order."""
+    cards = {card["variant"]: card for card in _variant_cards(report)}
+    groups = [[cards[n] for n in group if n in cards] for group in report.get("side_by_side") or []]
+    grouped = {n for group in report.get("side_by_side") or [] for n in group}
+    rest = [card for name, card in cards.items() if name not in grouped]
+    return [g for g in groups if g] + ([rest] if rest else [])
+
+
+def _variant_cards(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One card per evaluated variant with a confusion matrix: the matrix, the
+    per-class table and, when TFLite Micro ran it and predicted differently,
+    TFLM's matrix beside it."""
+    cards = []
     for row in report["variants"]:
-        lines.append("| " + " | ".join(_md_escape(c) for c in _cells(report, row)) + " |")
-    lines += ["", "## Gates", ""]
-    if not report["gates"]:
-        lines.append(_md_escape(_no_gates_line(report)))
-    for check in report["gates"]:
-        mark = "pass" if check["passed"] else "**FAIL**"
-        lines.append(f"- `{check['variant']}`: {_md_escape(check['text'])} — {mark}")
-    if report.get("warnings"):
-        lines += ["", "**Warnings**", ""] + [f"- {_md_escape(w)}" for w in report["warnings"]]
-    lines += ["", f"Result: {_verdict(report)}", ""]
-
-    classes = report["variants"][0]["classes"] if report["variants"] else []
-    if classes:
-        lines += ["## F1 per class", "", "| Variant | " + " | ".join(_md_escape(c) for c in classes) + " |",
-                  "|---|" + "---:|" * len(classes)]
-        for row in report["variants"]:
-            lines.append(f"| {_md_escape(row['variant'])} | " + " | ".join(f"{f:.3f}" for f in row["per_class_f1"]) + " |")
-        lines.append("")
-    lines += [
-        "Sizes: the .tflite file, or a Keras model's weight files. gzip: level 9, mtime 0. "
-        "Arena: peak of live activation tensors (ignores alignment and scratch buffers). "
-        "Kernel sparsity: zero weights in conv/dense kernels.",
-        "",
-    ]
-    return "\n".join(lines)
+        if row.get("confusion_matrix") is None:
+            continue
+        tflm = row.get("tflm") or {}
+        tflm_matrix = tflm.get("confusion_matrix") if tflm.get("runs") else None
+        cards.append({
+            "variant": row["variant"],
+            "label": row["label"],
+            "accuracy": _accuracy(row),
+            "runtime": "LiteRT" if row.get("model_kind") == "tflite" else "Keras",
+            "matrix": confusion_view(row["classes"], row["confusion_matrix"]),
+            "per_class": per_class_view(row.get("per_class") or []),
+            "tflm_matrix": (confusion_view(row["classes"], tflm_matrix)
+                            if tflm_matrix is not None and tflm_matrix != row["confusion_matrix"] else None),
+            "tflm_line": _tflm_line(row),
+        })
+    return cards
 
 
-# -- HTML + SVG ---------------------------------------------------------------------------
-
-_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
-
-
-def _log_ticks(low: float, high: float) -> list[float]:
-    """1-2-5 ticks between ``low`` and ``high``; every integer mantissa when
-    that gives fewer than three (a range inside one decade)."""
-    def ticks(mantissas: Sequence[int]) -> list[float]:
-        out = []
-        for exponent in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
-            out += [m * 10.0 ** exponent for m in mantissas if low <= m * 10.0 ** exponent <= high]
-        return out
-
-    coarse = ticks((1, 2, 5))
-    return coarse if len(coarse) >= 3 else ticks(range(1, 10))
+def _tflm_line(row: Mapping[str, Any]) -> str | None:
+    tflm = row.get("tflm")
+    if not tflm:
+        return None
+    if not tflm["runs"]:
+        return f"TFLite Micro cannot run it: {tflm.get('reason') or 'no reason given'}"
+    parts = [f"TFLite Micro: accuracy {_pct(tflm['accuracy'])}" if tflm.get("accuracy") is not None else "TFLite Micro runs it"]
+    if tflm.get("arena_bytes") is not None:
+        parts.append(f"arena {_int(tflm['arena_bytes'])} B")
+    if tflm.get("argmax_agreement") is not None:
+        parts.append(f"same prediction as LiteRT on {_pct(tflm['argmax_agreement'])} of samples")
+    if tflm.get("max_abs_diff_vs_litert") is not None:
+        parts.append(f"max |output − LiteRT| {tflm['max_abs_diff_vs_litert']:.3g}")
+    return ", ".join(parts)
 
 
-def _kib_label(kib: float) -> str:
-    return f"{kib:g} KiB" if kib < 1024 else f"{kib / 1024:g} MiB"
-
-
-def _place_labels(points: Sequence[tuple[float, float, str]], char_width: float = 6.2,
-                  height: float = 12.0) -> list[tuple[float, float]]:
-    """Label positions (x, baseline y) that do not overlap: each label starts
-    beside its point and moves down until it no longer collides with a label
-    already placed (variants of equal size otherwise print over each other)."""
-    placed: list[tuple[float, float, float, float]] = []  # x0, y0, x1, y1 boxes
-    positions: list[tuple[float, float]] = [(0.0, 0.0)] * len(points)
-    for index in sorted(range(len(points)), key=lambda i: (points[i][1], points[i][0])):
-        x, y, text = points[index]
-        lx, ly = x + 8, y + 4
-        width = char_width * len(text)
-        while any(lx < bx1 and lx + width > bx0 and ly - height < by1 and ly > by0 for bx0, by0, bx1, by1 in placed):
-            ly += 2
-        placed.append((lx, ly - height, lx + width, ly))
-        positions[index] = (lx, ly)
-    return positions
-
-
-def scatter_svg(report: Mapping[str, Any], width: int = 780, height: int = 400) -> str:
-    """Size (log scale) against accuracy, one labelled point per variant; the
-    flash and accuracy budgets drawn as dashed lines when they exist."""
-    rows = [r for r in report["variants"] if r["size_bytes"]]
-    left, right, top, bottom = 64, 170, 20, 48  # the legend sits in the right margin
-    plot_w, plot_h = width - left - right, height - top - bottom
-    sizes = [float(r["size_bytes"]) for r in rows] or [1024.0]
-    flash = report["target"].get("flash_kb")
-    min_acc = report["target"].get("min_accuracy")
-    x_values = sizes + ([flash * 1024.0] if flash else [])
-    x_lo, x_hi = math.log10(min(x_values)) - 0.12, math.log10(max(x_values)) + 0.12
-    accuracies = [r["accuracy"] for r in rows] or [0.0]
-    y_values = accuracies + ([min_acc] if min_acc is not None else [])
-    y_lo = max(0.0, min(y_values) - 0.01)
-    y_hi = min(1.0, max(y_values) + 0.005)
-    if y_hi - y_lo < 0.01:
-        y_lo = max(0.0, y_hi - 0.01)
-
-    def sx(size: float) -> float:
-        return left + (math.log10(size) - x_lo) / (x_hi - x_lo) * plot_w
-
-    def sy(acc: float) -> float:
-        return top + (1 - (acc - y_lo) / (y_hi - y_lo)) * plot_h
-
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
-        f'height="{height}" role="img" aria-label="Model size against accuracy" font-family="sans-serif">',
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#999"/>',
-    ]
-    for kib in _log_ticks(10 ** x_lo / 1024, 10 ** x_hi / 1024):
-        x = sx(kib * 1024)
-        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" stroke="#e3e3e3"/>')
-        out.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" font-size="11" text-anchor="middle">{escape(_kib_label(kib))}</text>')
-    step = 10 ** math.floor(math.log10((y_hi - y_lo) / 2)) if y_hi > y_lo else 0.01
-    tick = math.ceil(y_lo / step) * step
-    while tick <= y_hi + 1e-12:
-        y = sy(tick)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#e3e3e3"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{tick * 100:.1f}%</text>')
-        tick += step
-    if flash:
-        x = sx(flash * 1024.0)
-        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" stroke="#d62728" stroke-dasharray="5,4"/>')
-        out.append(f'<text x="{x + 4:.1f}" y="{top + 12}" font-size="11" fill="#d62728">flash_kb {flash:g}</text>')
-    if min_acc is not None:
-        y = sy(min_acc)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#d62728" stroke-dasharray="5,4"/>')
-        out.append(f'<text x="{left + plot_w - 4}" y="{y - 4:.1f}" font-size="11" text-anchor="end" fill="#d62728">min_accuracy {min_acc:g}</text>')
-    kinds = sorted({r["label"] for r in rows})
-    anchors = [(sx(float(r["size_bytes"])), sy(r["accuracy"]), r["variant"]) for r in rows]
-    for row, (x, y, name), (lx, ly) in zip(rows, anchors, _place_labels(anchors)):
-        color = _PALETTE[kinds.index(row["label"]) % len(_PALETTE)]
-        tip = f"{row['variant']} ({row['label']}): {row['size_bytes']:,} B, accuracy {row['accuracy'] * 100:.2f}%"
-        out.append(f'<g><title>{escape(tip)}</title><circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{color}" fill-opacity="0.85"/></g>')
-        if ly - 4 - y > 6:  # moved away from its point: a leader line shows whose label it is
-            out.append(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{lx - 1:.1f}" y2="{ly - 4:.1f}" stroke="#aaa" stroke-width="0.8"/>')
-        out.append(f'<text x="{lx:.1f}" y="{ly:.1f}" font-size="11">{escape(name)}</text>')
-    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 8}" font-size="12" text-anchor="middle">model size (log scale)</text>')
-    out.append(f'<text transform="translate(14 {top + plot_h / 2:.1f}) rotate(-90)" font-size="12" text-anchor="middle">accuracy</text>')
-    for i, kind in enumerate(kinds):  # legend, right of the plot
-        color = _PALETTE[i % len(_PALETTE)]
-        ly = top + 10 + 16 * i
-        out.append(f'<circle cx="{left + plot_w + 16}" cy="{ly}" r="4" fill="{color}"/>')
-        out.append(f'<text x="{left + plot_w + 26}" y="{ly + 4}" font-size="11">{escape(kind)}</text>')
-    out.append("</svg>")
-    return "\n".join(out)
-
-
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem; color: #222; }
-table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; }
-th { background: #f0f0f0; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.pass { color: #2a7a2a; } .FAIL { color: #c62828; font-weight: bold; }
-p.note { color: #555; font-size: 0.85rem; max-width: 52rem; }
-.warn { color: #a15c00; } p.warn { font-weight: bold; }
-""".strip()
+def _chart_points(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    points = []
+    for index, row in enumerate(report["variants"]):
+        tflm = row.get("tflm") or {}
+        accuracy = tflm.get("accuracy") if tflm.get("runs") and tflm.get("accuracy") is not None else row["accuracy"]
+        points.append({"index": index, "variant": row["variant"], "label": row["label"],
+                       "flash": row["size_bytes"], "ram": row.get("ram_bytes"),
+                       "ram_measured": row.get("ram_source") == "tflm", "accuracy": _number(accuracy)})
+    return points
 
 
 def html(report: Mapping[str, Any]) -> str:
-    with_latency = _has_latency(report)
-    headers = _headers(report, with_latency)
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = []
-    for row in report["variants"]:
-        cells = _cells(report, row)
-        tds = []
-        for i, cell in enumerate(cells):
-            css = "num" if 2 <= i < len(cells) - 1 else ""
-            if i == len(cells) - 1:
-                css = "pass" if cell == "pass" else ("FAIL" if cell == "FAIL" else "")
-            tds.append(f'<td class="{css}">{escape(cell)}</td>' if css else f"<td>{escape(cell)}</td>")
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    gates = "".join(
-        f'<li><code>{escape(c["variant"])}</code>: {escape(c["text"])} — '
-        f'<span class="{"pass" if c["passed"] else "FAIL"}">{"pass" if c["passed"] else "FAIL"}</span></li>'
-        for c in report["gates"]
-    ) or f"<li>{escape(_no_gates_line(report))}</li>"
-    warnings = "".join(f"<li>{escape(w)}</li>" for w in report.get("warnings") or [])
-    verdict = _verdict(report)
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        f"<title>{escape(report['title'])}</title>",
-        f"<style>\n{_CSS}\n</style>",
-        "</head>",
-        "<body>",
-        f"<h1>{escape(report['title'])}</h1>",
-        f"<p>Seed {report['seed']} · target: {escape(_target_line(report))} · baseline: "
-        f"<code>{escape(str(report['baseline']))}</code> · <strong>{verdict}</strong></p>",
-        scatter_svg(report),
-        f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>",
-        f"<h2>Gates</h2>\n<ul>{gates}</ul>",
-        *([f'<p class="warn">Warnings</p>\n<ul class="warn">{warnings}</ul>'] if warnings else []),
-        '<p class="note">Sizes: the .tflite file, or a Keras model\'s weight files. gzip: level 9, '
-        "mtime 0. Arena: peak of live activation tensors in execution order (ignores alignment, "
-        "scratch buffers and runtime bookkeeping). Sparsity: zero weights in conv/dense kernels.</p>",
-        "</body>",
-        "</html>",
-        "",
-    ])
+    from tinybuild_plugins.report import plots
+
+    page = _page(report)
+    page["chart"] = plots.size_accuracy_svg(_chart_points(report), report["target"])
+    page["card_groups"] = _card_groups(report)
+    page["grouped"] = bool(report.get("side_by_side"))
+    page["curves"] = [(row["variant"], svg) for row in report["variants"]
+                      if row.get("history") and (svg := plots.history_svg(row["variant"], row["history"]))]
+    page["budgets"] = {k: f"{report['target'][k]:g}" for k in ("flash_kb", "ram_kb", "min_accuracy")
+                       if _number(report["target"].get(k)) is not None}
+    return _environment(autoescape=True).get_template(HTML_TEMPLATE).render(**page)
 
 
 # -- plain text: the lab log and the terminal table ---------------------------------------
@@ -364,8 +417,10 @@ def lab_log(report: Mapping[str, Any]) -> str:
         )
         if row.get("arena_bytes") is not None:
             lines.append(f"    tensor arena estimate: {_int(row['arena_bytes'])} B")
+        if _tflm_line(row):
+            lines.append(f"    {_tflm_line(row)}")
         if "latency_ms" in row:
-            lines.append(f"    latency: {_ms(row['latency_ms'])} ms (median, batch 1; machine-dependent)")
+            lines.append(f"    latency: {_ms(row['latency_ms'])} ms (median, batch 1, host CPU; not a microcontroller timing)")
         lines.append(f"    gate: {_gate_status(report, row['variant'])}")
         lines.append("")
     lines.append("gates:")
@@ -388,23 +443,97 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-def text_table(report: Mapping[str, Any], latency: Mapping[str, Any] | None = None) -> str:
-    """The comparison table as plain text (rich, ASCII box, no colour), for the
-    build log lines the core shows in the terminal."""
+#: the terminal's columns, most important first: the first five always stay;
+#: the others are dropped, last first, until the table fits
+TERMINAL_COLUMNS = ["variant", "flash", "ram", "accuracy", "gate",
+                    "latency", "tflm", "label", "change", "gzip", "params", "sparsity"]
+TERMINAL_HEADERS = {"variant": "Variant", "flash": "Flash B", "ram": "RAM B", "accuracy": "Accuracy",
+                    "gate": "Gate", "latency": "Lat. ms", "tflm": "TFLM", "label": "Kind", "change": "Δ pts",
+                    "gzip": "gzip B", "params": "Params", "sparsity": "Sparsity"}
+
+
+def terminal_width(default: int = 80) -> int:
+    """Columns of the terminal the build runs in: ``$COLUMNS``, else the size of
+    whichever standard stream is still a terminal, else ``default`` (80, which
+    every terminal has). A step runs with descriptors 1 and 2 pointing at its
+    log file, so without ``$COLUMNS`` this is usually the default: the compact
+    table, which is readable everywhere."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+        if columns > 0:
+            return columns
+    except ValueError:
+        pass
+    for stream in ("__stderr__", "__stdout__"):
+        handle = getattr(sys, stream, None)
+        try:
+            return os.get_terminal_size(handle.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            continue
+    return default
+
+
+def _rich_table(report: Mapping[str, Any], keys: Sequence[str], cells: Sequence[Mapping[str, str]],
+                titled: bool = True) -> Any:
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
-    measured = dict(latency or {}) if latency and any(v is not None for v in latency.values()) else None
-    headers = _headers(report, measured is not None or _has_latency(report))
-    table = Table(box=box.ASCII2, title=report["title"], title_justify="left")
-    for i, header in enumerate(headers):
-        table.add_column(header, justify="right" if 2 <= i < len(headers) - 1 else "left")
-    for row in report["variants"]:
-        table.add_row(*_cells(report, row, measured))
+    table = Table(box=box.ASCII2, title=report["title"] if titled else None, title_justify="left")
+    numeric = {"flash", "ram", "accuracy", "latency", "change", "gzip", "params", "sparsity"}
+    for key in keys:
+        table.add_column(TERMINAL_HEADERS[key], justify="right" if key in numeric else "left",
+                         no_wrap=True, overflow="ellipsis")
+    for row in cells:
+        table.add_row(*(row[key] for key in keys))
+    return table
+
+
+def _print(renderable: Any, width: int) -> list[str]:
+    from rich.console import Console
+
     buffer = io.StringIO()
-    Console(file=buffer, width=200, color_system=None, force_terminal=False, legacy_windows=False).print(table)
-    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
+    Console(file=buffer, width=width, color_system=None, force_terminal=False, legacy_windows=False,
+            highlight=False).print(renderable)
+    return [line.rstrip() for line in buffer.getvalue().splitlines()]
 
 
-__all__ = ["html", "lab_log", "markdown", "scatter_svg", "text_table"]
+def text_table(report: Mapping[str, Any], latency: Mapping[str, Any] | None = None, width: int = 80) -> str:
+    """The comparison table as plain text for a terminal ``width`` columns wide:
+    one line per variant, never wrapped. Columns are dropped, least important
+    first, until it fits (the files have every figure); notes below the table
+    say what "est" means and why a variant does not run on TFLite Micro."""
+    measured = dict(latency) if latency and any(v is not None for v in latency.values()) else None
+    cells = [summary_cells(report, row, measured) for row in report["variants"]]
+    available = [k for k in TERMINAL_COLUMNS
+                 if not (k == "latency" and measured is None and not _has_latency(report))
+                 and not (k == "tflm" and not _has_tflm(report))]
+    keys = list(available)
+    # measured without the title: a long title wraps, a row must not
+    while len(keys) > 5 and max(len(line) for line in _print(_rich_table(report, keys, cells, False), 10_000)) > width:
+        keys.pop()
+    lines = _print(_rich_table(report, keys, cells), width)
+    notes = []
+    if any(r.get("ram_source") == "estimate" for r in report["variants"]):
+        notes.append("RAM: \"est\" = estimate (no TFLite Micro measurement)")
+    if "latency" in keys:
+        notes.append("Lat. ms: median batch-1 latency on the host CPU, not a microcontroller timing")
+    notes += [f"{variant}: not on TFLite Micro: {reason}" for variant, reason in
+              ((r["variant"], _tflm_reason(r)) for r in report["variants"]) if reason]
+    if len(keys) < len(available):
+        notes.append("more columns in report.md / report.html")
+    for note in notes:
+        lines += textwrap.wrap(note, width=max(width, 20), subsequent_indent="  ")
+    return "\n".join(lines)
+
+
+def write_files(out_dir: Path, report: Mapping[str, Any]) -> None:
+    """report.json, report.md, report.html and build.log into ``out_dir``."""
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n",
+                                         encoding="utf-8")
+    (out_dir / "report.md").write_text(markdown(report), encoding="utf-8")
+    (out_dir / "report.html").write_text(html(report), encoding="utf-8")
+    (out_dir / "build.log").write_text(lab_log(report), encoding="utf-8")
+
+
+__all__ = ["html", "lab_log", "markdown", "summary_cells", "summary_columns", "template_files",
+           "terminal_width", "text_table", "write_files"]

@@ -1,12 +1,20 @@
 """The ``report`` step type: compare every evaluated variant, and enforce budgets.
 
 Inputs are ``metrics`` artifacts (one per evaluated variant, in the order the
-recipe lists them). Outputs: ``report.md``, ``report.json``, ``report.html``
-(self-contained: inline CSS and an inline SVG chart of size against accuracy,
-no scripts, no external assets) and ``build.log`` (a plain-text lab log).
+recipe lists them). This module gathers the figures (``collect_variants``)
+and checks the budgets (``evaluate_gates``); ``render`` turns the result into
+``report.json`` (every figure, per-class metrics and confusion matrices
+included), ``report.md`` (compact), ``report.html`` (self-contained: inline
+CSS and matplotlib charts as inline SVG, no scripts, no external assets) and
+``build.log`` (a plain-text lab log). Absent data (no TFLM run, no training
+history, no per-class figures) is shown as "—" or left out, never an error.
+
+RAM is the tensor arena TFLite Micro measured when the variant ran there
+(``metrics["tflm"]``), else the estimate, labelled as one.
 
 The terminal table is not printed here: the core owns the terminal's live
-display, so the table goes out line by line through ``ctx.log`` and the
+display, so the table goes out line by line through ``ctx.log`` (a compact
+view that fits the terminal's width; details are in the files) and the
 figures come back as the step's metrics.
 
 Gates. The recipe's ``[target]`` budgets apply to the *gated* variants:
@@ -74,11 +82,28 @@ class ReportParams(Params):
         description="variant the others are compared with (accuracy change, gzip ratio); "
                     "default: the first input",
     )
+    side_by_side: list[list[str]] = Field(
+        default_factory=list,
+        description="groups of variants whose confusion matrices are shown next to each other, e.g. "
+                    "[[\"train\", \"int8\"]] (an original model and its conversion); the others "
+                    "follow in the recipe's order",
+    )
     latency: bool = Field(
         False,
         description="also write the measured latency into the report files (makes them "
                     "machine-dependent; it is always in the terminal table and step metrics)",
     )
+
+    @field_validator("side_by_side")
+    @classmethod
+    def _groups(cls, value: list[list[str]]) -> list[list[str]]:
+        names = [name for group in value for name in group]
+        dupes = sorted({v for v in names if names.count(v) > 1})
+        if dupes:
+            raise ValueError(f"variants listed twice: {', '.join(dupes)}")
+        if any(not group for group in value):
+            raise ValueError("a group must name at least one variant")
+        return value
 
     @field_validator("gate")
     @classmethod
@@ -116,6 +141,94 @@ def _load(artifact: Artifact) -> dict[str, Any]:
     return data
 
 
+def _finite(value: Any) -> float | None:
+    """A number that can be shown, or None (absent, not a number, NaN or infinite)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _square_counts(matrix: Any, size: int) -> list[list[int]] | None:
+    """A confusion matrix as ``size`` rows of ``size`` non-negative ints, or None
+    when it is missing or malformed (the report shows "—" rather than failing)."""
+    if not isinstance(matrix, list) or len(matrix) != size or size == 0:
+        return None
+    if not all(isinstance(r, list) and len(r) == size and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                and v >= 0 for v in r) for r in matrix):
+        return None
+    return [list(r) for r in matrix]
+
+
+def one_vs_rest_accuracy(matrix: Sequence[Sequence[int]], index: int) -> float | None:
+    """(TP + TN) / N for one class against all others: how often the model is
+    right about "is it this class or not"."""
+    total = sum(sum(r) for r in matrix)
+    if not total:
+        return None
+    false_negative = sum(matrix[index]) - matrix[index][index]
+    false_positive = sum(r[index] for r in matrix) - matrix[index][index]
+    return (total - false_negative - false_positive) / total
+
+
+def per_class_rows(per_class: Any, matrix: list[list[int]] | None) -> list[dict[str, Any]]:
+    """Precision, recall, F1, support and one-vs-rest accuracy per class. The
+    one-vs-rest figure is taken from the metrics when ``evaluate`` wrote it, else
+    computed from the confusion matrix (same definition)."""
+    rows = []
+    for index, entry in enumerate(per_class if isinstance(per_class, list) else []):
+        if not isinstance(entry, Mapping):
+            continue
+        given = next((entry[k] for k in ("one_vs_rest_accuracy", "ovr_accuracy", "accuracy") if k in entry), None)
+        ovr = _finite(given)
+        if ovr is None and matrix is not None and index < len(matrix):
+            ovr = one_vs_rest_accuracy(matrix, index)
+        support = entry.get("support")
+        rows.append({
+            "class": str(entry.get("class", index)),
+            "precision": _finite(entry.get("precision")),
+            "recall": _finite(entry.get("recall")),
+            "f1": _finite(entry.get("f1")),
+            "support": support if isinstance(support, int) and not isinstance(support, bool) else None,
+            "one_vs_rest_accuracy": ovr,
+        })
+    return rows
+
+
+def training_history(metrics: Mapping[str, Any]) -> dict[str, list[float]] | None:
+    """Per-epoch curves a training step stored (``history = {"loss": [...], ...}``),
+    as passed on by ``evaluate`` under ``upstream``. A list under that name is
+    something else (the optimizations a model went through) and is ignored."""
+    for source in (metrics.get("upstream") or {}, metrics):
+        history = source.get("history") if isinstance(source, Mapping) else None
+        if isinstance(history, Mapping):
+            curves = {str(k): [float(v) for v in values] for k, values in sorted(history.items())
+                      if isinstance(values, list) and values and all(_finite(v) is not None for v in values)}
+            if curves:
+                return curves
+    return None
+
+
+def tflm_facts(metrics: Mapping[str, Any], classes: int) -> dict[str, Any] | None:
+    """What a TFLite Micro run found (``metrics["tflm"]``), keys missing as None."""
+    tflm = metrics.get("tflm")
+    if not isinstance(tflm, Mapping):
+        return None
+    matrix = _square_counts(tflm.get("confusion_matrix"), classes)
+    return {
+        "runs": bool(tflm.get("runs")),
+        "reason": str(tflm["reason"]) if tflm.get("reason") else None,
+        "arena_bytes": tflm.get("arena_bytes") if isinstance(tflm.get("arena_bytes"), int) else None,
+        "arena_min_bytes": tflm.get("arena_min_bytes") if isinstance(tflm.get("arena_min_bytes"), int) else None,
+        "accuracy": _finite(tflm.get("accuracy")),
+        "correct": tflm.get("correct"),
+        "samples": tflm.get("samples"),
+        "per_class": per_class_rows(tflm.get("per_class"), matrix),
+        "confusion_matrix": matrix,
+        "max_abs_diff_vs_litert": _finite(tflm.get("max_abs_diff_vs_litert")),
+        "argmax_agreement": _finite(tflm.get("argmax_agreement")),
+    }
+
+
 def collect_variants(inputs: Sequence[Artifact], baseline: str | None, with_latency: bool) -> list[dict[str, Any]]:
     """One row per input, with comparisons against the baseline variant."""
     loaded = [(artifact, _load(artifact)) for artifact in inputs]
@@ -126,6 +239,14 @@ def collect_variants(inputs: Sequence[Artifact], baseline: str | None, with_late
     rows = []
     for artifact, m in loaded:
         arena = (m.get("arena") or {}).get("peak_bytes")
+        per_class = m.get("per_class") if isinstance(m.get("per_class"), list) else []
+        names_given = m.get("class_names")
+        class_names = ([str(c) for c in names_given] if isinstance(names_given, list) and len(names_given) == len(per_class)
+                       else [str(c.get("class", i)) if isinstance(c, Mapping) else str(i) for i, c in enumerate(per_class)])
+        matrix = _square_counts(m.get("confusion_matrix"), len(class_names))
+        tflm = tflm_facts(m, len(class_names))
+        measured_arena = tflm["arena_bytes"] if tflm and tflm["runs"] else None
+        compression = m.get("compression") if isinstance(m.get("compression"), Mapping) else None
         row = {
             "variant": m["variant"],
             "evaluated_by": artifact.step,
@@ -136,17 +257,26 @@ def collect_variants(inputs: Sequence[Artifact], baseline: str | None, with_late
             "correct": m.get("correct"),
             "samples": m.get("samples"),
             "macro_f1": m.get("macro_f1"),
-            "per_class_f1": [round(c["f1"], 6) for c in m.get("per_class", [])],
-            "classes": [c["class"] for c in m.get("per_class", [])],
+            "per_class_f1": [None if c["f1"] is None else round(c["f1"], 6) for c in per_class_rows(per_class, matrix)],
+            "classes": class_names,
+            "per_class": per_class_rows(per_class, matrix),
+            "confusion_matrix": matrix,
             "size_bytes": m["size_bytes"],
             "gzip_bytes": m.get("gzip_bytes"),
             "param_count": m.get("param_count"),
             "sparsity": m.get("sparsity"),
+            "macs": m.get("macs") if isinstance(m.get("macs"), int) else None,
             "arena_bytes": arena,
+            "ram_bytes": measured_arena if measured_arena is not None else arena,
+            "ram_source": "tflm" if measured_arena is not None else ("estimate" if arena is not None else None),
+            "tflm": tflm,
+            "compression": {k: v for k, v in sorted(compression.items()) if isinstance(v, (int, float, str, bool))}
+                           if compression else None,
+            "history": training_history(m),
             "accuracy_change_points": round((m["accuracy"] - base["accuracy"]) * 100, 4),
             "gzip_ratio": (round(base["gzip_bytes"] / m["gzip_bytes"], 4)
                            if m.get("gzip_bytes") and base.get("gzip_bytes") else None),
-            "upstream": m.get("upstream") or {},
+            "upstream": {k: v for k, v in (m.get("upstream") or {}).items() if k != "history" or isinstance(v, list)},
         }
         if with_latency:
             row["latency_ms"] = artifact.metrics.get("latency_ms")
@@ -238,12 +368,23 @@ def gate_warnings(rows: Sequence[Mapping[str, Any]], gated: Sequence[str], gate:
 # -- the step -----------------------------------------------------------------------------
 
 
+def evaluate_gates(rows: Sequence[Mapping[str, Any]], gate: list[str] | None,
+                   target: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+    """(gated variants, every check, warnings): the gate logic in one call, kept
+    apart from rendering so it can change (or move) without touching the rest."""
+    gated = gated_variants(rows, gate)
+    checks = check_gates(rows, gated, target)
+    return gated, checks, gate_warnings(rows, gated, gate, target, checks)
+
+
 def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str, Any]:
     rows = collect_variants(inputs, params.baseline, params.latency)
-    gated = gated_variants(rows, params.gate)
+    unknown = [n for group in params.side_by_side for n in group if n not in {r["variant"] for r in rows}]
+    if unknown:
+        raise StepError(f"report side_by_side names unknown variants: {', '.join(unknown)}; "
+                        f"evaluated variants: {', '.join(r['variant'] for r in rows)}")
     target = {k: v for k, v in dict(ctx.target or {}).items() if v is not None}
-    checks = check_gates(rows, gated, target)
-    warnings = gate_warnings(rows, gated, params.gate, target, checks)
+    gated, checks, warnings = evaluate_gates(rows, params.gate, target)
     failures = [c for c in checks if not c["passed"]]
     title = params.title or ctx.recipe_name or "tinybuild report"
     report = {
@@ -256,17 +397,16 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str,
         "gates_off": params.gate == [],
         "warnings": warnings,
         "passed": not failures,
+        "side_by_side": params.side_by_side,
         "variants": rows,
     }
-    (ctx.out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    (ctx.out_dir / "report.md").write_text(render.markdown(report), encoding="utf-8")
-    (ctx.out_dir / "report.html").write_text(render.html(report), encoding="utf-8")
-    (ctx.out_dir / "build.log").write_text(render.lab_log(report), encoding="utf-8")
+    render.write_files(ctx.out_dir, report)
+    # -- further report files, one clearly separated call each (e.g. the audio pipeline's shrinklog.txt) --
 
     latencies = {a.metrics.get("variant", a.step): a.metrics.get("latency_ms") for a in inputs}
-    table = render.text_table(report, latencies)
-    for line in table.splitlines():
-        ctx.log(line)
+    # one multi-line message: the console shows it as a block indented by 4 columns
+    table = render.text_table(report, latencies, width=render.terminal_width() - 4)
+    ctx.log(table)
     for warning in warnings:
         ctx.log(f"warning: {warning}")
     if failures:
@@ -295,11 +435,13 @@ def tinybuild_step_types() -> list[StepType]:
             params=ReportParams,
             run=run,
             arity=(1, None),
-            toolchain=("rich",),
+            toolchain=("rich", "jinja2", "matplotlib"),
             description="Compare evaluated variants (report.md/.json/.html, build.log) and enforce "
                         "the [target] budgets (exit code 3)",
-            fingerprint_modules=("tinybuild_plugins.report.render",),
+            fingerprint_modules=("tinybuild_plugins.report.render", "tinybuild_plugins.report.plots"),
+            input_files=render.template_files,  # the templates shape the files: their content is in the key
             uses_target=True,
-            uses_input_metrics=True,  # latency comes from the evaluations' step metrics
+            uses_input_metrics=True,  # latency comes from the evaluations' step metrics (volatile: not keyed)
+            volatile_metrics=("latency_ms",),
         )
     ]

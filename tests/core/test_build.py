@@ -65,6 +65,30 @@ def test_steps_reading_input_metrics_follow_them(ws):
     assert "input metrics changed" in run.err
 
 
+def test_volatile_metrics_stay_out_of_downstream_keys(ws):
+    """toy-convert returns a "convert_ms" that changes on every run, as a
+    measured time does, and declares it volatile: a forced rerun that writes
+    identical files keeps the report (which keys on its inputs' metrics) cached."""
+    first = ws.build()
+    assert built_steps(first) == ALL
+    before = toy_plugin.CONVERT_RUNS[0]
+    run = ws.build("--force", "fp32")
+    assert toy_plugin.CONVERT_RUNS[0] == before + 1  # it really ran and measured a new figure
+    assert built_steps(run) == ["fp32"]
+    # the figure is kept with the artifact: `show` prints the new one
+    shown = ws.run("show", str(ws.recipe), "fp32", "--cache-dir", str(ws.cache))
+    assert f'"convert_ms": {before + 1}' in shown.out, shown.out + shown.err
+
+
+def test_volatile_metrics_are_dropped_from_key_material_only():
+    from tinybuild.keys import stable_metrics
+
+    metrics = {"size": 10, "convert_ms": 3.2}
+    assert stable_metrics(metrics, ("convert_ms",)) == {"size": 10}
+    assert stable_metrics(metrics, ()) == metrics
+    assert metrics == {"size": 10, "convert_ms": 3.2}  # the metrics themselves are untouched
+
+
 def test_plan_reasons_diff_against_the_lock_file(ws):
     assert set(s for s, _ in ws.plan().values()) == {"run"}
     assert ws.plan()["train"][1] == ["new step"]

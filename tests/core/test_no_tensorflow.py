@@ -1,4 +1,5 @@
-"""Planning and cached builds must never import TensorFlow (it costs ~4 s).
+"""Planning and cached builds must never import TensorFlow (it costs ~4 s), nor
+the report's matplotlib and jinja2.
 
 Runs in a fresh interpreter with every installed plugin enabled, built-ins
 included, so a plugin that imports TensorFlow at module top fails here.
@@ -14,7 +15,7 @@ import sys
 
 from toyenv import HERE, TOY_RECIPE
 
-HEAVY = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "ai_edge_litert")
+HEAVY = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "ai_edge_litert", "matplotlib", "jinja2")
 
 SCRIPT = """
 import json, sys

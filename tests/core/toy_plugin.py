@@ -95,9 +95,14 @@ class ConvertParams(Params):
     mode: str = Field("float32", pattern="^(float32|int8)$")
 
 
+CONVERT_RUNS = [0]
+
+
 def run_convert(ctx, inputs, params: ConvertParams):
     (ctx.out_dir / "model.tflite").write_bytes((_read(inputs[0], "model.txt") + params.mode).encode())
-    return {"size": len(_read(inputs[0], "model.txt")) + len(params.mode)}
+    CONVERT_RUNS[0] += 1
+    # "convert_ms" stands for a measured time: it differs on every run (declared volatile)
+    return {"size": len(_read(inputs[0], "model.txt")) + len(params.mode), "convert_ms": CONVERT_RUNS[0]}
 
 
 class ReportParams(Params):
@@ -126,7 +131,7 @@ STEP_TYPES = [
     StepType("toy-train", "1.0", Kind.KERAS_MODEL, run_train, consumes=(Kind.KERAS_MODEL,), params=TrainParams,
              default_input="model", uses_dataset=True, toolchain=("numpy",), uses_names=False),
     StepType("toy-convert", "1.0", Kind.TFLITE, run_convert, consumes=(Kind.KERAS_MODEL,), params=ConvertParams,
-             uses_names=False),
+             uses_names=False, volatile_metrics=("convert_ms",)),
     # toy-report writes its inputs' step names into report.md: it keeps uses_names=True
     StepType("toy-report", "1.0", Kind.REPORT, run_report, consumes=(Kind.TFLITE, Kind.KERAS_MODEL), params=ReportParams, arity=(1, None),
              uses_input_metrics=True),  # its gate reads the inputs' "size" metric

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import tempfile
 import textwrap
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +32,9 @@ FILES = ["build.log", "report.html", "report.json", "report.md"]
 def metrics_artifact(root: Path, variant: str, *, kind: str = "tflite", accuracy: float = 0.98,
                      size: int = 20_000, gzip: int = 15_000, arena: int | None = 8_000,
                      quantize: str | None = "int8", latency: float = 0.5, samples: int = 2000,
-                     split: str = "test") -> object:
-    """A metrics artifact as ``evaluate`` writes it (only the keys report reads are filled)."""
+                     split: str = "test", classes: tuple[str, str] = ("0", "1"), **extra: object) -> object:
+    """A metrics artifact as ``evaluate`` writes it (only the keys report reads are
+    filled); ``extra`` adds keys other steps may write (``tflm``, ``compression``...)."""
     folder = root / f"eval_{variant}"
     folder.mkdir()
     correct = round(accuracy * samples)
@@ -42,9 +46,9 @@ def metrics_artifact(root: Path, variant: str, *, kind: str = "tflite", accuracy
         "correct": correct,
         "samples": samples,
         "macro_f1": accuracy,
-        "per_class": [{"class": "0", "precision": 1.0, "recall": 1.0, "f1": 0.99, "support": 1000},
-                      {"class": "1", "precision": 1.0, "recall": 1.0, "f1": 0.97, "support": 1000}],
-        "confusion_matrix": [[1000, 0], [0, 1000]],
+        "per_class": [{"class": classes[0], "precision": 1.0, "recall": 1.0, "f1": 0.99, "support": 1000},
+                      {"class": classes[1], "precision": 1.0, "recall": 1.0, "f1": 0.97, "support": 1000}],
+        "confusion_matrix": [[990, 10], [30, 970]],
         "param_count": 20_410,
         "sparsity": 0.0,
         "size_bytes": size,
@@ -54,6 +58,7 @@ def metrics_artifact(root: Path, variant: str, *, kind: str = "tflite", accuracy
     }
     if kind == "keras-model":
         data["keras"] = {"optimization": "none", "weight_files": 4}
+    data.update(extra)
     (folder / "metrics.json").write_text(json.dumps(data))
     return artifact_from_dir(f"eval_{variant}", "metrics", folder,
                              metrics={"variant": variant, "latency_ms": latency, "accuracy": accuracy})
@@ -98,20 +103,245 @@ def test_all_report_files_are_written(variants):
     assert "| clustered | tflite int8 | 97.20% | -0.80 | 22,480 | 6,250 | 12.00× |" in md
 
 
-def test_html_is_self_contained_with_an_svg_chart(variants):
-    out, _ = build(variants, target={"flash_kb": 96, "min_accuracy": 0.95})
-    page = (out / "report.html").read_text()
-    assert page.startswith("<!DOCTYPE html>")
-    assert page.count("<svg") == 1 and "</svg>" in page
-    assert page.count("<circle") >= 4  # one point per variant (+ legend)
-    for name in ("train", "fp32", "int8", "clustered"):
-        assert f">{name}</text>" in page
-    assert "flash_kb 96" in page and "min_accuracy 0.95" in page  # budgets drawn on the chart
-    assert "<script" not in page.lower()
-    assert not re.search(r"""(src|href)\s*=""", page, re.I)
-    assert "url(" not in page and "@import" not in page
-    # the only URL is the SVG namespace identifier, which is never fetched
-    assert set(re.findall(r"https?://[^\"' ]+", page)) == {"http://www.w3.org/2000/svg"}
+class Page(HTMLParser):
+    """What a reader sees in report.html: tables (rows of cell texts, by class),
+    the inline SVGs' text, and every visible text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tables: list[tuple[str, list[list[str]]]] = []
+        self.svgs: list[dict[str, object]] = []
+        self.headings: list[str] = []
+        self.texts: list[str] = []
+        self.tags: list[str] = []
+        self._cell: list[str] | None = None
+        self._svg_depth = 0
+        self._heading: list[str] | None = None
+        self._in_style = False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self._in_style = tag == "style"
+        attrs = dict(attrs)
+        if tag == "svg":
+            if self._svg_depth == 0:
+                self.svgs.append({"attrs": attrs, "text": [], "paths": 0})
+            self._svg_depth += 1
+        elif self._svg_depth and tag in ("path", "use"):
+            self.svgs[-1]["paths"] += 1
+        elif tag == "table":
+            self.tables.append((attrs.get("class") or "", []))
+        elif tag == "tr" and self.tables:
+            self.tables[-1][1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag in ("h1", "h2", "h3"):
+            self._heading = []
+
+    def handle_endtag(self, tag):
+        self._in_style = False
+        if tag == "svg":
+            self._svg_depth -= 1
+        elif tag in ("td", "th") and self._cell is not None and self.tables:
+            self.tables[-1][1][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag in ("h1", "h2", "h3") and self._heading is not None:
+            self.headings.append("".join(self._heading).strip())
+            self._heading = None
+
+    def handle_data(self, data):
+        if self._in_style:  # CSS, not text a reader sees
+            return
+        self.texts.append(data)
+        if self._svg_depth:
+            self.svgs[-1]["text"].append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._heading is not None:
+            self._heading.append(data)
+
+    def table(self, css_class: str) -> list[list[str]]:
+        [rows] = [rows for cls, rows in self.tables if cls == css_class]
+        return rows
+
+    def svg_text(self, index: int) -> str:
+        return " ".join(self.svgs[index]["text"])
+
+
+def test_html_shows_summary_chart_budgets_and_confusion_matrices(tmp_path):
+    names = ("dog", "siren")
+    src = tmp_path / "src"
+    src.mkdir()
+    inputs = [
+        metrics_artifact(src, "train", kind="keras-model", size=81_640, arena=None, quantize=None, classes=names),
+        metrics_artifact(src, "int8", size=22_480, arena=9_000, classes=names),
+        metrics_artifact(src, "clustered", accuracy=0.972, size=22_480, arena=9_000, classes=names),
+    ]
+    out, _ = build(inputs, target={"flash_kb": 96, "ram_kb": 16, "min_accuracy": 0.95})
+    text = (out / "report.html").read_text()
+    page = Page(text)
+    assert text.startswith("<!DOCTYPE html>")
+
+    summary = page.table("summary")
+    header = summary[0]
+    for column in ("Variant", "Flash (B)", "RAM (B)", "Accuracy", "Gate"):
+        assert column in header, column
+    rows = {r[0]: dict(zip(header, r)) for r in summary[1:]}
+    assert list(rows) == ["train", "int8", "clustered"]
+    assert rows["int8"]["Flash (B)"] == "22,480" and rows["int8"]["RAM (B)"] == "9,000 est"
+    assert rows["train"]["RAM (B)"] == "—" and rows["int8"]["Gate"] == "pass"
+    assert rows["clustered"]["Accuracy"] == "97.20%"
+
+    # the gates as a grid: a row per gated variant, a column per budget
+    gates = page.table("gates")
+    assert gates[0] == ["Variant", "flash_kb", "ram_kb", "min_accuracy"]
+    assert [r[0] for r in gates[1:]] == ["int8", "clustered"]
+    assert gates[1][1] == "pass size 22,480 B (21.95 KiB) <= flash_kb 96 (98,304 B)"
+    assert gates[2][3] == "pass accuracy 0.9720 >= min_accuracy 0.95"
+
+    # one chart, two panels: flash and RAM against accuracy, every budget drawn and named
+    [chart] = page.svgs
+    assert chart["attrs"]["width"] == "100%" and "viewbox" in chart["attrs"]
+    svg = page.svg_text(0)
+    for label in ("flash_kb 96 KiB", "ram_kb 16 KiB", "min_accuracy 95%", "Flash against accuracy",
+                  "RAM against accuracy"):
+        assert svg.count(label) >= 1, label
+    assert svg.count("min_accuracy 95%") == 2  # drawn in both panels
+    for legend in ("train (keras)", "int8 (tflite int8)", "clustered (tflite int8)"):
+        assert svg.count(legend) == 1, legend  # each variant named once, in the legend
+    assert chart["paths"] >= 3
+
+    # a confusion matrix with class names and a per-class table per variant
+    matrices = [rows for cls, rows in page.tables if cls == "cm"]
+    assert len(matrices) == 3
+    assert matrices[0][0][1:3] == ["dog", "siren"] and matrices[0][1][:3] == ["dog", "990", "10"]
+    per_class = [rows for cls, rows in page.tables if cls == "pc"]
+    assert len(per_class) == 3
+    assert per_class[0][0] == ["Class", "Precision", "Recall", "F1", "Support", "One-vs-rest accuracy"]
+    # one-vs-rest accuracy of "dog": (2000 - 10 - 30) / 2000, from the confusion matrix
+    assert per_class[0][1] == ["dog", "1.000", "1.000", "0.990", "1,000", "98.00%"]
+    assert any(h.startswith("clustered") for h in page.headings)
+
+    visible = " ".join(page.texts)
+    assert not re.search(r"\bnan\b|\bNone\b|\binf\b", visible, re.I)
+    # self-contained: no script, no external resource; the only URLs are XML namespace names
+    assert "script" not in page.tags
+    references = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", text, re.I)
+    assert references and all(r.startswith("#") for r in references)  # markers reused inside the SVG
+    assert "url(" not in text.replace("url(#", "") and "@import" not in text
+    assert set(re.findall(r"https?://[^\"' ]+", text)) <= {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
+
+
+def test_side_by_side_groups_come_first_one_per_row(variants):
+    out, _ = build(variants, {"side_by_side": [["train", "int8"], ["clustered"]]})
+    text = (out / "report.html").read_text()
+    rows = re.findall(r'<div class="cards">(.*?)</div>\s*(?=<div class="cards">|\n<h2>|\n</main>)', text, re.S)
+    order = [re.findall(r"<h3>(\w+) ", row) for row in rows]
+    assert order == [["train", "int8"], ["clustered"], ["fp32"]]
+    assert json.loads((out / "report.json").read_text())["side_by_side"] == [["train", "int8"], ["clustered"]]
+    with pytest.raises(StepError, match="side_by_side names unknown variants: int9"):
+        build(variants, {"side_by_side": [["train", "int9"]]})
+    with pytest.raises(ValidationError, match="listed twice: int8"):
+        STEP.params.model_validate({"side_by_side": [["int8"], ["train", "int8"]]})
+
+
+def test_chart_without_ram_figures_has_one_panel(variants):
+    out, _ = build(variants[:1], target={"flash_kb": 96})  # the Keras variant: no arena
+    page = Page((out / "report.html").read_text())
+    svg = page.svg_text(0)
+    assert "flash_kb 96 KiB" in svg and "RAM against accuracy" not in svg
+
+
+def test_every_variant_has_its_own_colour_and_marker():
+    from tinybuild_plugins.report import plots
+
+    styles = [plots.style(i) for i in range(56)]
+    assert len(set(styles)) == 56
+    assert all(a[0] != b[0] and a[1] != b[1] for a, b in zip(styles, styles[1:]))
+
+
+def test_tflm_figures_are_shown_when_present(tmp_path):
+    """A TFLite Micro run replaces the RAM estimate with the measured arena and
+    shows its accuracy; a variant TFLM refuses says why, everywhere."""
+    runs = {"runs": True, "reason": None, "arena_bytes": 11_952, "arena_min_bytes": 11_900, "accuracy": 0.9815,
+            "correct": 1963, "samples": 2000, "per_class": None, "confusion_matrix": [[980, 20], [17, 983]],
+            "max_abs_diff_vs_litert": 0.0, "argmax_agreement": 1.0}
+    fails = {"runs": False, "reason": "DEQUANTIZE of float16 is not supported", "arena_bytes": None,
+             "arena_min_bytes": None, "accuracy": None, "correct": None, "samples": None, "per_class": None,
+             "confusion_matrix": None, "max_abs_diff_vs_litert": None, "argmax_agreement": None}
+    inputs = [metrics_artifact(tmp_path, "int8", arena=10_140, tflm=runs),
+              metrics_artifact(tmp_path, "fp16", arena=122_200, quantize="float16", tflm=fails),
+              metrics_artifact(tmp_path, "lut", size=12_784, arena=10_140,
+                               compression={"bytes_before": 22_440, "bytes_after": 12_784})]
+    logs: list[str] = []
+    out, _ = build(inputs, {"gate": []}, logs=logs)
+    data = json.loads((out / "report.json").read_text())
+    rows = {r["variant"]: r for r in data["variants"]}
+    assert rows["int8"]["ram_bytes"] == 11_952 and rows["int8"]["ram_source"] == "tflm"
+    assert rows["int8"]["arena_bytes"] == 10_140  # the estimate is kept beside the measurement
+    assert rows["fp16"]["ram_source"] == "estimate" and rows["fp16"]["tflm"]["runs"] is False
+    assert rows["lut"]["tflm"] is None and rows["lut"]["compression"]["bytes_after"] == 12_784
+
+    page = Page((out / "report.html").read_text())
+    summary = page.table("summary")
+    cells = {r[0]: dict(zip(summary[0], r)) for r in summary[1:]}
+    assert cells["int8"]["RAM (B)"] == "11,952" and cells["int8"]["On TFLM"] == "yes 98.15%"
+    assert cells["fp16"]["RAM (B)"] == "122,200 est" and cells["fp16"]["On TFLM"] == "no"
+    assert cells["lut"]["On TFLM"] == "—"
+    visible = " ".join(page.texts)
+    assert "DEQUANTIZE of float16 is not supported" in visible
+    assert "22,440 B → 12,784 B" in visible  # LUT compression: flash before and after
+    # TFLM predicted differently from LiteRT: its matrix is shown beside LiteRT's
+    assert len([rows for cls, rows in page.tables if cls == "cm"]) == 4
+    md = (out / "report.md").read_text()
+    assert "| fp16 |" in md and "`fp16` does not run on TFLite Micro: DEQUANTIZE of float16" in md
+    terminal = "\n".join(logs)
+    assert "fp16: not on TFLite Micro: DEQUANTIZE" in terminal and "11,952" in terminal
+
+
+def test_training_curves_are_drawn_where_a_history_is_stored(tmp_path):
+    curves = {"loss": [0.9, 0.5, 0.3], "accuracy": [0.7, 0.85, 0.9], "val_loss": [0.8, 0.6, 0.5],
+              "val_accuracy": [0.72, 0.8, 0.86]}
+    inputs = [metrics_artifact(tmp_path, "train", kind="keras-model", arena=None, quantize=None,
+                               upstream={"epochs_run": 3, "history": curves}),
+              # a list under "history" is a model's optimization history, not curves
+              metrics_artifact(tmp_path, "pruned", kind="keras-model", arena=None, quantize=None,
+                               upstream={"history": ["prune"]})]
+    out, _ = build(inputs)
+    page = Page((out / "report.html").read_text())
+    assert "Training curves" in page.headings
+    assert len(page.svgs) == 2  # size chart + the one history
+    assert "train: loss" in page.svg_text(1) and "train: accuracy" in page.svg_text(1)
+    data = json.loads((out / "report.json").read_text())
+    assert data["variants"][0]["history"]["val_loss"] == [0.8, 0.6, 0.5]
+    assert data["variants"][1]["history"] is None and data["variants"][1]["upstream"]["history"] == ["prune"]
+
+
+def test_absent_per_class_data_is_left_out_not_an_error(tmp_path):
+    bare = metrics_artifact(tmp_path, "int8")
+    data = json.loads(bare.file("metrics.json").read_text())
+    for key in ("per_class", "confusion_matrix"):
+        data.pop(key)
+    bare.file("metrics.json").write_text(json.dumps(data))
+    out, _ = build([bare], target={"flash_kb": 64})
+    page = Page((out / "report.html").read_text())
+    assert not [rows for cls, rows in page.tables if cls == "cm"]
+    assert len(page.svgs) == 1 and "F1 per class" not in (out / "report.md").read_text()
+
+
+def test_figures_that_are_not_numbers_show_as_a_dash(tmp_path):
+    """A metrics.json written by another tool may hold NaN (Python's json reads it):
+    the reader sees "—", never "nan"."""
+    odd = metrics_artifact(tmp_path, "int8", macro_f1=float("nan"), sparsity=float("inf"),
+                           tflm={"runs": True, "accuracy": float("nan"), "arena_bytes": 12_000})
+    out, _ = build([odd])
+    page = Page((out / "report.html").read_text())
+    cells = dict(zip(*page.table("summary")[:2]))
+    assert cells["Macro-F1"] == "—" and cells["Sparsity"] == "—" and cells["On TFLM"] == "yes"
+    visible = " ".join(page.texts)
+    assert not re.search(r"\bnan\b|\binf\b", visible, re.I)
+    assert not re.search(r"\bnan\b", (out / "report.md").read_text(), re.I)
 
 
 def test_json_holds_every_figure_and_the_comparisons(variants):
@@ -138,12 +368,20 @@ def test_build_log_reads_like_a_lab_log(variants):
 
 
 def test_report_files_are_byte_deterministic(variants, tmp_path):
-    first, _ = build(variants, out=tmp_path / "a")
+    target = {"flash_kb": 96, "ram_kb": 64, "min_accuracy": 0.9}
+    first, _ = build(variants, out=tmp_path / "a", target=target)
     # latency is measured per run: different figures must not change the files
     jittered = [artifact_from_dir(a.step, a.kind, a.path, {**a.metrics, "latency_ms": 9.9}) for a in variants]
-    second, _ = build(jittered, out=tmp_path / "b")
+    second, _ = build(jittered, out=tmp_path / "b", target=target)
     for name in FILES:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    # and in a fresh interpreter (matplotlib's SVG ids and glyphs must not depend on the process)
+    script = ("import json, sys; from tinybuild_plugins.report import render; "
+              "sys.stdout.write(render.html(json.load(open(sys.argv[1]))))")
+    fresh = subprocess.run([sys.executable, "-c", script, str(first / "report.json")], capture_output=True,
+                           text=True, check=True).stdout
+    assert fresh == (first / "report.html").read_text()
+    assert "<dc:date>" not in fresh and "Matplotlib v" not in fresh  # no timestamp, no version
 
 
 def test_latency_can_be_written_into_the_files(variants):
@@ -152,11 +390,68 @@ def test_latency_can_be_written_into_the_files(variants):
     assert json.loads((out / "report.json").read_text())["variants"][0]["latency_ms"] == 1.5
 
 
-def test_terminal_table_goes_through_ctx_log(variants):
+def test_terminal_table_goes_through_ctx_log(variants, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")
     logs: list[str] = []
     build(variants, logs=logs)
-    text = "\n".join(logs)
-    assert "clustered" in text and "97.20%" in text and "Latency (ms)" in text
+    [table] = logs  # one multi-line message: the console indents it as a block
+    assert "clustered" in table and "97.20%" in table and "Lat. ms" in table
+    assert max(len(line) for line in table.splitlines()) <= 156
+
+
+def _long_named(tmp_path):
+    src = tmp_path / "long"
+    src.mkdir()
+    return [metrics_artifact(src, name, size=size, arena=arena, kind=kind, quantize=quantize)
+            for name, size, arena, kind, quantize in (
+                ("train", 81_640, None, "keras-model", None), ("fp32", 83_280, 33_000, "tflite", "float32"),
+                ("pruned_clustered_int8_only", 22_480, 9_000, "tflite", "int8-only"),
+                ("qat_int8", 22_496, 9_000, "tflite", "int8"))]
+
+
+@pytest.mark.parametrize("width", [76, 80, 160])
+def test_terminal_table_fits_the_width_one_line_per_variant(tmp_path, width):
+    from tinybuild_plugins.report import render
+
+    out, _ = build(_long_named(tmp_path), {"title": "a report title longer than the narrowest terminal " * 2},
+                   target={"flash_kb": 96})
+    report_dict = json.loads((out / "report.json").read_text())
+    latency = {"train": 1.5, "fp32": 0.5, "pruned_clustered_int8_only": 0.25, "qat_int8": 0.3}
+    lines = render.text_table(report_dict, latency, width=width).splitlines()
+    assert max(len(line) for line in lines) <= width
+    for name in ("train", "fp32", "pruned_clustered_int8_only", "qat_int8"):
+        [row] = [line for line in lines if re.match(rf"\| {name} +\|", line)]  # whole, on one line
+        assert "%" in row and ("pass" in row or "not gated" in row)
+    header = next(line for line in lines if "Variant" in line)
+    for column in ("Flash B", "RAM B", "Accuracy", "Gate"):
+        assert column in header  # the compact view keeps these at any width
+    if width >= 160:
+        assert "Kind" in header and "gzip B" in header and "Lat. ms" in header
+        assert "more columns" not in lines[-1]
+    else:
+        assert "Kind" not in header and "more columns in report.md / report.html" in lines[-1]
+
+
+def test_console_shows_a_table_as_a_block_that_fits_80_columns(tmp_path):
+    """What the user sees: the report's table through the core's console at 80 columns."""
+    import io
+
+    from rich.console import Console
+
+    from tinybuild.console import ConsoleReporter
+    from tinybuild_plugins.report import render
+
+    out, _ = build(_long_named(tmp_path), target={"flash_kb": 96})
+    table = render.text_table(json.loads((out / "report.json").read_text()), None, width=80 - 4)
+    buffer = io.StringIO()
+    reporter = ConsoleReporter(live=False)
+    reporter.console = Console(file=buffer, width=80, color_system=None, highlight=False, soft_wrap=True)
+    reporter.tinybuild_build_started("r", ["a_rather_long_step_name", "report"])
+    reporter.tinybuild_step_log("report", table)
+    shown = buffer.getvalue().splitlines()
+    assert len(shown) == len(table.splitlines())
+    assert all(len(line) <= 80 and line.startswith("    ") for line in shown)
+    assert any("pruned_clustered_int8_only" in line for line in shown)
 
 
 def test_flash_gate_names_variant_budget_and_figure(tmp_path):
@@ -322,7 +617,10 @@ def test_report_on_real_evaluations(tmp_path):
 MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist"
 
 
-def test_tinybuild_build_exits_3_when_a_budget_is_exceeded(tmp_path, capsys):
+def test_cli_build_keeps_the_report_on_a_rerun_and_exits_3_when_a_budget_is_exceeded(tmp_path, capsys):
+    """Through the CLI with real evaluate -> report: a forced re-evaluation measures a
+    new latency but writes the same metrics.json, so the report stays cached (early
+    cutoff); then a budget the model exceeds fails the build with exit code 3."""
     from tinybuild import cli
 
     recipe = tmp_path / "gate.toml"
@@ -332,7 +630,7 @@ def test_tinybuild_build_exits_3_when_a_budget_is_exceeded(tmp_path, capsys):
         seed = 0
 
         [target]
-        flash_kb = 1
+        flash_kb = 64
 
         [dataset]
         use = "idx"
@@ -354,28 +652,27 @@ def test_tinybuild_build_exits_3_when_a_budget_is_exceeded(tmp_path, capsys):
         [steps.eval_int8]
         use = "evaluate"
         input = "int8"
-        latency_runs = 0
+        latency_runs = 3
+        warmup_runs = 1
 
         [steps.report]
         use = "report"
         inputs = ["eval_int8"]
     """))
     args = ["build", str(recipe), "--plain", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "build")]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert cli.main(args + ["--force", "eval_int8"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"eval_int8 +built", err) and re.search(r"report +cached", err), err
+
+    recipe.write_text(recipe.read_text().replace("flash_kb = 64", "flash_kb = 1"))
     code = cli.main(args)
     err = capsys.readouterr().err
     assert code == 3, err
     assert "variant int8: size" in err and "> flash_kb 1" in err
     # the failed gate still leaves the report in the build folder
     assert (tmp_path / "build" / "gate-check" / "report" / "report.html").exists()
-
-
-def test_chart_labels_of_equal_points_do_not_overlap():
-    from tinybuild_plugins.report import render as _report_render
-
-    points = [(100.0, 50.0, "int8"), (100.0, 50.0, "pruned_int8"), (100.0, 50.0, "clustered_int8")]
-    placed = _report_render._place_labels(points)
-    ys = sorted(y for _, y in placed)
-    assert all(b - a >= 12 for a, b in zip(ys, ys[1:]))
 
 
 def test_example_recipe_plans_and_gates_real_variants(tmp_path, capsys):

@@ -123,10 +123,11 @@ def _project(args: argparse.Namespace, extra: Sequence[tuple[str, Any]] = ()):
                            disabled=args.disable_plugin, extra_plugins=extra)
     url = args.remote_cache or os.environ.get("TINYBUILD_REMOTE_CACHE")
     if url:
-        from .remote import RemoteCache
+        from .remote import RemoteCache, secret_from_env
 
         try:
-            project.remote = RemoteCache(url, push=not args.no_push, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+            project.remote = RemoteCache(url, push=not args.no_push, warn=lambda m: print(f"warning: {m}", file=sys.stderr),
+                                         secret=secret_from_env())
         except (ImportError, ValueError) as exc:
             raise UsageError(f"--remote-cache {url}: {exc}; use a URL fsspec understands (file://, s3://, gs://, ...)") from None
     return project

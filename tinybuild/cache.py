@@ -208,10 +208,10 @@ def _read_regular(path: Path, limit: int) -> bytes:
     """A file's bytes, only if it is a regular file (not a link, FIFO or
     device) of at most ``limit`` bytes; OSError/ValueError otherwise."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{path} is not a regular file")
         data = f.read(limit + 1)
     if len(data) > limit:
         raise ValueError(f"{path} is larger than {limit} bytes")
@@ -381,11 +381,11 @@ class Cache:
                 self.quarantine(path.parent)
                 raise CorruptObject(digest, f"{path.parent.name} in the store is not a folder") from None
             raise CorruptObject(digest, f"unreadable: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            self.quarantine(path)
+            raise CorruptObject(digest, "not a regular file")
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                f.close()
-                self.quarantine(path)
-                raise CorruptObject(digest, "not a regular file")
             h = hashlib.sha256()
             n = 0
             for chunk in iter(lambda: f.read(CHUNK), b""):
@@ -414,11 +414,21 @@ class Cache:
         return entry if entry_is_consistent(entry) else None
 
     def get_action(self, key: str) -> ActionEntry | None:
-        """The entry for ``key`` if it is well-formed and all of its objects are present."""
+        """The entry for ``key`` if it is well-formed and something is stored
+        under each of its objects' names. What is stored there is checked when
+        it is copied out (:meth:`materialize`): a damaged object is then
+        quarantined with a warning, rather than silently treated as missing."""
         entry = self.read_action(key)
-        if entry is None or not all(self.has_object(d) for d in entry.files.values()):
+        if entry is None or not all(self._occupied(d) for d in entry.files.values()):
             return None
         return entry
+
+    def _occupied(self, digest: str) -> bool:
+        try:
+            os.lstat(self.object_path(digest))
+            return True
+        except OSError:
+            return False
 
     def put_action(self, key: str, entry: ActionEntry) -> None:
         missing = [rel for rel, d in entry.files.items() if not self.has_object(d)]

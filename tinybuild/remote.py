@@ -93,6 +93,7 @@ class RemoteCache:
         self.url = url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options(self.url))
         self.root = self.root.rstrip("/")
+        self.fs.invalidate_cache()  # fsspec reuses instances: never trust listings from before this build
         self.push_enabled = push
         self.warn = warn
         self.secret = secret
@@ -128,6 +129,8 @@ class RemoteCache:
             data = self.fs.cat_file(self._path("actions", key), start=0, end=MAX_ENTRY_BYTES + 1)
         except FileNotFoundError:
             return None
+        except (IsADirectoryError, NotADirectoryError):
+            raise _Untrusted("not a file") from None
         self.bytes_down += len(data)
         if len(data) > MAX_ENTRY_BYTES:
             raise _Untrusted("larger than any action entry")
@@ -200,7 +203,11 @@ class RemoteCache:
 
     def _stream(self, digest: str, size: int) -> Iterator[bytes]:
         """An object's bytes in chunks, never more than ``size + 1`` in all."""
-        with self.fs.open(self._path("objects", digest), "rb", block_size=CHUNK) as f:
+        try:
+            f = self.fs.open(self._path("objects", digest), "rb", block_size=CHUNK)
+        except (IsADirectoryError, NotADirectoryError):
+            raise CorruptObject(digest, "not a file") from None
+        with f:
             announced = getattr(f, "size", None)
             if isinstance(announced, int) and announced != size:
                 raise CorruptObject(digest, f"{announced} bytes instead of {size}")

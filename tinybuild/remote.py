@@ -106,6 +106,7 @@ class RemoteCache:
         self.last_pull = Transfer()
         self._good: set[str] = set()  # remote objects verified during this build
         self._bad: set[str] = set()  # remote objects found damaged during this build
+        self._ignored: set[str] = set()  # action keys already warned about
 
     def _path(self, area: str, digest: str) -> str:
         return f"{self.root}/{area}/{digest[:2]}/{digest[2:]}"
@@ -118,6 +119,12 @@ class RemoteCache:
             self.enabled = False
             self.warn(f"remote cache {self.url}: {doing} failed ({type(exc).__name__}: {_one_line(exc)}); "
                       "not using the remote for the rest of this build")
+
+    def _ignore(self, key: str, why: BaseException) -> None:
+        """Warn once per entry (a plan and the build both look at it)."""
+        if key not in self._ignored:
+            self._ignored.add(key)
+            self.warn(f"remote cache: ignoring action {key[:12]}: {why}")
 
     # -- reading ---------------------------------------------------------------
 
@@ -160,7 +167,7 @@ class RemoteCache:
         try:
             return self._entry(key, None)
         except _Untrusted as exc:
-            self.warn(f"remote cache: ignoring action {key[:12]}: {exc}")
+            self._ignore(key, exc)
         except Exception as exc:
             self._trip(exc, "reading")
         return None
@@ -187,7 +194,7 @@ class RemoteCache:
                 self._good.add(digest)
             local.put_action(key, entry)
         except _Untrusted as exc:
-            self.warn(f"remote cache: ignoring action {key[:12]}: {exc}")
+            self._ignore(key, exc)
             return None
         except FileNotFoundError:
             self.warn(f"remote cache: action {key[:12]} names an object the remote does not have; ignoring it")
@@ -257,6 +264,9 @@ class RemoteCache:
         if digest not in self._bad and self._remote_intact(digest, size):
             self._good.add(digest)
             return
+        target = self._path("objects", digest)
+        if self.fs.isdir(target):  # a folder where an object belongs cannot be written over
+            self.fs.rm(target, recursive=True)
         counted = _Counter()
         self._upload(self._path("objects", digest), lambda f: local.copy_object(digest, counted.wrap(f)))
         self.bytes_up += counted.n

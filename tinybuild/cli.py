@@ -41,7 +41,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="append", default=[], metavar="STEP", help="rerun STEP even if cached (repeatable)")
     p.add_argument("--keep-going", action="store_true", help="after a failure, keep building independent branches")
     p.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
-    p.add_argument("-v", "--verbose", action="store_true", help="also list cached steps")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list cached steps, and the bytes and time of remote-cache transfers")
     _common(p)
 
     p = sub.add_parser("plan", help="show what a build would run, and why")

@@ -22,6 +22,11 @@ def _short(seconds: float) -> str:
     return f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
 
+def _brief(seconds: float) -> str:
+    """Transfers are often milliseconds: show them as such."""
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else _short(seconds)
+
+
 def _bytes(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -81,7 +86,7 @@ class ConsoleReporter:
                               transfer: Mapping[str, Any] | None) -> None:
         self._index += 1
         if source == "remote":  # always shown: a pull is news, a local hit is not
-            detail = f" ({_bytes(transfer['bytes'])} in {_short(transfer['seconds'])})" if self.verbose and transfer else ""
+            detail = f" ({_bytes(transfer['bytes'])} in {_brief(transfer['seconds'])})" if self.verbose and transfer else ""
             self._line(f"{self._head(step)} [cyan]pulled[/cyan] {digest[:12]}{detail}")
         elif self.verbose or not self.live:
             self._line(f"{self._head(step)} [dim]cached[/dim] {digest[:12]}")
@@ -146,6 +151,6 @@ class ConsoleReporter:
         self._line(f"{status}: {', '.join(parts)} in {_short(summary['seconds'])}")
         if remote is not None and self.verbose:
             self._line(f"remote cache {_e(remote['url'])}: {_bytes(remote['bytes_down'])} down, "
-                       f"{_bytes(remote['bytes_up'])} up, {_short(remote['seconds'])}"
+                       f"{_bytes(remote['bytes_up'])} up, {_brief(remote['seconds'])}"
                        + (" (disabled after a failure)" if remote.get("disabled") else "")
                        + ("" if remote.get("signed") else " (entries unsigned: no TINYBUILD_REMOTE_KEY)"))

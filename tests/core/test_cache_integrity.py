@@ -147,7 +147,7 @@ BAD_ENTRIES = {
 }
 
 
-@pytest.mark.parametrize("case", [*BAD_ENTRIES, "directory", "symlink", "folder_is_file"])
+@pytest.mark.parametrize("case", [*BAD_ENTRIES, "directory", "symlink", "folder_is_file", "oversized"])
 def test_malformed_action_entry_is_a_miss_never_a_traceback(ws, case):
     assert ws.build().code == 0
     good = _outputs(ws)
@@ -165,6 +165,8 @@ def test_malformed_action_entry_is_a_miss_never_a_traceback(ws, case):
         action.parent.write_text("x")
     elif case == "nan_metrics":
         action.write_text(json.dumps({**real, "metrics": {"epochs": float("nan")}}))
+    elif case == "oversized":  # a valid entry, padded past the 16 MiB any entry stays under
+        action.write_text(" " * (16 << 20) + json.dumps(real))
     elif case == "digest_as_path":
         (rel,) = real["files"]
         action.write_text(json.dumps({**real, "files": {rel: "../../" + "a" * 58}}))

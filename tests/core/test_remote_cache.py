@@ -413,3 +413,29 @@ def test_unreachable_endpoint_costs_one_warning_and_little_time(ws, tmp_path, s3
     warnings = [line for line in run.err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "not using the remote for the rest of this build" in warnings[0], run.err
     assert elapsed < 10, elapsed  # one failed connection (with one retry), not one per step
+
+
+def test_a_job_that_cannot_write_warns_once_and_still_pulls(ws, tmp_path, first, monkeypatch):
+    from tinybuild.remote import RemoteCache
+
+    remote, good = first
+
+    def denied(self, target, fill):
+        raise PermissionError("Access Denied")
+
+    monkeypatch.setattr(RemoteCache, "_upload", denied)
+    ws.edit("epochs = 3", "epochs = 4")  # train and its dependents rerun and try to push
+    run = ws.build(*_second(tmp_path, remote))
+    assert run.code == 0
+    warnings = [line for line in run.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "no permission to write" in warnings[0], run.err
+    assert "2 pulled, 0 pushed" in run.err  # dataset and model still came from the remote
+
+
+def test_s3_retries_are_bounded_unless_the_user_chose(monkeypatch):
+    from tinybuild.remote import storage_options
+
+    assert storage_options("s3://b/p", {}) == {"config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}}}
+    assert storage_options("s3://b/p", {"AWS_MAX_ATTEMPTS": "10"}) == {}
+    assert storage_options("s3://b/p", {"AWS_RETRY_MODE": "adaptive"}) == {}
+    assert storage_options("file:///tmp/x", {}) == {} and storage_options("gs://b/p", {}) == {}

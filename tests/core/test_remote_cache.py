@@ -1,10 +1,17 @@
-"""A remote cache shared between machines (here: two caches and a folder URL)."""
+"""A remote cache shared between machines: two caches and a folder URL, or a real
+S3 API (moto) on loopback; tampering with the remote, with and without a key."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json as _json
+import time
 from pathlib import Path
 
-from toyenv import built_steps
+import pytest
+
+from toyenv import TOY_RECIPE, built_steps
 
 
 def test_second_machine_pulls_everything(ws, tmp_path):
@@ -99,16 +106,6 @@ def test_remote_entry_with_a_forged_digest_is_ignored(ws, tmp_path):
 
 
 # -- integrity and trust ---------------------------------------------------------
-
-import hashlib
-import io
-import json as _json
-import os
-import time
-
-import pytest
-
-from toyenv import TOY_RECIPE
 
 
 def _second(tmp_path, remote, name="2"):

@@ -7,6 +7,20 @@ registry hooks return the declarations defined here:
 * :class:`StepType` -- a kind of build step (``train``, ``tflite``, ...);
 * :class:`GraphPass` -- a GraphDef -> GraphDef rewrite used by graph optimizers.
 
+How a recipe's inputs reach ``run(ctx, inputs, params)``: ``input = "a"``
+gives ``inputs == [artifact_of_a]``; ``inputs = ["a", "b"]`` gives
+``[artifact_of_a, artifact_of_b]`` in the order written (the same order is
+part of the cache key); with neither key, the step type's ``default_input``
+is used when the recipe has a step of that name, else ``inputs == []``. The
+count is checked against ``StepType.arity`` and each input's kind against
+``StepType.consumes`` at plan time, so ``run`` can index ``inputs`` without
+checking. The recipe's dataset is *not* an input: a step type that sets
+``uses_dataset`` reads it as ``ctx.dataset``.
+
+Readers and writers of each artifact kind, seeding and graph editing live in
+the plugin SDK, :mod:`tinybuild_plugins.sdk` (it imports NumPy/TensorFlow
+lazily); the guide is ``docs/plugins.md``.
+
 This module must stay cheap to import: it is loaded on every ``tinybuild``
 invocation, including fully cached builds that must never import TensorFlow.
 Plugins therefore import heavy libraries *inside* their ``run`` functions.
@@ -16,10 +30,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Mapping, Protocol, Sequence
+from typing import Annotated, Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import pluggy
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
 
 PROJECT = "tinybuild"
 
@@ -36,7 +50,7 @@ class Kind:
 
     #: ``x_{train,val,test}.npy``, ``y_{train,val,test}.npy``, ``meta.json``
     DATASET = "dataset"
-    #: ``model.json`` + weights, see ``tinybuild_plugins/_keras_io.py``
+    #: ``model.json`` + weights, see ``tinybuild_plugins.sdk.keras_model``
     KERAS_MODEL = "keras-model"
     #: ``graph.pb`` (serialized frozen GraphDef) + ``signature.json``
     GRAPHDEF = "graphdef"
@@ -60,10 +74,60 @@ class Params(BaseModel):
 
     Unknown keys are rejected (the recipe loader turns them into "did you
     mean" errors), and params are frozen so a running step cannot change
-    what its cache key was computed from.
+    what its cache key was computed from. A quoted number (``epochs = "3"``)
+    is rejected for a number or boolean field rather than converted, so the
+    loader agrees with the JSON Schema editors check recipes against.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_quoted_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str) and info.field_name in cls.model_fields:
+            kinds = scalar_kinds(cls.model_fields[info.field_name].annotation)
+            if kinds is not None:
+                from pydantic_core import PydanticCustomError
+
+                kind = "bool" if kinds == {bool} else "int" if kinds == {int} else "float"
+                word = {"bool": "boolean (true/false)", "int": "integer", "float": "number"}[kind]
+                quoted = value.strip().lower() in ("true", "false") or _is_number(value)
+                raise PydanticCustomError(f"{kind}_type", "Input should be a valid {word}, not a string{fix}",
+                                          {"word": word, "fix": "; remove the quotes" if quoted else ""})
+        return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def scalar_kinds(annotation: Any) -> set[type] | None:
+    """The number/boolean types a field admits ({int}, {int, float}, {bool}),
+    or None when it admits anything else (a string, a path, a list...): for
+    such fields a string is a mistake, not something to coerce."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return scalar_kinds(typing.get_args(annotation)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        found: set[type] = set()
+        for arg in typing.get_args(annotation):
+            if arg is type(None):
+                continue
+            kinds = scalar_kinds(arg)
+            if kinds is None:
+                return None
+            found |= kinds
+        return found or None
+    if annotation in (bool, int, float):
+        return {annotation}
+    return None
 
 
 def _resolve_against_recipe(value: Path, info: ValidationInfo) -> Path:
@@ -110,6 +174,11 @@ class Artifact:
     files: Mapping[str, str]
     digest: str
     metrics: Mapping[str, Any] = field(default_factory=dict)
+
+    def __fspath__(self) -> str:
+        """An artifact is usable wherever a path is (``Path(artifact)``,
+        ``load_dataset(artifact)``): it names its directory."""
+        return str(self.path)
 
     def file(self, name: str) -> Path:
         """Path of one of this artifact's files; a clear error if absent."""
@@ -159,8 +228,12 @@ class StepType:
 
     ``run(ctx, inputs, params)`` writes its files into ``ctx.out_dir`` and may
     return a JSON-serializable dict of metrics; both are cached together.
-    Raise :class:`StepError` for failures the user can fix (the message is
-    shown without a traceback) and :class:`GateFailed` for budget gates.
+    ``inputs`` is the list of upstream artifacts in the order the recipe
+    names them (``input = "a"`` -> ``[a]``, ``inputs = ["a", "b"]`` -> ``[a, b]``,
+    neither -> ``[default_input]`` or ``[]``); ``params`` is an instance of
+    ``params`` with defaults filled in. Raise :class:`StepError` for failures
+    the user can fix (the message is shown without a traceback) and
+    :class:`GateFailed` for budget gates.
     """
 
     name: str
@@ -206,6 +279,29 @@ class StepType:
     #: extra JSON-able key material derived from params and the registered
     #: graph passes (e.g. the versions of the passes a step will apply)
     key_extras: Callable[[Any, Mapping[str, "GraphPass"]], Mapping[str, Any]] | None = None
+    #: plan-time check of params against what is installed, beyond what the
+    #: ``Params`` model can see: ``check(params, registry)`` returns
+    #: :class:`ParamProblem` s (empty when fine). ``registry`` is the loaded
+    #: :class:`tinybuild.plugins.Registry`: ``.passes``, ``.step_types`` and
+    #: ``.missing_hint(label, name, available)`` (which names a disabled
+    #: plugin that would provide ``name``). Problems fail ``tinybuild plan``
+    #: and ``build`` with exit 2 before anything runs. It runs on every plan,
+    #: cached builds included, so it must be cheap: no TensorFlow, no I/O.
+    check: Callable[[Any, Any], Iterable["ParamProblem"]] | None = None
+
+
+@dataclass(frozen=True)
+class ParamProblem:
+    """A problem :attr:`StepType.check` found in a step's params.
+
+    ``key`` is relative to the step's table (``"passes[1]"``); the core
+    prefixes the step's own path, so the error reads
+    ``steps.opt.passes[1]: unknown graph pass 'x' -> did you mean ...``.
+    """
+
+    key: str
+    message: str
+    hint: str = ""
 
 
 @dataclass(frozen=True)
@@ -262,6 +358,7 @@ __all__ = [
     "INPUT_FILE",
     "InputFile",
     "Kind",
+    "ParamProblem",
     "Params",
     "StepContext",
     "StepError",

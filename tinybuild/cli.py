@@ -81,6 +81,11 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the JSON Schema of recipes (with every plugin's params)")
     p.add_argument("--disable-plugin", action="append", default=[], metavar="NAME")
     p.add_argument("--debug", action="store_true")
+
+    p = sub.add_parser("new-plugin", help="write a plugin package (a step type, a graph pass, their tests) to start from")
+    p.add_argument("name", help="plugin name: lowercase letters, digits, dashes (also the package's distribution name)")
+    p.add_argument("--dir", default=".", metavar="DIR", help="folder to create the package in (default: .); writes DIR/NAME/")
+    p.add_argument("--debug", action="store_true")
     return parser
 
 
@@ -314,16 +319,21 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     from .plugins import load_plugins
 
-    _, registry = load_plugins(disabled=args.disable_plugin)
+    # tolerant: a broken plugin is listed with its error instead of hiding every other one
+    _, registry = load_plugins(disabled=args.disable_plugin, tolerant=True)
     console = Console(highlight=False)
     plugins = Table(title="plugins", title_justify="left")
     for col in ("plugin", "version", "module", "step types", "graph passes"):
         plugins.add_column(col)
     for info in registry.plugins.values():
         plugins.add_row(info.name, info.version, info.module, ", ".join(info.step_types) or "-", ", ".join(info.passes) or "-")
+    for name in registry.broken:
+        plugins.add_row(name, "BROKEN", "-", "-", "-")
     console.print(plugins)
     if registry.disabled:
         console.print(f"disabled: {', '.join(registry.disabled)}", markup=False)
+    for name, error in registry.broken.items():
+        print(f"broken plugin '{name}': {error}", file=sys.stderr)
     steps = Table(title="step types", title_justify="left")
     for col in ("step type", "version", "plugin", "consumes → produces", "description"):
         steps.add_column(col, overflow="fold")
@@ -350,7 +360,17 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import names_for, write_plugin
+
+    root = write_plugin(args.name, Path(args.dir))
+    names = names_for(args.name)
+    print(f"wrote {root}: step type {names['step']}, graph pass {names['graph_pass']}, tests", file=sys.stderr)
+    print(f"next: cd {root} && pip install -e . && pytest   (guide: docs/plugins.md)", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {
     "build": cmd_build, "plan": cmd_plan, "graph": cmd_graph, "show": cmd_show, "clean": cmd_clean,
-    "gc": cmd_gc, "verify": cmd_verify, "plugins": cmd_plugins, "schema": cmd_schema,
+    "gc": cmd_gc, "verify": cmd_verify, "plugins": cmd_plugins, "schema": cmd_schema, "new-plugin": cmd_new_plugin,
 }

@@ -97,6 +97,39 @@ def explain(new: Mapping[str, Any], new_inputs: Sequence[str],
         reasons.append("cache salt changed")
     if old.get("extras") != new.get("extras"):
         for key in sorted(set(old.get("extras", {})) | set(new.get("extras", {}))):
-            if old.get("extras", {}).get(key) != new.get("extras", {}).get(key):
-                reasons.append(f"{key} changed")
+            a, b = old.get("extras", {}).get(key), new.get("extras", {}).get(key)
+            if a != b:
+                reasons += diff_named_entries(key, a, b) or [f"{key} changed"]
+    return reasons
+
+
+def _named(value: Any) -> dict[str, list[Any]] | None:
+    """``[[name, version, ...], ...]`` as {name: [version, ...]}, else None."""
+    if not isinstance(value, list) or not all(isinstance(e, list) and e and isinstance(e[0], str) for e in value):
+        return None
+    return {e[0]: list(e[1:]) for e in value}
+
+
+def diff_named_entries(key: str, old: Any, new: Any) -> list[str]:
+    """Reasons for a change in a list of ``[name, version, ...]`` entries
+    (e.g. the graph passes a step applies), one per entry that changed:
+    ``pass fold-batchnorm 1.0 → 1.1``, ``pass my-pass added``. Empty when
+    the values do not have that shape."""
+    a, b = _named(old if old is not None else []), _named(new if new is not None else [])
+    if a is None or b is None:
+        return []
+    label = "pass" if key.endswith("passes") else key
+    reasons = []
+    for name in [*a, *(n for n in b if n not in a)]:
+        if name not in b:
+            reasons.append(f"{label} {name} removed")
+        elif name not in a:
+            reasons.append(f"{label} {name} added")
+        elif a[name][:1] != b[name][:1]:
+            reasons.append(f"{label} {name} {_fmt(a[name][0] if a[name] else MISSING)} → "
+                           f"{_fmt(b[name][0] if b[name] else MISSING)}")
+        elif a[name] != b[name]:
+            reasons.append(f"{label} {name} source changed")
+    if not reasons and list(a) != list(b):
+        reasons.append(f"{key} order {', '.join(a)} → {', '.join(b)}")
     return reasons

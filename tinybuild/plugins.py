@@ -50,9 +50,46 @@ class Registry:
     passes: dict[str, GraphPass] = field(default_factory=dict)
     pass_plugin: dict[str, str] = field(default_factory=dict)
     disabled: list[str] = field(default_factory=list)
+    #: plugins that failed to load, by name -> the error (only filled when
+    #: loading with ``tolerant=True``, as ``tinybuild plugins`` does)
+    broken: dict[str, str] = field(default_factory=dict)
+    #: how to import each disabled plugin, so an error can say which disabled
+    #: plugin would have provided a missing step type or pass
+    disabled_loaders: dict[str, Callable[[], Any]] = field(default_factory=dict, repr=False)
 
     def step_type(self, name: str) -> StepType | None:
         return self.step_types.get(name)
+
+    def disabled_provider(self, label: str, name: str) -> str | None:
+        """The disabled plugin that declares step type / graph pass ``name``.
+
+        ``label`` is ``"step type"`` or ``"graph pass"``. Only called on an
+        error path: it imports the disabled plugins (cheap, their modules
+        import nothing heavy at top level) and asks their registry hooks.
+        """
+        hook = {"step type": "tinybuild_step_types", "graph pass": "tinybuild_graph_passes"}[label]
+        for plugin, load in self.disabled_loaders.items():
+            try:
+                declared = getattr(load(), hook, None)
+                names = [getattr(item, "name", None) for item in (declared() if declared else None) or ()]
+            except Exception:  # a disabled plugin may well be broken: that is why it is off
+                continue
+            if name in names:
+                return plugin
+        return None
+
+    def missing_hint(self, label: str, name: str, available: Iterable[str]) -> str:
+        """Why ``name`` is not registered and what to do: a disabled plugin
+        that provides it, else a "did you mean", else the list of names."""
+        plugin = self.disabled_provider(label, name)
+        if plugin is not None:
+            return (f"{label} '{name}' is provided by plugin '{plugin}', which is disabled "
+                    f"(--disable-plugin/{ENV_DISABLE}); enable it again")
+        available = sorted(available)
+        hint = did_you_mean(name, available)
+        plural = label + ("es" if label.endswith("s") else "s")
+        listing = f"installed {plural}: {', '.join(available) or 'none'}"
+        return f"{hint} {listing}" if hint else f"{listing} (see `tinybuild plugins`)"
 
 
 def disabled_from_env(environ: Mapping[str, str] | None = None) -> set[str]:
@@ -83,11 +120,14 @@ def _candidates(environ: Mapping[str, str]) -> list[tuple[str, str, str, str, Ca
 
 
 def load_plugins(disabled: Iterable[str] = (), environ: Mapping[str, str] | None = None,
-                 extra: Sequence[tuple[str, Any]] = ()) -> tuple[pluggy.PluginManager, Registry]:
+                 extra: Sequence[tuple[str, Any]] = (), tolerant: bool = False) -> tuple[pluggy.PluginManager, Registry]:
     """Import every enabled plugin, register it and collect its declarations.
 
     ``extra`` registers already-imported plugin objects (the console reporter,
-    tests). Raises :class:`PluginError` naming the plugin for any failure.
+    tests). Raises :class:`PluginError` naming the plugin for any failure --
+    unless ``tolerant``: then a plugin that fails is left out and its error
+    kept in ``Registry.broken``, so that ``tinybuild plugins`` can still list
+    the others (a build must not silently run without a plugin it may need).
     """
     env = os.environ if environ is None else environ
     disabled_set = set(disabled) | disabled_from_env(env)
@@ -103,33 +143,53 @@ def load_plugins(disabled: Iterable[str] = (), environ: Mapping[str, str] | None
         hint = did_you_mean(name, known) or f"installed plugins: {', '.join(sorted(known))}"
         raise UsageError(f"cannot disable plugin '{name}': no such plugin; {hint}")
 
+    def fail(name: str, error: PluginError, cause: BaseException | None = None) -> None:
+        if not tolerant:
+            raise error from cause  # the cause is what --debug shows
+        registry.broken[name] = str(error)
+
     for name, module_name, version, dist, load in candidates:
         if name in disabled_set:
             registry.disabled.append(name)
+            registry.disabled_loaders.setdefault(name, load)
             continue
+        if name in registry.plugins and registry.plugins[name].module == module_name:
+            continue  # the same plugin twice (installed and named in TINYBUILD_PLUGINS): load it once
         if name in registry.plugins:
-            raise PluginError(f"two plugins are named '{name}' ({registry.plugins[name].module} and {module_name}); uninstall one or disable it with --disable-plugin {name}")
+            fail(f"{name} ({module_name})", PluginError(
+                f"two plugins are named '{name}' ({registry.plugins[name].module} and {module_name}); "
+                f"uninstall one or disable it with --disable-plugin {name}"))
+            continue
         try:
             module = load()
         except Exception as exc:  # any import-time failure is the plugin's
-            raise PluginError(
+            fail(name, PluginError(
                 f"plugin '{name}' ({module_name}) failed to import: {type(exc).__name__}: {exc}\n"
                 f"  fix: reinstall or fix the plugin, or skip it with --disable-plugin {name} (or {ENV_DISABLE}={name})"
-            ) from exc
+            ), exc)
+            continue
         try:
             pm.register(module, name=name)
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin '{name}' ({module_name}) implements an invalid hook: {exc}") from exc
+            fail(name, PluginError(f"plugin '{name}' ({module_name}) implements an invalid hook: {exc}"), exc)
+            continue
         registry.plugins[name] = PluginInfo(name=name, module=module_name, version=version, dist=dist)
 
     for name, obj in extra:
         pm.register(obj, name=name)
 
-    _collect(pm, registry)
+    _collect(pm, registry, fail)
+    for name in registry.broken:  # a plugin that failed in a hook is listed as broken only
+        if registry.plugins.pop(name, None) is not None:
+            pm.unregister(name=name)
+            for table, owners in ((registry.step_types, registry.step_plugin), (registry.passes, registry.pass_plugin)):
+                for item in [n for n, owner in owners.items() if owner == name]:
+                    del table[item], owners[item]
     return pm, registry
 
 
-def _call_registry_hook(pm: pluggy.PluginManager, hook_name: str) -> list[tuple[str, list[Any]]]:
+def _call_registry_hook(pm: pluggy.PluginManager, hook_name: str,
+                        fail: Callable[..., None]) -> list[tuple[str, list[Any]]]:
     results = []
     hook = getattr(pm.hook, hook_name)
     for impl in hook.get_hookimpls():  # registration order
@@ -137,33 +197,41 @@ def _call_registry_hook(pm: pluggy.PluginManager, hook_name: str) -> list[tuple[
         try:
             declared = impl.function()
         except Exception as exc:
-            raise PluginError(f"plugin '{name}' failed in hook {hook_name}: {type(exc).__name__}: {exc}") from exc
+            fail(name, PluginError(f"plugin '{name}' failed in hook {hook_name}: {type(exc).__name__}: {exc}"), exc)
+            continue
         if declared is None:
             continue
         try:
             results.append((name, list(declared)))
         except TypeError:
-            raise PluginError(f"plugin '{name}': {hook_name} must return a list, got {type(declared).__name__}") from None
+            fail(name, PluginError(f"plugin '{name}': {hook_name} must return a list, got {type(declared).__name__}"))
     return results
 
 
-def _collect(pm: pluggy.PluginManager, registry: Registry) -> None:
+def _collect(pm: pluggy.PluginManager, registry: Registry, fail: Callable[..., None]) -> None:
     _register(pm, "tinybuild_step_types", StepType, "step type", registry.step_types, registry.step_plugin,
-              lambda info: info.step_types, registry)
+              lambda info: info.step_types, registry, fail)
     _register(pm, "tinybuild_graph_passes", GraphPass, "graph pass", registry.passes, registry.pass_plugin,
-              lambda info: info.passes, registry)
+              lambda info: info.passes, registry, fail)
 
 
 def _register(pm: pluggy.PluginManager, hook: str, cls: type, label: str, table: dict[str, Any],
-              owners: dict[str, str], listing: Callable[[PluginInfo], list[str]], registry: Registry) -> None:
+              owners: dict[str, str], listing: Callable[[PluginInfo], list[str]], registry: Registry,
+              fail: Callable[..., None]) -> None:
     """Collect one registry hook's declarations, rejecting wrong types and duplicate names."""
-    for plugin, declared in _call_registry_hook(pm, hook):
+    for plugin, declared in _call_registry_hook(pm, hook, fail):
         for item in declared:
             if not isinstance(item, cls):
-                raise PluginError(f"plugin '{plugin}': {hook} returned {item!r}, expected tinybuild.api.{cls.__name__}")
+                fail(plugin, PluginError(f"plugin '{plugin}': {hook} returned {item!r}, expected tinybuild.api.{cls.__name__}"))
+                continue
             if item.name in table:
-                raise PluginError(f"plugins '{owners[item.name]}' and '{plugin}' both declare {label} '{item.name}'; "
-                                  "disable one with --disable-plugin")
+                if owners[item.name] == plugin:
+                    fail(plugin, PluginError(f"plugin '{plugin}' declares {label} '{item.name}' twice in {hook}; "
+                                             "remove one declaration (or give it another name)"))
+                else:
+                    fail(plugin, PluginError(f"plugins '{owners[item.name]}' and '{plugin}' both declare {label} "
+                                             f"'{item.name}'; disable one with --disable-plugin"))
+                continue
             table[item.name] = item
             owners[item.name] = plugin
             if plugin in registry.plugins:

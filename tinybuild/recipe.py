@@ -40,7 +40,7 @@ _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 class RecipeMeta(BaseModel):
     """The ``[recipe]`` table."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str = Field(description="Name of the recipe; names the build folder.", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for every random choice (splits, initialization, training).")
@@ -51,7 +51,7 @@ class RecipeMeta(BaseModel):
 class Target(BaseModel):
     """The optional ``[target]`` table: a device's budgets, enforced as gates."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     name: str | None = Field(None, description="Device name, for reports.")
     flash_kb: float | None = Field(None, gt=0, description="Flash budget in KiB: max model file size.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pydantic import ValidationError
 
-from .api import Kind, Params, StepType
+from .api import Kind, ParamProblem, Params, StepType
 from .errors import Problem, RecipeError, did_you_mean
 from .plugins import Registry
 from .recipe import Recipe, StepSpec, validation_problems
@@ -42,13 +42,12 @@ def resolve_recipe(recipe: Recipe, registry: Registry) -> dict[str, ResolvedStep
     for name, spec in recipe.steps.items():
         step_type = registry.step_type(spec.use)
         if step_type is None:
-            installed = sorted(registry.step_types)
-            hint = did_you_mean(spec.use, installed)
-            listing = f"installed step types: {', '.join(installed) or 'none'}"
-            problems.append(Problem(f"{spec.key}.use", f"unknown step type '{spec.use}'",
-                                    f"{hint} {listing}".strip() if hint else listing + " (see `tinybuild plugins`)"))
+            hint = registry.missing_hint("step type", spec.use, registry.step_types)
+            problems.append(Problem(f"{spec.key}.use", f"unknown step type '{spec.use}'", hint))
             continue
         params = _validate_params(spec, step_type, recipe, problems)
+        if params is not None and step_type.check is not None:
+            params = _check_params(spec, step_type, params, registry, problems)
         inputs = _inputs(spec, step_type, recipe, problems)
         dataset = None
         if step_type.uses_dataset and name != "dataset":
@@ -81,6 +80,20 @@ def _validate_params(spec: StepSpec, step_type: StepType, recipe: Recipe, proble
     except (TypeError, ValueError) as exc:  # raised by a plugin's validator outside pydantic's wrapping
         problems.append(Problem(spec.key, f"invalid parameters: {exc}", "see the step type's documentation"))
         return None
+
+
+def _check_params(spec: StepSpec, step_type: StepType, params: Params, registry: Registry,
+                  problems: list[Problem]) -> Params | None:
+    """Run the step type's plan-time check (e.g. graph-optimize's pass names)."""
+    try:
+        found = list(step_type.check(params, registry) or ())
+    except Exception as exc:  # a crashing check is the plugin's fault, but still a plan-time error
+        found = [ParamProblem("", f"the check of step type '{step_type.name}' failed: {type(exc).__name__}: {exc}",
+                              "report this to the plugin's authors")]
+    for p in found:
+        key = spec.key if not p.key else f"{spec.key}{p.key}" if p.key.startswith("[") else f"{spec.key}.{p.key}"
+        problems.append(Problem(key, p.message, p.hint))
+    return None if found else params
 
 
 def _inputs(spec: StepSpec, step_type: StepType, recipe: Recipe, problems: list[Problem]) -> tuple[str, ...] | None:

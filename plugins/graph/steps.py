@@ -11,10 +11,14 @@ fails, naming the culprit pass, if the outputs moved more than allowed. Its
 metrics record node counts by op type before and after every pass
 application and the verdict, so they are cached with the graph.
 
-The params model cannot see the pass registry, so pass names are checked in
-``run`` (an unknown name is a StepError listing the registered passes); the
-selected passes' names and versions enter the cache key through
-``key_extras``, so upgrading a pass reruns the step.
+The params model cannot see the pass registry, so pass names are checked at
+plan time by ``StepType.check`` (an unknown pass, or one whose plugin is
+disabled, fails ``tinybuild plan`` with exit 2). Without ``passes`` the step
+runs the built-in exact passes only: a third-party pass is opt-in by naming
+it, so installing a plugin never changes (and invalidates) existing steps.
+The selected passes' names, versions and code fingerprints enter the cache
+key through ``key_extras``, so upgrading a pass reruns the step and the
+reason names it (``pass fold-constants 1.0 → 1.1``).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from typing import Any, Mapping, Sequence
 
 from pydantic import Field, field_validator
 
-from tinybuild.api import (Artifact, GraphPass, Kind, Params, StepContext, StepError, StepType, graph_pass_fingerprint,
-                           hookimpl)
+from tinybuild.api import (Artifact, GraphPass, Kind, ParamProblem, Params, StepContext, StepError, StepType,
+                           graph_pass_fingerprint, hookimpl)
 
 from tinybuild_plugins.sdk.graph_edit import Graph, op_counts
 from tinybuild_plugins.graph.passes import DEFAULT_ORDER
@@ -73,9 +77,10 @@ def run_freeze(ctx: StepContext, inputs: Sequence[Artifact], params: FreezeParam
 class OptimizeParams(Params):
     passes: tuple[str, ...] | None = Field(
         None,
-        description="graph passes to run, in order, repeated to a fixed point; default: every "
-                    "registered exact pass (remove-identity, remove-noop, fold-constants, "
-                    "simplify-arithmetic, reduce-control-edges, remove-dead)",
+        description="graph passes to run, in order, repeated to a fixed point; default: the "
+                    "built-in exact passes (remove-identity, remove-noop, reduce-control-edges, "
+                    "fold-constants, simplify-arithmetic, remove-dead); a plugin's pass runs only "
+                    "when named here",
     )
     tolerance: float = Field(
         1e-4, gt=0, le=1.0,
@@ -100,10 +105,25 @@ class OptimizeParams(Params):
 
 
 def default_pass_names(registered: Mapping[str, GraphPass]) -> list[str]:
-    """Every registered exact pass: built-ins in DEFAULT_ORDER, then others by name."""
-    builtin = [n for n in DEFAULT_ORDER if n in registered and registered[n].exact]
-    others = sorted(n for n, p in registered.items() if p.exact and n not in DEFAULT_ORDER)
-    return builtin + others
+    """The built-in exact passes, in DEFAULT_ORDER. Third-party passes are
+    never added implicitly: installing a plugin must not change what existing
+    steps compute (nor their keys); name a pass in ``passes`` to use it."""
+    return [n for n in DEFAULT_ORDER if n in registered and registered[n].exact]
+
+
+def check_passes(params: OptimizeParams, registry: Any) -> list[ParamProblem]:
+    """Plan-time check: every named pass is registered (else say which
+    disabled plugin has it, or what is close), and the default list is not
+    empty (it is when the built-in passes plugin is disabled)."""
+    if params.passes is None:
+        if default_pass_names(registry.passes):
+            return []
+        return [ParamProblem("", "no 'passes' given and the built-in graph passes are not loaded "
+                                 "(plugin 'graph-passes' disabled?)",
+                             "name the passes to run in 'passes', or enable the plugin 'graph-passes'")]
+    return [ParamProblem(f"passes[{i}]", f"unknown graph pass '{name}'",
+                         registry.missing_hint("graph pass", name, registry.passes))
+            for i, name in enumerate(params.passes) if name not in registry.passes]
 
 
 def selected_passes(params: OptimizeParams, registered: Mapping[str, GraphPass]) -> list[GraphPass]:
@@ -270,5 +290,6 @@ def tinybuild_step_types() -> list[StepType]:
                 "tinybuild_plugins.graph.arithmetic",
             ),
             key_extras=optimize_key_extras,
+            check=check_passes,
         ),
     ]

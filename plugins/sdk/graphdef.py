@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from os import PathLike
 from typing import Any, Mapping
 
 from tinybuild.api import Artifact, StepError
@@ -25,7 +26,8 @@ GRAPH_FILE = "graph.pb"
 SIGNATURE_FILE = "signature.json"
 
 
-def save_graphdef(out_dir: Path, graph_def: Any, signature: Mapping[str, Any]) -> None:
+def save_graphdef(out_dir: str | PathLike[str], graph_def: Any, signature: Mapping[str, Any]) -> None:
+    """Write ``graph.pb`` and ``signature.json`` (layout above) into ``out_dir``."""
     out_dir = Path(out_dir)
     (out_dir / GRAPH_FILE).write_bytes(graph_def.SerializeToString(deterministic=True))
     text = json.dumps(dict(signature), indent=2, sort_keys=True, allow_nan=False) + "\n"
@@ -68,3 +70,14 @@ def load_graphdef(artifact: Artifact) -> tuple[Any, dict[str, Any]]:
                 raise StepError(f"signature.json of step '{artifact.step}' names {side[:-1]} tensor "
                                 f"{entry['tensor']!r}, but graph.pb has no node {node!r}")
     return graph_def, signature
+
+
+def load_graph(artifact: Artifact) -> Any:
+    """A graphdef artifact as a :class:`~tinybuild_plugins.sdk.graph_edit.Graph`
+    (the GraphDef plus its signature's input and output tensor names), the
+    object graph passes take; imports TensorFlow."""
+    from tinybuild_plugins.sdk.graph_edit import Graph
+
+    graph_def, signature = load_graphdef(artifact)
+    return Graph(graph_def, tuple(s["tensor"] for s in signature["inputs"]),
+                 tuple(s["tensor"] for s in signature["outputs"]))

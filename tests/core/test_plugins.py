@@ -108,14 +108,19 @@ def test_schema_includes_plugin_params(ws):
     run = ws.run("schema")
     assert run.code == 0
     schema = json.loads(run.out)
-    step_variants = schema["properties"]["steps"]["additionalProperties"]["oneOf"]
-    train = next(v for v in step_variants if v["title"] == "toy-train")
+    assert schema["properties"]["steps"]["additionalProperties"] == {"$ref": "#/$defs/step"}
+    step = schema["$defs"]["step"]
+    assert set(step["properties"]["use"]["enum"]) == {"toy-model", "toy-train", "toy-convert", "toy-report"}
+    # discriminated on use: one if/then per step type, no undiscriminated oneOf
+    assert {"if": {"properties": {"use": {"const": "toy-train"}}, "required": ["use"]},
+            "then": {"$ref": "#/$defs/step.toy-train"}} in step["allOf"]
+    train = schema["$defs"]["step.toy-train"]
     assert train["properties"]["epochs"]["default"] == 2
     assert train["properties"]["use"] == {"const": "toy-train", "description": "step type toy-train"}
     assert train["additionalProperties"] is False
-    datasets = schema["properties"]["dataset"]["oneOf"]
-    assert [d["title"] for d in datasets] == ["toy-data"]
+    assert schema["properties"]["dataset"]["properties"]["use"]["enum"] == ["toy-data"]
     assert "flash_kb" in schema["properties"]["target"]["properties"]
+    assert "oneOf" not in json.dumps(schema)
 
 
 def test_python_dash_m_entry_point(ws):
@@ -124,3 +129,86 @@ def test_python_dash_m_entry_point(ws):
 
     out = subprocess.run([sys.executable, "-m", "tinybuild", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("tinybuild ")
+
+
+# -- plugin UX: disabled, broken, duplicate, checked at plan time --------------
+
+
+def test_disabled_plugins_step_type_names_the_plugin(ws):
+    run = ws.run("plan", str(ws.recipe), "--disable-plugin", "toy")
+    assert run.code == 2
+    assert ("step type 'toy-data' is provided by plugin 'toy', which is disabled "
+            "(--disable-plugin/TINYBUILD_DISABLE_PLUGINS)") in run.err
+
+
+def test_plugins_listing_survives_a_broken_plugin(ws, tmp_path, monkeypatch):
+    write_module(tmp_path, monkeypatch, "brokenplug", "import does_not_exist_anywhere\n")
+    write_module(tmp_path, monkeypatch, "raiseplug2", (
+        "from tinybuild.api import hookimpl\n"
+        "@hookimpl\n"
+        "def tinybuild_graph_passes():\n"
+        "    raise ValueError('boom')\n"
+    ))
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_plugin,broken=brokenplug,raising=raiseplug2")
+    run = ws.run("plugins")
+    assert run.code == 0
+    assert "toy-train" in run.out  # the healthy plugin is listed in full
+    assert "BROKEN" in run.out
+    assert "broken plugin 'broken': plugin 'broken' (brokenplug) failed to import: ModuleNotFoundError" in run.err
+    assert "broken plugin 'raising': plugin 'raising' failed in hook tinybuild_graph_passes: ValueError: boom" in run.err
+    # a build still refuses to run without a plugin it may need
+    assert ws.run("plan", str(ws.recipe)).code == 2
+
+
+def test_duplicate_step_type_inside_one_plugin(ws, tmp_path, monkeypatch):
+    write_module(tmp_path, monkeypatch, "twiceplug", (
+        "from tinybuild.api import StepType, Kind, hookimpl\n"
+        "@hookimpl\n"
+        "def tinybuild_step_types():\n"
+        "    st = StepType('twice', '1.0', Kind.KERAS_MODEL, lambda c, i, p: None)\n"
+        "    return [st, st]\n"
+    ))
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_plugin,twice=twiceplug")
+    run = ws.run("plan", str(ws.recipe))
+    assert run.code == 2
+    assert "plugin 'twice' declares step type 'twice' twice in tinybuild_step_types" in run.err
+    assert "plugins 'twice' and 'twice'" not in run.err
+
+
+def test_the_same_plugin_named_twice_loads_once(ws, monkeypatch):
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_plugin,toy=toy_plugin")
+    assert ws.run("plan", str(ws.recipe)).code == 0
+
+
+def test_step_type_check_fails_plan_with_the_key(ws, tmp_path, monkeypatch):
+    write_module(tmp_path, monkeypatch, "checkplug", (
+        "from tinybuild.api import StepType, Kind, Params, ParamProblem, hookimpl\n"
+        "class P(Params):\n"
+        "    friends: tuple[str, ...] = ()\n"
+        "def check(params, registry):\n"
+        "    return [ParamProblem(f'friends[{i}]', f'unknown step type {n!r}', registry.missing_hint('step type', n, registry.step_types))\n"
+        "            for i, n in enumerate(params.friends) if n not in registry.step_types]\n"
+        "@hookimpl\n"
+        "def tinybuild_step_types():\n"
+        "    return [StepType('checked', '1.0', Kind.REPORT, lambda c, i, p: None, params=P, arity=(0, 0), check=check)]\n"
+    ))
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_plugin,chk=checkplug")
+    ws.write(ws.recipe.read_text() + '\n[steps.chk]\nuse = "checked"\nfriends = ["toy-train", "toy-trian"]\n')
+    run = ws.run("plan", str(ws.recipe))
+    assert run.code == 2
+    assert "steps.chk.friends[1]: unknown step type 'toy-trian'" in run.err
+    assert "did you mean 'toy-train'" in run.err
+    ws.edit('"toy-trian"', '"toy-convert"')
+    assert ws.run("plan", str(ws.recipe)).code == 0
+
+
+@pytest.mark.parametrize("old, new, key", [
+    ("epochs = 3", 'epochs = "3"', "steps.train.epochs"),
+    ("seed = 3", 'seed = "3"', "recipe.seed"),
+    ("[dataset]", '[target]\nflash_kb = "32"\n\n[dataset]', "target.flash_kb"),
+])
+def test_quoted_numbers_are_rejected_like_the_schema_does(ws, old, new, key):
+    ws.edit(old, new)
+    run = ws.run("plan", str(ws.recipe))
+    assert run.code == 2
+    assert key in run.err and "Traceback" not in run.err

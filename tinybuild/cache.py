@@ -291,7 +291,7 @@ class Cache:
         stored only if it has exactly that size and digest (CorruptObject
         otherwise): a bogus huge object is never read whole.
         """
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self._ensure_dir(self.tmp)
         folder = Path(tempfile.mkdtemp(dir=self.tmp, prefix="ingest-"))  # gc reaps it if we are killed
         staging = folder / "object"
         try:
@@ -339,6 +339,7 @@ class Cache:
         """Make ``path``'s two-level folder (``objects/ab``) a real folder,
         quarantining a file or link found in its place."""
         parent = path.parent
+        self._ensure_dir(parent.parent)
         try:
             st = os.lstat(parent)
             if stat.S_ISDIR(st.st_mode):
@@ -347,6 +348,14 @@ class Cache:
         except FileNotFoundError:
             pass
         parent.mkdir(parents=True, exist_ok=True)
+
+    def _ensure_dir(self, folder: Path) -> None:
+        """Make a top-level store folder (``objects``, ``actions``, ``tmp``)
+        exist; a file found in its place is quarantined (a link to a folder is
+        accepted: a cache may live partly on another disk)."""
+        if not folder.is_dir() and (folder.is_symlink() or folder.exists()):
+            self.quarantine(folder)
+        folder.mkdir(parents=True, exist_ok=True)
 
     def quarantine(self, path: Path) -> bool:
         """Move a damaged object or entry (file, folder or link: never followed)
@@ -450,7 +459,7 @@ class Cache:
     # -- scratch -------------------------------------------------------------
 
     def scratch_dir(self, label: str) -> Path:
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self._ensure_dir(self.tmp)
         return Path(tempfile.mkdtemp(dir=self.tmp, prefix=f"{label}-"))
 
     # -- materializing outputs ---------------------------------------------

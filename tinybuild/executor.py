@@ -153,6 +153,9 @@ class Executor:
             except CorruptObject as exc:  # quarantined by the cache; the step is rebuilt below
                 self.hooks.step_log(step.name, f"warning: {exc}, quarantined; rebuilding step '{step.name}'")
                 entry = None
+            except FileNotFoundError:  # removed since it was looked up (another process's gc)
+                self.hooks.step_log(step.name, f"warning: a cache object of step '{step.name}' vanished; rebuilding it")
+                entry = None
         if entry is not None:
             transfer = None
             if source == "remote":

@@ -134,6 +134,24 @@ def test_store_folder_that_is_a_file(ws):
     assert _outputs(ws) == good
 
 
+@pytest.mark.parametrize("folder", ["objects", "actions", "tmp"])
+def test_store_root_that_is_a_file(ws, folder):
+    assert ws.build().code == 0
+    good = _outputs(ws)
+    root = ws.cache / folder
+    for p in root.rglob("*"):
+        if p.is_file():
+            os.chmod(p, 0o644)
+    shutil.rmtree(root)
+    root.write_text("not a folder")
+    ws.run("clean", str(ws.recipe))
+    run = ws.build("--force", "train")  # a step that runs needs tmp/ too
+    assert run.code == 0, run.err
+    assert "Traceback" not in run.err
+    assert root.is_dir() and _outputs(ws) == good
+    assert ws.run("verify", "--cache-dir", str(ws.cache)).code == 0
+
+
 BAD_ENTRIES = {
     "not_json": b"{not json",
     "a_list": b"[]",

@@ -422,13 +422,15 @@ class Cache:
             return None
         return entry if entry_is_consistent(entry) else None
 
-    def get_action(self, key: str) -> ActionEntry | None:
-        """The entry for ``key`` if it is well-formed and something is stored
+    def get_action(self, key: str, kind: str | None = None) -> ActionEntry | None:
+        """The entry for ``key`` if it is well-formed (of ``kind``, when given) and something is stored
         under each of its objects' names. What is stored there is checked when
         it is copied out (:meth:`materialize`): a damaged object is then
         quarantined with a warning, rather than silently treated as missing."""
         entry = self.read_action(key)
-        if entry is None or not all(self._occupied(d) for d in entry.files.values()):
+        if entry is None or (kind is not None and entry.kind != kind):
+            return None
+        if not all(self._occupied(d) for d in entry.files.values()):
             return None
         return entry
 

@@ -142,7 +142,7 @@ class Executor:
         digests = {d: artifacts[d].digest for d in step.dependencies}
         material = material_for(self.project, step, digests, {d: artifacts[d].metrics for d in step.dependencies})
         key = step_key(material)
-        entry = None if forced else self.cache.get_action(key)
+        entry = None if forced else self.cache.get_action(key, step.step_type.produces)
         source = "local"
         if entry is None and not forced and self.project.remote is not None:
             entry = self.project.remote.pull(key, self.cache, step.step_type.produces)

@@ -160,12 +160,12 @@ class RemoteCache:
                 raise _Untrusted("bad signature (not written with this TINYBUILD_REMOTE_KEY, or altered)")
         return entry
 
-    def peek(self, key: str) -> ActionEntry | None:
+    def peek(self, key: str, kind: str | None = None) -> ActionEntry | None:
         """The remote action entry for ``key`` without fetching its objects (for plans)."""
         if not self.enabled:
             return None
         try:
-            return self._entry(key, None)
+            return self._entry(key, kind)
         except _Untrusted as exc:
             self._ignore(key, exc)
         except Exception as exc:

@@ -270,3 +270,16 @@ def test_verify_without_a_cache_and_on_a_missing_object(ws):
     obj.unlink()
     run = ws.run("verify", "--cache-dir", str(ws.cache))
     assert run.code == 1 and "is missing" in run.out
+
+
+def test_local_entry_of_the_wrong_kind_is_a_miss(ws):
+    assert ws.build().code == 0
+    good = _outputs(ws)
+    train = _action_of(ws, "train")
+    os.chmod(train, 0o644)
+    train.write_bytes(_action_of(ws, "fp32").read_bytes())  # a tflite entry under a keras-model step's key
+    assert ws.plan()["train"][0] == "run"
+    ws.run("clean", str(ws.recipe))
+    run = ws.build()
+    assert run.code == 0 and built_steps(run) == ["train"]
+    assert _outputs(ws) == good

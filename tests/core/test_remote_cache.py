@@ -436,3 +436,33 @@ def test_s3_retries_are_bounded_unless_the_user_chose(monkeypatch):
     assert storage_options("s3://b/p", {"AWS_MAX_ATTEMPTS": "10"}) == {}
     assert storage_options("s3://b/p", {"AWS_RETRY_MODE": "adaptive"}) == {}
     assert storage_options("file:///tmp/x", {}) == {} and storage_options("gs://b/p", {}) == {}
+
+
+def _sparse_gib(path):
+    path.unlink()
+    with open(path, "wb") as f:
+        f.truncate(1 << 30)
+
+
+REMOTE_BAD_ENTRIES = {
+    "not_json": lambda p: p.write_bytes(b"{nope"),
+    "a_list": lambda p: p.write_bytes(b"[]"),
+    "nan_metrics": lambda p: _edit_entry(p, lambda e: e.update(metrics={"size": float("nan")})),
+    "deep_nesting": lambda p: p.write_bytes(b"[" * 100_000 + b"]" * 100_000),
+    "extra_field": lambda p: _edit_entry(p, lambda e: e.update(command="rm -rf /")),
+    "negative_size": lambda p: _edit_entry(p, lambda e: e.update(sizes={r: -1 for r in e["sizes"]})),
+    "one_gib": _sparse_gib,
+    "folder": lambda p: (p.unlink(), p.mkdir()),
+}
+
+
+@pytest.mark.parametrize("case", REMOTE_BAD_ENTRIES)
+def test_malformed_remote_entry_is_ignored(ws, tmp_path, first, case):
+    remote, good = first
+    REMOTE_BAD_ENTRIES[case](_remote_action(ws, remote, "train"))
+    started = time.perf_counter()
+    run = ws.build(*_second(tmp_path, remote))
+    assert time.perf_counter() - started < 10
+    assert run.code == 0 and "Traceback" not in run.err
+    assert built_steps(run) == ["train"] and "ignoring action" in run.err
+    assert _outputs(tmp_path / "out2" / "toy") == good

@@ -194,7 +194,16 @@ def _huge(path):
         f.truncate(1 << 30)  # 1 GiB, sparse: costs no disk
 
 
-REMOTE_TAMPERS = [_flip, _truncate, _longer, _directory, _huge]
+def _symlink(path):
+    """A link to another file (on a shared folder): read through, rejected by
+    digest, and replaced by the push without writing through it."""
+    other = path.parent.parent.parent / "planted.txt"
+    other.write_bytes(b"planted by someone else\n")
+    path.unlink()
+    path.symlink_to(other)
+
+
+REMOTE_TAMPERS = [_flip, _truncate, _longer, _directory, _huge, _symlink]
 
 
 @pytest.mark.parametrize("tamper", REMOTE_TAMPERS, ids=[t.__name__.strip("_") for t in REMOTE_TAMPERS])
@@ -212,6 +221,8 @@ def test_damaged_remote_object_is_ignored_and_the_push_repairs_it(ws, tmp_path, 
     assert obj.is_file() and hashlib.sha256(obj.read_bytes()).hexdigest() == digest  # overwritten by the push
     third = ws.build(*_second(tmp_path, remote, "3"))
     assert third.code == 0 and built_steps(third) == [] and "warning" not in third.err
+    planted = remote / "planted.txt"
+    assert not planted.exists() or planted.read_bytes() == b"planted by someone else\n"
 
 
 def test_push_overwrites_a_damaged_remote_object_it_did_not_pull(ws, tmp_path, first):

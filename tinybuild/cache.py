@@ -5,6 +5,7 @@ Layout under the cache directory::
     objects/ab/cdef...   file contents by sha256, read-only
     actions/ab/cdef...   step key -> {"kind", "files", "digest", "metrics"} (JSON)
     tmp/                 scratch: step output folders and half-written files
+    quarantine/          objects and entries found damaged (kept for inspection)
     statmemo.json        (path, inode, mtime, size) -> digest
     locks.json           lock files that used this cache (roots for `gc`)
 
@@ -13,22 +14,32 @@ renamed into place with ``os.replace``, which is atomic on POSIX. An object
 appears whole or not at all, and an action entry is written only after all
 of its objects exist, so a killed build never leaves a torn object or an
 action that points at missing data.
+
+Integrity: nothing in the cache folder is trusted on sight. Objects are
+hashed while they are copied out (one pass) and a mismatch, a symlink, a
+directory or anything else that is not a regular file is moved to
+``quarantine/`` (:class:`CorruptObject`); action entries of the wrong shape
+are treated as absent. The same checks guard entries pulled from a remote.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 from .errors import CacheError
-from .hashing import canonical_json, file_digest, stat_signature
+from .hashing import CHUNK, canonical_json, file_digest, stat_signature
 
 ENV_CACHE_DIR = "TINYBUILD_CACHE_DIR"
 _UMASK = os.umask(0)
@@ -59,22 +70,71 @@ def atomic_write_json(path: Path, value: Any, pretty: bool = False) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+#: An action entry is a few kilobytes; anything far bigger is not one (and is not read whole).
+MAX_ENTRY_BYTES = 16 << 20
+
+
+def is_digest(value: Any) -> bool:
+    """A lowercase hex sha256: the only shape a digest may have, since digests
+    become paths (``objects/ab/cdef...``) and entries can come from a remote."""
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
+
+
+class CorruptObject(CacheError):
+    """An object was not what its name says (content, type or size); it has
+    been quarantined where possible, and the step that needed it is rebuilt."""
+
+    def __init__(self, digest: str, reason: str):
+        super().__init__(f"cache object {digest[:12]} is damaged ({reason})")
+        self.digest = digest
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class ActionEntry:
-    """What a step produced: enough to rebuild its artifact without running it."""
+    """What a step produced: enough to rebuild its artifact without running it.
+
+    ``sizes`` (file -> bytes) lets a reader of a remote cache stop reading an
+    object as soon as it is longer than announced; entries written before it
+    existed have none.
+    """
 
     kind: str
     files: dict[str, str]
     digest: str
     metrics: dict[str, Any]
+    sizes: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "files": self.files, "digest": self.digest, "metrics": self.metrics}
+        out = {"kind": self.kind, "files": self.files, "digest": self.digest, "metrics": self.metrics}
+        if self.sizes:
+            out["sizes"] = self.sizes
+        return out
 
     @classmethod
     def from_json(cls, raw: Any) -> "ActionEntry":
-        """Parse a stored entry; KeyError/TypeError/AttributeError when malformed."""
-        return cls(kind=raw["kind"], files=dict(raw["files"]), digest=raw["digest"], metrics=dict(raw["metrics"]))
+        """Parse a stored entry; ValueError unless it has exactly the expected shape
+        (entries come from disk and remotes: a wrong shape must never reach a key)."""
+        if not isinstance(raw, dict):
+            raise ValueError("an action entry must be a JSON object")
+        extra = set(raw) - {"kind", "files", "digest", "metrics", "sizes", "signature"}
+        if extra:
+            raise ValueError(f"unexpected fields {sorted(extra)}")
+        kind, files, digest, metrics = raw.get("kind"), raw.get("files"), raw.get("digest"), raw.get("metrics")
+        sizes = raw.get("sizes", {})
+        if not isinstance(kind, str) or not kind or not is_digest(digest):
+            raise ValueError("kind or digest missing or malformed")
+        if not isinstance(files, dict) or not files or not all(isinstance(r, str) and is_digest(d) for r, d in files.items()):
+            raise ValueError("files must map names to sha256 digests")
+        if not isinstance(sizes, dict) or not all(
+                r in files and type(n) is int and n >= 0 for r, n in sizes.items()) or (sizes and set(sizes) != set(files)):
+            raise ValueError("sizes must give a non-negative size for every file")
+        if not isinstance(metrics, dict):
+            raise ValueError("metrics must be a JSON object")
+        canonical_json(metrics)  # NaN/Infinity would crash key computation downstream
+        return cls(kind=kind, files=dict(files), digest=digest, metrics=dict(metrics), sizes=dict(sizes))
 
 
 #: Filesystems stamp mtimes with a coarse clock: a file rewritten within the
@@ -140,8 +200,37 @@ def entry_is_consistent(entry: ActionEntry) -> bool:
     from .hashing import artifact_digest
 
     return (all(safe_relpath(rel) for rel in entry.files)
-            and all(isinstance(d, str) and len(d) == 64 for d in entry.files.values())
+            and all(is_digest(d) for d in entry.files.values())
             and entry.digest == artifact_digest(entry.kind, entry.files))
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """A file's bytes, only if it is a regular file (not a link, FIFO or
+    device) of at most ``limit`` bytes; OSError/ValueError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{path} is not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} is larger than {limit} bytes")
+    return data
+
+
+def _intact(path: Path, digest: str) -> bool:
+    try:
+        return file_digest(path) == digest
+    except OSError:
+        return False
+
+
+def parse_entry(data: bytes) -> ActionEntry:
+    """An entry from its stored bytes; ValueError for anything malformed."""
+    try:
+        return ActionEntry.from_json(json.loads(data.decode("utf-8")))
+    except RecursionError:  # deeply nested JSON
+        raise ValueError("nested too deeply") from None
 
 
 def _iter_store(root: Path) -> Iterator[tuple[str, Path]]:
@@ -171,44 +260,151 @@ class Cache:
     # -- objects -------------------------------------------------------------
 
     def object_path(self, digest: str) -> Path:
+        if not is_digest(digest):  # a digest becomes a path: never let one leave the store
+            raise CorruptObject(str(digest)[:64], "not a sha256 digest")
         return self.objects / digest[:2] / digest[2:]
 
     def has_object(self, digest: str) -> bool:
-        return self.object_path(digest).is_file()
+        """Whether a regular file (not a link, not a folder) is stored under ``digest``.
+        Its content is checked when it is read (:meth:`copy_object`)."""
+        if not is_digest(digest):
+            return False
+        try:
+            return stat.S_ISREG(os.lstat(self.object_path(digest)).st_mode)
+        except OSError:
+            return False
 
     def put_file(self, src: Path) -> str:
         """Store a file's content; return its digest."""
-        digest = file_digest(src)
+        return self.store_file(src)[0]
 
-        def copy(out: Any) -> None:
-            with open(src, "rb") as f:
-                shutil.copyfileobj(f, out)
+    def store_file(self, src: Path) -> tuple[str, int]:
+        """Store a file's content, hashing while copying (one pass); return (digest, size)."""
+        with open(src, "rb") as f:
+            return self.ingest(iter(lambda: f.read(CHUNK), b""))
 
-        self._install(digest, copy)
-        return digest
+    def ingest(self, chunks: Iterable[bytes], digest: str | None = None, size: int | None = None) -> tuple[str, int]:
+        """Store a stream of bytes as an object; return (digest, size).
 
-    def put_bytes(self, data: bytes, digest: str) -> None:
-        """Store bytes already known to hash to ``digest`` (verified by the caller)."""
-        self._install(digest, lambda f: f.write(data))
-
-    def _install(self, digest: str, fill: Any) -> None:
-        """Write an object under a temporary name, sync it, make it read-only and
-        rename it into place: an object is whole or absent, never torn."""
-        dest = self.object_path(digest)
-        if dest.exists():
-            return
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
+        With ``digest`` and ``size`` (data from an untrusted source), reading
+        stops as soon as more than ``size`` bytes arrive, and the object is
+        stored only if it has exactly that size and digest (CorruptObject
+        otherwise): a bogus huge object is never read whole.
+        """
+        self._ensure_dir(self.tmp)
+        folder = Path(tempfile.mkdtemp(dir=self.tmp, prefix="ingest-"))  # gc reaps it if we are killed
+        staging = folder / "object"
         try:
-            with open(staging, "wb") as f:
-                fill(f)
-                f.flush()
-                os.fsync(f.fileno())
+            h = hashlib.sha256()
+            n = 0
+            with open(staging, "wb") as out:
+                for chunk in chunks:
+                    n += len(chunk)
+                    if size is not None and n > size:
+                        raise CorruptObject(digest or "?", f"longer than the announced {size} bytes")
+                    h.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            got = h.hexdigest()
+            if size is not None and n != size:
+                raise CorruptObject(digest or got, f"{n} bytes instead of {size}")
+            if digest is not None and got != digest:
+                raise CorruptObject(digest, "content does not match its digest")
             os.chmod(staging, 0o444)
-            os.replace(staging, dest)
-        except BaseException:
-            staging.unlink(missing_ok=True)
+            self._place(staging, got, n)
+            return got, n
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _place(self, staging: Path, digest: str, size: int) -> None:
+        """Rename a verified file into the store: an object is whole or absent,
+        never torn. What already sits there stays only if it is a regular
+        file with the right size and content; anything else is quarantined
+        and replaced (a damaged object heals when its content is stored again)."""
+        dest = self.object_path(digest)
+        try:
+            st = os.lstat(dest)
+            if stat.S_ISREG(st.st_mode) and st.st_size == size and _intact(dest, digest):
+                return
+            self.quarantine(dest)
+        except FileNotFoundError:
+            pass
+        except NotADirectoryError:
+            pass  # objects/ab is not a folder: handled by _make_parent
+        self._make_parent(dest)
+        os.replace(staging, dest)
+
+    def _make_parent(self, path: Path) -> None:
+        """Make ``path``'s two-level folder (``objects/ab``) a real folder,
+        quarantining a file or link found in its place."""
+        parent = path.parent
+        self._ensure_dir(parent.parent)
+        try:
+            st = os.lstat(parent)
+            if stat.S_ISDIR(st.st_mode):
+                return
+            self.quarantine(parent)
+        except FileNotFoundError:
+            pass
+        parent.mkdir(parents=True, exist_ok=True)
+
+    def _ensure_dir(self, folder: Path) -> None:
+        """Make a top-level store folder (``objects``, ``actions``, ``tmp``)
+        exist; a file found in its place is quarantined (a link to a folder is
+        accepted: a cache may live partly on another disk)."""
+        if not folder.is_dir() and (folder.is_symlink() or folder.exists()):
+            self.quarantine(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def quarantine(self, path: Path) -> bool:
+        """Move a damaged object or entry (file, folder or link: never followed)
+        out of the store into ``quarantine/``; False when it cannot be moved
+        (read-only cache), in which case it is merely never served."""
+        try:
+            folder = self.root / "quarantine"
+            folder.mkdir(parents=True, exist_ok=True)
+            os.rename(path, folder / f"{path.parent.name}-{path.name}.{uuid.uuid4().hex[:8]}")
+            return True
+        except OSError:
+            return False
+
+    def copy_object(self, digest: str, out: BinaryIO) -> int:
+        """Copy an object into ``out`` while hashing it; return its size.
+
+        Raises CorruptObject (after quarantining it) when the object is not
+        a regular file or its bytes do not hash to its name, and
+        FileNotFoundError when it is absent. ``out`` then holds garbage: the
+        caller writes to a staging file and discards it.
+        """
+        path = self.object_path(digest)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        except FileNotFoundError:
             raise
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self.quarantine(path)
+                raise CorruptObject(digest, "a symbolic link") from None
+            if exc.errno == errno.ENOTDIR:
+                self.quarantine(path.parent)
+                raise CorruptObject(digest, f"{path.parent.name} in the store is not a folder") from None
+            raise CorruptObject(digest, f"unreadable: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            self.quarantine(path)
+            raise CorruptObject(digest, "not a regular file")
+        with os.fdopen(fd, "rb") as f:
+            h = hashlib.sha256()
+            n = 0
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                h.update(chunk)
+                out.write(chunk)
+                n += len(chunk)
+        if h.hexdigest() != digest:
+            self.quarantine(path)
+            raise CorruptObject(digest, "content does not match its digest")
+        return n
 
     def iter_objects(self) -> Iterator[tuple[str, Path]]:
         return _iter_store(self.objects)
@@ -218,22 +414,46 @@ class Cache:
     def action_path(self, key: str) -> Path:
         return self.actions / key[:2] / key[2:]
 
-    def get_action(self, key: str) -> ActionEntry | None:
-        """The entry for ``key`` if it exists and all of its objects are present."""
+    def read_action(self, key: str) -> ActionEntry | None:
+        """The stored entry for ``key``; None when absent, unreadable or of the wrong shape."""
         try:
-            raw = json.loads(self.action_path(key).read_text("utf-8"))
-            entry = ActionEntry.from_json(raw)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            entry = parse_entry(_read_regular(self.action_path(key), MAX_ENTRY_BYTES))
+        except (OSError, ValueError):
             return None
-        if not entry_is_consistent(entry) or not all(self.has_object(d) for d in entry.files.values()):
+        return entry if entry_is_consistent(entry) else None
+
+    def get_action(self, key: str, kind: str | None = None) -> ActionEntry | None:
+        """The entry for ``key`` if it is well-formed (of ``kind``, when given) and something is stored
+        under each of its objects' names. What is stored there is checked when
+        it is copied out (:meth:`materialize`): a damaged object is then
+        quarantined with a warning, rather than silently treated as missing."""
+        entry = self.read_action(key)
+        if entry is None or (kind is not None and entry.kind != kind):
+            return None
+        if not all(self._occupied(d) for d in entry.files.values()):
             return None
         return entry
+
+    def _occupied(self, digest: str) -> bool:
+        try:
+            os.lstat(self.object_path(digest))
+            return True
+        except OSError:
+            return False
 
     def put_action(self, key: str, entry: ActionEntry) -> None:
         missing = [rel for rel, d in entry.files.items() if not self.has_object(d)]
         if missing:  # the invariant that makes kills safe; never violate it
             raise RuntimeError(f"refusing to record action {key[:12]}: objects missing for {missing}")
-        atomic_write_json(self.action_path(key), entry.to_json())
+        path = self.action_path(key)
+        self._make_parent(path)
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            self.quarantine(path)  # a folder or link where an entry belongs
+        atomic_write_json(path, entry.to_json())
+
+    def drop_action(self, key: str) -> bool:
+        """Move a broken entry out of the way (quarantine) so the step is rebuilt."""
+        return self.quarantine(self.action_path(key))
 
     def iter_actions(self) -> Iterator[tuple[str, Path]]:
         return _iter_store(self.actions)
@@ -241,7 +461,7 @@ class Cache:
     # -- scratch -------------------------------------------------------------
 
     def scratch_dir(self, label: str) -> Path:
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self._ensure_dir(self.tmp)
         return Path(tempfile.mkdtemp(dir=self.tmp, prefix=f"{label}-"))
 
     # -- materializing outputs ---------------------------------------------
@@ -250,7 +470,9 @@ class Cache:
         """Make ``dest`` hold exactly ``files`` (rel path -> digest).
 
         Files already in place with the right content (per the stat memo) are
-        left alone, so a no-op build touches nothing.
+        left alone, so a no-op build touches nothing. Every object copied is
+        verified on the way: CorruptObject when one is damaged (it is
+        quarantined; the caller rebuilds the step).
         """
         unsafe = [rel for rel in files if not safe_relpath(rel)]
         if unsafe:
@@ -258,12 +480,17 @@ class Cache:
         dest.mkdir(parents=True, exist_ok=True)
         for rel, digest in files.items():
             target = dest / rel
-            if target.is_file() and self.memo.digest(target) == digest:
-                continue
+            if not target.is_symlink() and target.is_file() and self.memo.digest(target) == digest:
+                continue  # the memo vouches only for content it hashed with this very stat signature
             target.parent.mkdir(parents=True, exist_ok=True)
             staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-            shutil.copyfile(self.object_path(digest), staging)
-            os.replace(staging, target)
+            try:
+                with open(staging, "wb") as out:
+                    self.copy_object(digest, out)  # hashed while copied: a damaged object raises CorruptObject
+                os.replace(staging, target)
+            except BaseException:
+                staging.unlink(missing_ok=True)
+                raise
             self.memo.remember(target, digest)
         wanted = {dest / rel for rel in files}
         for existing in sorted(dest.rglob("*"), reverse=True):

@@ -41,7 +41,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="append", default=[], metavar="STEP", help="rerun STEP even if cached (repeatable)")
     p.add_argument("--keep-going", action="store_true", help="after a failure, keep building independent branches")
     p.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
-    p.add_argument("-v", "--verbose", action="store_true", help="also list cached steps")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list cached steps, and the bytes and time of remote-cache transfers")
     _common(p)
 
     p = sub.add_parser("plan", help="show what a build would run, and why")
@@ -67,6 +67,11 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gc", help="drop cache entries that no lock file references")
     p.add_argument("recipe", nargs="?", default=None, help="a recipe whose cache to collect (default: --cache-dir, else $TINYBUILD_CACHE_DIR, else recipe.toml)")
     p.add_argument("--dry-run", action="store_true", help="only report what would be removed")
+    _common(p)
+
+    p = sub.add_parser("verify", help="check every object and action entry of a cache (exit 1 on damage)")
+    p.add_argument("recipe", nargs="?", default=None, help="a recipe whose cache to check (default: --cache-dir, else $TINYBUILD_CACHE_DIR, else recipe.toml)")
+    p.add_argument("--repair", action="store_true", help="move damaged objects and broken entries to the cache's quarantine/ folder")
     _common(p)
 
     p = sub.add_parser("plugins", help="list installed plugins, their step types and passes")
@@ -128,10 +133,11 @@ def _project(args: argparse.Namespace, extra: Sequence[tuple[str, Any]] = ()):
                            disabled=args.disable_plugin, extra_plugins=extra)
     url = args.remote_cache or os.environ.get("TINYBUILD_REMOTE_CACHE")
     if url:
-        from .remote import RemoteCache
+        from .remote import RemoteCache, secret_from_env
 
         try:
-            project.remote = RemoteCache(url, push=not args.no_push, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+            project.remote = RemoteCache(url, push=not args.no_push, warn=lambda m: print(f"warning: {m}", file=sys.stderr),
+                                         secret=secret_from_env())
         except (ImportError, ValueError) as exc:
             raise UsageError(f"--remote-cache {url}: {exc}; use a URL fsspec understands (file://, s3://, gs://, ...)") from None
     return project
@@ -274,6 +280,39 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _standalone_cache(args: argparse.Namespace):
+    """The cache a cache-only command works on: --cache-dir, else
+    $TINYBUILD_CACHE_DIR when no recipe is named, else the recipe's."""
+    import os
+
+    from .cache import ENV_CACHE_DIR, Cache
+
+    if args.cache_dir:
+        return Cache(Path(args.cache_dir).expanduser().resolve())
+    if args.recipe is None and os.environ.get(ENV_CACHE_DIR):
+        return Cache(Path(os.environ[ENV_CACHE_DIR]).expanduser().resolve())
+    args.recipe = args.recipe or DEFAULT_RECIPE
+    return _project(args).cache
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import verify_cache
+
+    cache = _standalone_cache(args)
+    report = verify_cache(cache, repair=args.repair)
+    for kind, found in (("object", report.bad_objects), ("action entry", report.bad_actions)):
+        for damage in found:
+            print(f"damaged {kind} {damage.path}: {damage.reason}")
+    print(f"checked {report.objects} objects and {report.actions} action entries in {cache.root}: "
+          f"{len(report.bad_objects)} damaged objects, {len(report.bad_actions)} broken action entries")
+    if report.damaged:
+        if args.repair:
+            print(f"moved {report.quarantined} of them to {cache.root / 'quarantine'}; the next build rebuilds what needed them")
+        else:
+            print("run `tinybuild verify --repair` to quarantine them (the next build then rebuilds what needed them)")
+    return 1 if report.damaged else 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -333,5 +372,5 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "build": cmd_build, "plan": cmd_plan, "graph": cmd_graph, "show": cmd_show, "clean": cmd_clean,
-    "gc": cmd_gc, "plugins": cmd_plugins, "schema": cmd_schema, "new-plugin": cmd_new_plugin,
+    "gc": cmd_gc, "verify": cmd_verify, "plugins": cmd_plugins, "schema": cmd_schema, "new-plugin": cmd_new_plugin,
 }

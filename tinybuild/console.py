@@ -22,6 +22,19 @@ def _short(seconds: float) -> str:
     return f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
 
+def _brief(seconds: float) -> str:
+    """Transfers are often milliseconds: show them as such."""
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else _short(seconds)
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
 class ConsoleReporter:
     """Prints build progress. ``live`` uses rich's progress display."""
 
@@ -69,9 +82,13 @@ class ConsoleReporter:
         self._width = max((len(s) for s in steps), default=10)
 
     @hookimpl
-    def tinybuild_step_cached(self, step: str, step_type: str, digest: str) -> None:
+    def tinybuild_step_cached(self, step: str, step_type: str, digest: str, source: str,
+                              transfer: Mapping[str, Any] | None) -> None:
         self._index += 1
-        if self.verbose or not self.live:
+        if source == "remote":  # always shown: a pull is news, a local hit is not
+            detail = f" ({_bytes(transfer['bytes'])} in {_brief(transfer['seconds'])})" if self.verbose and transfer else ""
+            self._line(f"{self._head(step)} [cyan]pulled[/cyan] {digest[:12]}{detail}")
+        elif self.verbose or not self.live:
             self._line(f"{self._head(step)} [dim]cached[/dim] {digest[:12]}")
 
     @hookimpl
@@ -131,9 +148,17 @@ class ConsoleReporter:
     def tinybuild_build_finished(self, recipe: str, summary: Mapping[str, Any]) -> None:
         self._stop_live()
         parts = [f"{len(summary['built'])} built", f"{len(summary['cached'])} cached"]
+        remote = summary.get("remote")
+        if remote is not None:
+            parts += [f"{len(summary.get('pulled', ()))} pulled", f"{remote['pushed']} pushed"]
         if summary["failed"]:
             parts.append(f"[red]{len(summary['failed'])} failed[/red]")
         if summary["skipped"]:
             parts.append(f"{len(summary['skipped'])} skipped")
         status = "[green]ok[/green]" if summary["exit_code"] == 0 else f"[red]exit {summary['exit_code']}[/red]"
         self._line(f"{status}: {', '.join(parts)} in {_short(summary['seconds'])}")
+        if remote is not None and self.verbose:
+            self._line(f"remote cache {_e(remote['url'])}: {_bytes(remote['bytes_down'])} down, "
+                       f"{_bytes(remote['bytes_up'])} up, {_brief(remote['seconds'])}"
+                       + (" (disabled after a failure)" if remote.get("disabled") else "")
+                       + ("" if remote.get("signed") else " (entries unsigned: no TINYBUILD_REMOTE_KEY)"))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .api import Artifact, GateFailed, StepError
-from .cache import ActionEntry
+from .cache import ActionEntry, CorruptObject
 from .capture import output_to, tail
 from .context import RunContext
 from .graph import downstream
@@ -42,12 +42,14 @@ class BuildOptions:
 class BuildResult:
     built: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
+    pulled: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     gated: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     uncached: list[str] = field(default_factory=list)
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     seconds: float = 0.0
+    remote: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -58,8 +60,11 @@ class BuildResult:
         return 0
 
     def summary(self) -> dict[str, Any]:
-        return {"built": self.built, "cached": self.cached, "failed": sorted({**self.failed, **self.gated}),
-                "skipped": sorted(self.skipped), "exit_code": self.exit_code, "seconds": round(self.seconds, 3)}
+        out = {"built": self.built, "cached": self.cached, "failed": sorted({**self.failed, **self.gated}),
+               "skipped": sorted(self.skipped), "exit_code": self.exit_code, "seconds": round(self.seconds, 3)}
+        if self.remote is not None:  # steps pulled from the remote are not in "cached" (local hits)
+            out.update(pulled=self.pulled, remote=self.remote)
+        return out
 
 
 class _StepFailure(Exception):
@@ -121,6 +126,8 @@ class Executor:
                         stopped = True
         finally:
             result.seconds = time.perf_counter() - started
+            if project.remote is not None:
+                result.remote = project.remote.describe()
             if new_lock != lock:
                 write_lock(project.lock_path, project.recipe.meta.name, new_lock)
             self.cache.register_lock(project.lock_path)
@@ -135,19 +142,36 @@ class Executor:
         digests = {d: artifacts[d].digest for d in step.dependencies}
         material = material_for(self.project, step, digests, {d: artifacts[d].metrics for d in step.dependencies})
         key = step_key(material)
-        entry = None if forced else self.cache.get_action(key)
+        entry = None if forced else self.cache.get_action(key, step.step_type.produces)
+        source = "local"
         if entry is None and not forced and self.project.remote is not None:
             entry = self.project.remote.pull(key, self.cache, step.step_type.produces)
+            source = "remote"
         if entry is not None:
-            artifact = self._materialize(step.name, entry)
-            self.hooks.step_cached(step.name, step.step_type.name, entry.digest)
-            result.cached.append(step.name)
+            try:
+                artifact = self._materialize(step.name, entry)
+            except CorruptObject as exc:  # quarantined by the cache; the step is rebuilt below
+                self.hooks.step_log(step.name, f"warning: {exc}, quarantined; rebuilding step '{step.name}'")
+                entry = None
+            except FileNotFoundError:  # removed since it was looked up (another process's gc)
+                self.hooks.step_log(step.name, f"warning: a cache object of step '{step.name}' vanished; rebuilding it")
+                entry = None
+        if entry is not None:
+            transfer = None
+            if source == "remote":
+                last = self.project.remote.last_pull
+                transfer = {"bytes": last.bytes, "seconds": round(last.seconds, 3)}
+            self.hooks.step_cached(step.name, step.step_type.name, entry.digest, source, transfer)
+            (result.pulled if source == "remote" else result.cached).append(step.name)
             return artifact, lock_entry(key, material, list(step.inputs), entry.kind, entry.files, entry.digest)
 
         self.hooks.step_started(step.name, step.step_type.name, run_reasons(material, step, lock, forced))
         started = time.perf_counter()
         entry, stable = self._run(step, artifacts)
-        artifact = self._materialize(step.name, entry)
+        try:
+            artifact = self._materialize(step.name, entry)
+        except CorruptObject as exc:  # only if the store is damaged while we write it
+            raise _StepFailure(f"{exc}; run the build again") from None
         result.built.append(step.name)
         if stable:
             self.cache.put_action(key, entry)
@@ -205,11 +229,14 @@ class Executor:
             rels = list_files(out)
             if not rels:
                 raise _StepFailure(f"plugin '{step.plugin}' produced no output files for step '{step.name}'")
-            files = {rel: self.cache.put_file(out / rel) for rel in rels}
+            stored = {rel: self.cache.store_file(out / rel) for rel in rels}
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         stable = self._fingerprint(watched) == before
-        entry = ActionEntry(kind=st.produces, files=files, digest=artifact_digest(st.produces, files), metrics=metrics)
+        files = {rel: digest for rel, (digest, _) in stored.items()}
+        sizes = {rel: size for rel, (_, size) in stored.items()}
+        entry = ActionEntry(kind=st.produces, files=files, digest=artifact_digest(st.produces, files), metrics=metrics,
+                            sizes=sizes)
         return entry, stable
 
     # -- helpers --------------------------------------------------------------

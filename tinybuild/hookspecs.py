@@ -108,12 +108,15 @@ def tinybuild_step_log(step: str, message: str) -> None:
 
 
 @hookspec
-def tinybuild_step_cached(step: str, step_type: str, digest: str) -> None:
+def tinybuild_step_cached(step: str, step_type: str, digest: str, source: str, transfer: Mapping[str, Any] | None) -> None:
     """A step's result was found in the cache and was not run.
 
     :param step: the step's name in the recipe.
     :param step_type: the step type (plugin) it uses.
     :param digest: the digest of its (cached) output artifact.
+    :param source: ``"local"`` (the local cache) or ``"remote"`` (pulled from the remote cache).
+    :param transfer: for a pull, ``{"bytes": ..., "seconds": ...}`` it took; None otherwise.
+        (An implementation may omit ``source`` and ``transfer`` from its signature.)
     """
 
 

@@ -104,8 +104,8 @@ def make_plan(project: Project, selected: Sequence[str], lock: Mapping[str, Any]
             continue
         material = material_for(project, step, digests, metrics)
         key = step_key(material)
-        entry = None if forced else project.cache.get_action(key)
-        remote = None if forced or entry is not None or project.remote is None else project.remote.peek(key)
+        entry = None if forced else project.cache.get_action(key, step.step_type.produces)
+        remote = None if forced or entry is not None or project.remote is None else project.remote.peek(key, step.step_type.produces)
         if entry is not None or remote is not None:
             found = entry or remote
             digests[name] = found.digest

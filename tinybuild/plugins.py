@@ -266,8 +266,10 @@ class Hooks:
     def step_log(self, step: str, message: str) -> None:
         self._call("tinybuild_step_log", step=step, message=message)
 
-    def step_cached(self, step: str, step_type: str, digest: str) -> None:
-        self._call("tinybuild_step_cached", step=step, step_type=step_type, digest=digest)
+    def step_cached(self, step: str, step_type: str, digest: str, source: str = "local",
+                    transfer: Mapping[str, Any] | None = None) -> None:
+        self._call("tinybuild_step_cached", step=step, step_type=step_type, digest=digest, source=source,
+                   transfer=dict(transfer) if transfer else None)
 
     def step_finished(self, step: str, step_type: str, digest: str, seconds: float, metrics: Mapping[str, Any]) -> None:
         self._call("tinybuild_step_finished", step=step, step_type=step_type, digest=digest, seconds=seconds, metrics=dict(metrics))

@@ -3,7 +3,8 @@
 Inputs are ``metrics`` artifacts (one per evaluated variant, in the order the
 recipe lists them). Outputs: ``report.md``, ``report.json``, ``report.html``
 (self-contained: inline CSS and an inline SVG chart of size against accuracy,
-no scripts, no external assets) and ``build.log`` (a plain-text lab log).
+no scripts, no external assets), ``build.log`` (a plain-text lab log) and
+``shrinklog.txt`` (the thesis-style run log, see ``shrinklog``).
 
 The terminal table is not printed here: the core owns the terminal's live
 display, so the table goes out line by line through ``ctx.log`` and the
@@ -52,6 +53,7 @@ from pydantic import Field, field_validator
 from tinybuild.api import Artifact, GateFailed, Kind, Params, StepError, StepType, hookimpl
 
 from tinybuild_plugins.report import render
+from tinybuild_plugins.report import shrinklog as _shrinklog
 
 KIB = 1024
 #: the [target] keys that are budgets (``name`` is only a label)
@@ -263,6 +265,9 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str,
     (ctx.out_dir / "report.html").write_text(render.html(report), encoding="utf-8")
     (ctx.out_dir / "build.log").write_text(render.lab_log(report), encoding="utf-8")
 
+    # shrinklog.txt: the thesis-style run log (its own module; no rendering here)
+    _shrinklog.write(ctx.out_dir, title, inputs, params.baseline)
+
     latencies = {a.metrics.get("variant", a.step): a.metrics.get("latency_ms") for a in inputs}
     table = render.text_table(report, latencies)
     for line in table.splitlines():
@@ -298,7 +303,7 @@ def tinybuild_step_types() -> list[StepType]:
             toolchain=("rich",),
             description="Compare evaluated variants (report.md/.json/.html, build.log) and enforce "
                         "the [target] budgets (exit code 3)",
-            fingerprint_modules=("tinybuild_plugins.report.render",),
+            fingerprint_modules=("tinybuild_plugins.report.render", "tinybuild_plugins.report.shrinklog"),
             uses_target=True,
             uses_input_metrics=True,  # latency comes from the evaluations' step metrics
         )

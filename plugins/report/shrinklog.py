@@ -9,8 +9,8 @@ report's baseline) and of the final model (the last variant).
 Why no date: the thesis log began with one, but every report file must be
 byte-reproducible (the same metrics give the same bytes, so the cache's
 early cutoff works and a cached report is not stale). A date would either
-break that or, taken from the cache, be wrong. The build date is where the
-build happens: the console and the lock file.
+break that or, taken from the cache, be wrong. tinybuild records no build
+date; a CI log has one.
 
 Facts a recipe does not have (no audio, no pruning step) are written as
 "-", so the file has the same lines for every recipe.
@@ -71,7 +71,7 @@ def text(title: str, original: Mapping[str, Any], final: Mapping[str, Any]) -> s
         ratio = f"{original['size_bytes'] / final['size_bytes']:.2f}x smaller"
     lines = [
         f"ShrinkLog: {title}",
-        "(no date: this file is byte-reproducible; the build date is in the console and the lock file)",
+        "(no date: the same build gives the same bytes, so a cached log is never stale)",
         "",
         f"Audio length:       {length}",
         f"Sample rate:        {str(audio['sample_rate']) + ' Hz' if 'sample_rate' in audio else '-'}",

@@ -315,3 +315,30 @@ def test_class_missing_from_train_is_an_error(one_good_clip_each, tmp_path):
 def test_missing_folder_names_the_variable(tmp_path):
     with pytest.raises(ValidationError, match="audio folder not found.*TINYBUILD_DATA"):
         audio({"folder": str(tmp_path / "nowhere")}, tmp_path)
+
+
+# -- the squeezenet architecture on audio windows -------------------------------------------
+
+
+def test_squeezenet_on_audio_windows_through_qat_to_int8(clip_folders, tmp_path):
+    from tinybuild_plugins.keras.architectures import squeezenet
+    from tinybuild_plugins.keras.models import KERAS
+    from tinybuild_plugins.keras.qat import QAT
+    from tinybuild_plugins.keras.train import TRAIN
+    from tinybuild_plugins.tflite.convert import tinybuild_step_types as tflite_types
+
+    assert squeezenet((90, 90, 1), 6, {}).count_params() == 15_510  # the figure the README gives
+    with pytest.raises(StepError, match=r"option fire must be a non-empty list of \[squeeze, expand\] pairs"):
+        squeezenet((90, 90, 1), 6, {"fire": [8, 16]})
+
+    data = run_step(AUDIO, [], {"folder": str(clip_folders), "sample_rate": 4000, "window_s": 0.25,
+                                "split": {"train": 0.5, "val": 0.17, "test": 0.33}}, out_dir=tmp_path / "d")
+    model = run_step(KERAS, [], {"architecture": "squeezenet", "options": {"fire": [[4, 8], [4, 8]], "dropout": 0.2}},
+                     dataset=data, out_dir=tmp_path / "m")
+    trained = run_step(TRAIN, [model], {"epochs": 2, "batch_size": 16}, dataset=data, out_dir=tmp_path / "t")
+    qat = run_step(QAT, [trained], {"epochs": 1, "batch_size": 16}, dataset=data, out_dir=tmp_path / "q")
+    [tflite] = tflite_types()
+    int8 = run_step(tflite, [qat], {"quantize": "int8"}, dataset=data, out_dir=tmp_path / "i")
+    assert int8.metrics["weight_dtypes"].get("int8", 0) > 0
+    assert int8.metrics["training"] == [{"optimization": "trained", "epochs_run": 2, "batch_size": 16},
+                                        {"optimization": "qat", "epochs_run": 1, "batch_size": 16}]

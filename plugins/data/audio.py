@@ -129,8 +129,9 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     return list(reader.fieldnames or []), rows
 
 
-def clips_from_csv(params: AudioParams) -> list[Clip]:
-    """Clips named by the CSV, with their labels, groups and folds."""
+def clips_from_csv(params: AudioParams, *, check_files: bool = True) -> list[Clip]:
+    """Clips named by the CSV, with their labels, groups and folds
+    (``check_files``: each named file must exist)."""
     path = Path(params.csv)
     columns, rows = _read_csv(path)
     needed = {"file_column": params.file_column, "label_column": params.label_column}
@@ -150,7 +151,7 @@ def clips_from_csv(params: AudioParams) -> list[Clip]:
         if not name:
             raise StepError(f"{path} line {line}: empty '{params.file_column}'; name the clip's WAV file")
         file = params.folder / name
-        if not file.is_file():
+        if check_files and not file.is_file():
             raise StepError(f"{path} line {line} names {name}, but {file} does not exist or is not a file; "
                             f"fix the row, or point folder at the clips")
         fold = None
@@ -208,7 +209,7 @@ def input_files(params: AudioParams) -> dict[str, Path]:
     line), not here; a clip the CSV names that is missing is reported at
     plan time by the core (exit 2, naming the file)."""
     try:
-        clips = clips_from_csv(params) if params.csv is not None else clips_from_folders(params)
+        clips = clips_from_csv(params, check_files=False) if params.csv is not None else clips_from_folders(params)
     except StepError:
         return {}
     return {f"clip {c.path.relative_to(params.folder).as_posix()}": c.path for c in clips}

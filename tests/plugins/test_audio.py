@@ -285,6 +285,11 @@ def test_csv_naming_a_missing_file(csv_clips, tmp_path):
     csv.write_text((csv_clips / "meta.csv").read_text() + "ghost.wav,1,0,tone,False,99,A\n")
     with pytest.raises(StepError, match=r"meta.csv line 20 names ghost.wav.*fix the row"):
         audio({"folder": str(csv_clips / "audio"), "csv": str(csv)}, tmp_path)
+    # at plan time the core digests every listed clip: a missing one is a recipe error (exit 2) naming it
+    from tinybuild_plugins.data.audio import AudioParams
+
+    listed = input_files(AudioParams(folder=csv_clips / "audio", csv=csv))
+    assert listed["clip ghost.wav"] == csv_clips / "audio" / "ghost.wav"
 
 
 def test_csv_without_the_label_column(csv_clips, tmp_path):

@@ -347,3 +347,22 @@ def test_squeezenet_on_audio_windows_through_qat_to_int8(clip_folders, tmp_path)
     assert int8.metrics["weight_dtypes"].get("int8", 0) > 0
     assert int8.metrics["training"] == [{"optimization": "trained", "epochs_run": 2, "batch_size": 16},
                                         {"optimization": "qat", "epochs_run": 1, "batch_size": 16}]
+
+
+def test_group_spanning_folds_is_an_error(csv_clips, tmp_path):
+    rows = (csv_clips / "meta.csv").read_text().splitlines()
+    first = rows[1].split(",")
+    first[1] = "3" if first[1] != "3" else "1"  # move one take of a recording to another fold
+    csv = tmp_path / "meta.csv"
+    csv.write_text("\n".join([rows[0], ",".join(first), *rows[2:]]) + "\n")
+    with pytest.raises(StepError, match=r"group\(s\) 00 have clips in more than one fold"):
+        audio({"folder": str(csv_clips / "audio"), "csv": str(csv), "group_column": "src_file",
+               "test_folds": [3]}, tmp_path)
+
+
+def test_nan_samples(one_good_clip_each, tmp_path):
+    signal = np.zeros(4000)
+    signal[100] = np.nan
+    write_wav(one_good_clip_each / "noise" / "nan.wav", signal, 8000, "FLOAT", 1)
+    with pytest.raises(StepError, match=r"nan.wav holds NaN or infinite samples"):
+        audio({"folder": str(one_good_clip_each), "window_s": 0.25}, tmp_path)

@@ -62,9 +62,9 @@ class AudioParams(Params):
     file_column: str = Field("filename", min_length=1, description="CSV column with the clip's file name (relative to folder).")
     label_column: str = Field("category", min_length=1, description="CSV column with the clip's class name.")
     group_column: str | None = Field(
-        None, min_length=1,
-        description="CSV column naming the source recording (ESC-50: src_file); clips sharing it stay in one "
-        "split. Unset: each clip is its own group.",
+        "src_file", min_length=1,
+        description="CSV column naming the source recording; clips sharing it stay in one split. Default: "
+        "ESC-50's src_file where the CSV has it; without that column (or a CSV) each clip is its own group.",
     )
     fold_column: str = Field("fold", min_length=1, description="CSV column with a fold number (used with test_folds/val_folds).")
     test_folds: list[int] = Field(default_factory=list, description="Folds that form the test split (e.g. [4]); then split fractions are not used.")
@@ -95,7 +95,7 @@ class AudioParams(Params):
             raise ValueError(f"folds {sorted(set(self.test_folds) & set(self.val_folds))} are in both test_folds and val_folds")
         if (self.test_folds or self.val_folds) and self.csv is None:
             raise ValueError("test_folds/val_folds need a csv with a fold column")
-        if self.group_column is not None and self.csv is None:
+        if "group_column" in self.model_fields_set and self.group_column is not None and self.csv is None:
             raise ValueError("group_column needs a csv; without one each clip is its own group")
         if self.classes is not None and (not self.classes or len(set(self.classes)) != len(self.classes)):
             raise ValueError("classes must be a non-empty list of distinct names")
@@ -135,8 +135,11 @@ def clips_from_csv(params: AudioParams, *, check_files: bool = True) -> list[Cli
     path = Path(params.csv)
     columns, rows = _read_csv(path)
     needed = {"file_column": params.file_column, "label_column": params.label_column}
-    if params.group_column:
-        needed["group_column"] = params.group_column
+    group_column = params.group_column
+    if group_column and group_column not in columns and "group_column" not in params.model_fields_set:
+        group_column = None  # the ESC-50 default, on a CSV without it: each clip is its own group
+    if group_column:
+        needed["group_column"] = group_column
     if params.test_folds or params.val_folds:
         needed["fold_column"] = params.fold_column
     for key, column in needed.items():
@@ -160,7 +163,7 @@ def clips_from_csv(params: AudioParams, *, check_files: bool = True) -> list[Cli
                 fold = int(row[params.fold_column])
             except (TypeError, ValueError):
                 raise StepError(f"{path} line {line}: fold '{row.get(params.fold_column)}' is not an integer") from None
-        group = (row.get(params.group_column) or "").strip() if params.group_column else name
+        group = (row.get(group_column) or "").strip() if group_column else name
         clips.append(Clip(file, (row.get(params.label_column) or "").strip(), group or name, fold))
     return clips
 
@@ -333,7 +336,7 @@ def run(ctx: StepContext, inputs: Sequence[Any], params: AudioParams) -> dict[st
             **shape_facts,
         },
         "source": {"format": "audio", "labels": "csv" if params.csv is not None else "folders",
-                   "group_column": params.group_column, "samples": int(len(y))},
+                   "groups": len(group_ids), "samples": int(len(y))},
     }
     save_dataset(ctx.out_dir, xs, ys, meta)
     ctx.log(f"{len(clips)} clips -> {len(y)} windows of {params.window_s} s at {params.sample_rate} Hz, "

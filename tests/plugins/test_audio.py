@@ -366,3 +366,16 @@ def test_nan_samples(one_good_clip_each, tmp_path):
     write_wav(one_good_clip_each / "noise" / "nan.wav", signal, 8000, "FLOAT", 1)
     with pytest.raises(StepError, match=r"nan.wav holds NaN or infinite samples"):
         audio({"folder": str(one_good_clip_each), "window_s": 0.25}, tmp_path)
+
+
+def test_default_groups_follow_src_file_where_the_csv_has_it(csv_clips, tmp_path):
+    params = {"folder": str(csv_clips / "audio"), "sample_rate": 8000, "window_s": 0.5,
+              "split": {"train": 0.34, "val": 0.33, "test": 0.33}}
+    art = audio({**params, "csv": str(csv_clips / "meta.csv")}, tmp_path / "a")
+    assert sum(json.loads((art.path / "meta.json").read_text())["groups"].values()) == 9  # recordings
+    rows = [",".join(r.split(",")[:5]) for r in (csv_clips / "meta.csv").read_text().splitlines()]
+    (tmp_path / "plain.csv").write_text("\n".join(rows) + "\n")  # no src_file column
+    art = audio({**params, "csv": str(tmp_path / "plain.csv")}, tmp_path / "b")
+    assert sum(json.loads((art.path / "meta.json").read_text())["groups"].values()) == 18  # clips
+    with pytest.raises(StepError, match="has no column 'src_file' \\(the dataset's group_column\\)"):
+        audio({**params, "csv": str(tmp_path / "plain.csv"), "group_column": "src_file"}, tmp_path / "c")

@@ -26,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from tinybuild.api import InputFile, Kind, Params, StepContext, StepError, StepType, hookimpl
 
 from tinybuild_plugins.sdk.dataset import SPLITS, save_dataset
+from tinybuild_plugins.data import splits as _splits
 from tinybuild_plugins.data.idx import read_idx
 
 VERSION = "1.0"
@@ -78,12 +79,20 @@ class DatasetParams(Params):
 class IdxParams(DatasetParams):
     images: InputFile = Field(description="IDX file of samples (e.g. train-images-idx3-ubyte.gz), gzip or raw.")
     labels: InputFile = Field(description="IDX file of integer labels, one per sample.")
+    groups: InputFile | None = Field(
+        None, description="IDX file of integer group ids, one per sample: a group (e.g. one recording) lands "
+        "in one split only (see splits.py). Unset: samples are split one by one.",
+    )
 
 
 class NpzParams(DatasetParams):
     file: InputFile = Field(description="A .npz archive with arrays `x` (samples) and `y` (labels); loaded without pickle.")
     x_key: str = Field("x", min_length=1, description="Name of the samples array in the archive.")
     y_key: str = Field("y", min_length=1, description="Name of the labels array in the archive.")
+    group_key: str | None = Field(
+        None, min_length=1, description="Name of an array of integer group ids, one per sample: a group lands "
+        "in one split only (see splits.py). Unset: samples are split one by one.",
+    )
     add_channel_axis: bool = Field(
         False,
         description="Append a channel axis of size 1 to every sample: (N, 28, 28) grayscale images "
@@ -198,6 +207,7 @@ def build_dataset(
     files: dict[str, str],
     default_class_names: Sequence[str] | None,
     add_channel_axis: bool,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Limit, split, scale and save; return the step's metrics.
 
@@ -209,8 +219,11 @@ def build_dataset(
         raise StepError(f"{where}: {len(x)} samples but {len(y)} labels; they must match one to one")
     if x.ndim < 2:
         raise StepError(f"{where}: samples have shape {list(x.shape)}; expected (samples, features...)")
+    if groups is not None and len(groups) != len(y):
+        raise StepError(f"{where}: {len(y)} samples but {len(groups)} group ids; they must match one to one")
     if params.limit is not None:
         x, y = x[: params.limit], y[: params.limit]
+        groups = None if groups is None else groups[: params.limit]
     if len(y) == 0:
         raise StepError(f"{where}: the data holds no samples")
     if add_channel_axis:
@@ -223,7 +236,10 @@ def build_dataset(
             f"({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''}); fix class_names"
         )
 
-    indices = split_indices(y, params.split, ctx.seed, stratify=params.stratify)
+    if groups is None:  # the sample-by-sample split: unchanged bytes for recipes without groups
+        indices = split_indices(y, params.split, ctx.seed, stratify=params.stratify)
+    else:
+        indices = _splits.group_split_indices(groups, y, params.split, ctx.seed, stratify=params.stratify)
     if len(indices["train"]) == 0:
         raise StepError(f"{where}: the train split is empty ({len(y)} samples); use more samples or a larger fraction")
     xs, normalization = scale_features({s: x[i] for s, i in indices.items()}, params.scale, where)
@@ -239,6 +255,13 @@ def build_dataset(
         "seed": ctx.seed,
         "source": {**source, "samples": int(len(y)), "limit": params.limit, "dtype": str(x.dtype)},
     }
+    if groups is not None:
+        meta.update(_splits.split_summary(y, groups, indices, class_names))
+        errors, warnings = _splits.coverage_problems(meta["class_counts"], where)
+        if errors:
+            raise StepError("; ".join(errors))
+        for warning in warnings:
+            ctx.log(f"warning: {warning}")
     save_dataset(ctx.out_dir, xs, ys, meta)
     return {
         "samples": int(len(y)),
@@ -266,22 +289,27 @@ def run_idx(ctx: StepContext, inputs: Sequence[Any], params: IdxParams) -> dict[
     default_names = digits if y.size and int(y.max()) < 10 else None
     files = {"images": Path(params.images).name, "labels": Path(params.labels).name}
     # (N, H, W) is how IDX stores grayscale images: add the channel axis models expect
+    groups = None
+    if params.groups is not None:
+        groups = labels_to_indices(read_idx(params.groups), f"{params.groups} (group ids)")
+        files["groups"] = Path(params.groups).name
     return build_dataset(ctx, x, y, params, source={"format": "idx"}, files=files,
-                         default_class_names=default_names, add_channel_axis=x.ndim == 3)
+                         default_class_names=default_names, add_channel_axis=x.ndim == 3, groups=groups)
 
 
-def _load_npz(params: NpzParams) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+def _load_npz(params: NpzParams) -> tuple[np.ndarray, np.ndarray, list[str] | None, np.ndarray | None]:
     path = Path(params.file)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in (params.x_key, params.y_key) if k not in archive.files]
+            missing = [k for k in (params.x_key, params.y_key, params.group_key) if k and k not in archive.files]
             if missing:
                 raise StepError(
                     f"{path}: no array named {', '.join(repr(m) for m in missing)}; the archive has "
-                    f"{', '.join(archive.files) or 'no arrays'} (set x_key / y_key)"
+                    f"{', '.join(archive.files) or 'no arrays'} (set x_key / y_key / group_key)"
                 )
             x, y = archive[params.x_key], archive[params.y_key]
             names = [str(n) for n in archive["class_names"]] if "class_names" in archive.files else None
+            groups = archive[params.group_key] if params.group_key else None
     except FileNotFoundError:
         raise StepError(f"npz file not found: {path}") from None
     except ValueError as exc:  # object arrays need pickle, which is refused
@@ -290,14 +318,16 @@ def _load_npz(params: NpzParams) -> tuple[np.ndarray, np.ndarray, list[str] | No
         raise StepError(f"{path} is not a readable .npz archive: {exc}") from None
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise StepError(f"{path}: array '{params.x_key}' has dtype {x.dtype}; samples must be numeric")
-    return x, y, names
+    if groups is not None:
+        groups = labels_to_indices(groups, f"{path}: array '{params.group_key}' (group ids)")
+    return x, y, names, groups
 
 
 def run_npz(ctx: StepContext, inputs: Sequence[Any], params: NpzParams) -> dict[str, Any]:
-    x, y, names = _load_npz(params)
+    x, y, names, groups = _load_npz(params)
     source = {"format": "npz", "x_key": params.x_key, "y_key": params.y_key}
     return build_dataset(ctx, x, y, params, source=source, files={"file": Path(params.file).name},
-                         default_class_names=names, add_channel_axis=params.add_channel_axis)
+                         default_class_names=names, add_channel_axis=params.add_channel_axis, groups=groups)
 
 
 IDX = StepType(
@@ -310,7 +340,7 @@ IDX = StepType(
     toolchain=("numpy",),
     description="Dataset from MNIST-format IDX files (gzip or raw), split train/val/test from the seed.",
     uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins.data.idx", "tinybuild_plugins.sdk.dataset"),
+    fingerprint_modules=("tinybuild_plugins.data.idx", "tinybuild_plugins.sdk.dataset", "tinybuild_plugins.data.splits"),
 )
 
 NPZ = StepType(
@@ -323,7 +353,7 @@ NPZ = StepType(
     toolchain=("numpy",),
     description="Dataset from a .npz archive with arrays x and y, split train/val/test from the seed.",
     uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins.sdk.dataset",),
+    fingerprint_modules=("tinybuild_plugins.sdk.dataset", "tinybuild_plugins.data.splits"),
 )
 
 

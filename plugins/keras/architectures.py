@@ -97,4 +97,56 @@ def ds_cnn(input_shape: Sequence[int], num_classes: int, options: Mapping[str, A
     return _tf.keras().Sequential(stack, name="ds_cnn")
 
 
-ARCHITECTURES: dict[str, Builder] = {"basic-cnn": basic_cnn, "mlp": mlp, "ds-cnn": ds_cnn}
+def _fire_config(value: Any) -> list[tuple[int, int]]:
+    if not isinstance(value, list) or not value or not all(
+        isinstance(f, list) and len(f) == 2 for f in value
+    ):
+        raise StepError(
+            "architecture 'squeezenet': option fire must be a non-empty list of [squeeze, expand] pairs, "
+            f"e.g. [[8, 16], [16, 32]]; got {value!r}"
+        )
+    return [(_positive_int("squeezenet", "fire", s), _positive_int("squeezenet", "fire", e)) for s, e in value]
+
+
+def squeezenet(input_shape: Sequence[int], num_classes: int, options: Mapping[str, Any]) -> Any:
+    """A small SqueezeNet (Iandola et al., 2016) for 2-D inputs such as squared
+    audio windows or spectrograms.
+
+    Stem Conv 3x3 (stride ``stem_stride``) -> MaxPool 3x3/2 -> fire modules
+    (1x1 squeeze, then 1x1 and 3x3 expands concatenated) with a MaxPool 3x3/2
+    after every ``pool_every`` of them (late downsampling: few early pools keep
+    activation maps large) -> optional Dropout -> Conv 1x1 to ``num_classes``
+    -> global average pooling = logits. The 3x3 expands read only the
+    ``squeeze`` channels, which is where SqueezeNet saves its parameters.
+    With the defaults on [90, 90, 1] inputs and 6 classes: 15,510 parameters.
+    """
+    name = "squeezenet"
+    opts = _options(name, options, {"stem_filters": 16, "stem_stride": 2, "fire": [[8, 16], [8, 16], [16, 32], [16, 32]],
+                                     "pool_every": 2, "dropout": 0.0})
+    stem = _positive_int(name, "stem_filters", opts["stem_filters"])
+    stride = _positive_int(name, "stem_stride", opts["stem_stride"])
+    fires = _fire_config(opts["fire"])
+    pool_every = _positive_int(name, "pool_every", opts["pool_every"])
+    dropout = opts["dropout"]
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise StepError(f"architecture '{name}': option dropout must be a number in [0, 1), got {dropout!r}")
+    keras = _tf.keras()
+    layers = keras.layers
+    inputs = layers.Input(shape=tuple(input_shape), name="input")
+    x = layers.Conv2D(stem, 3, strides=stride, padding="same", activation="relu", name="stem")(inputs)
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool_stem")(x)
+    for i, (squeeze, expand) in enumerate(fires):
+        s = layers.Conv2D(squeeze, 1, activation="relu", name=f"fire{i}_squeeze")(x)
+        e1 = layers.Conv2D(expand, 1, activation="relu", name=f"fire{i}_expand1x1")(s)
+        e3 = layers.Conv2D(expand, 3, padding="same", activation="relu", name=f"fire{i}_expand3x3")(s)
+        x = layers.Concatenate(name=f"fire{i}_concat")([e1, e3])
+        if (i + 1) % pool_every == 0 and i + 1 < len(fires):
+            x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{i}")(x)
+    if dropout:
+        x = layers.Dropout(float(dropout), name="dropout")(x)
+    x = layers.Conv2D(num_classes, 1, name="classifier")(x)
+    outputs = layers.GlobalAveragePooling2D(name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+ARCHITECTURES: dict[str, Builder] = {"basic-cnn": basic_cnn, "mlp": mlp, "ds-cnn": ds_cnn, "squeezenet": squeezenet}

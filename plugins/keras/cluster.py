@@ -123,7 +123,7 @@ def run(ctx: StepContext, inputs: Sequence[Artifact], params: ClusterParams) -> 
         "sparsity_before": sparsity_before,
         "sparsity": zero_fraction(stripped, clustered),
     })
-    save_output_model(ctx, stripped, inputs[0], "clustered", clusters=params.clusters)
+    save_output_model(ctx, stripped, inputs[0], "clustered", fitted=metrics, clusters=params.clusters)
     return metrics
 
 

@@ -269,7 +269,7 @@ def fit(
         verbose=0,
         callbacks=[*callbacks, _progress_callback(ctx, params.epochs, verb)],
     )
-    metrics: dict[str, Any] = {"epochs_run": len(history.epoch)}
+    metrics: dict[str, Any] = {"epochs_run": len(history.epoch), "batch_size": params.batch_size}
     kept = _epoch_of_final_weights(callbacks, len(history.epoch))
     if kept != len(history.epoch) - 1:
         metrics["best_epoch"] = kept + 1
@@ -277,9 +277,22 @@ def fit(
         if len(values) > kept:
             metrics[key] = round(float(values[kept]), 6)
     summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                        for k, v in metrics.items() if k != "epochs_run")
+                        for k, v in metrics.items() if k not in ("epochs_run", "batch_size"))
+    metrics["history"] = epoch_history(history.history)
     ctx.log(f"{verb}: {metrics['epochs_run']} epoch(s), {summary}")
     return metrics
+
+
+#: the per-epoch curves kept in a training step's metrics (what a report plots)
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def epoch_history(curves: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+    """``{"loss": [...], "accuracy": [...], "val_loss": [...], "val_accuracy": [...]}``,
+    one value per epoch run (rounded to 6 digits, like the other metrics;
+    val curves only with a val split). Kept in the step's metrics so the
+    report can plot learning curves without a file of its own."""
+    return {key: [round(float(v), 6) for v in curves[key]] for key in HISTORY_KEYS if key in curves}
 
 
 def load_input_model(ctx: StepContext, inputs: Sequence[Artifact]) -> tuple[Any, Dataset]:
@@ -299,18 +312,31 @@ def load_input_model(ctx: StepContext, inputs: Sequence[Artifact]) -> tuple[Any,
 
 
 def save_output_model(
-    ctx: StepContext, model: Any, source: Artifact, optimization: str, **meta: Any
+    ctx: StepContext, model: Any, source: Artifact, optimization: str,
+    *, fitted: dict[str, Any] | None = None, **meta: Any
 ) -> None:
     """Save ``model`` with meta.json recording what this step did on top of
     what its input had been through (``history``), and the input's output
-    type (a wrapper can hide the final activation from inspection)."""
+    type (a wrapper can hide the final activation from inspection).
+
+    ``fitted`` (the metrics :func:`fit` returned) adds this step's epochs and
+    batch size to ``training``, the model's training lineage (train, then
+    prune, then QAT...), and ``fitted["training"]`` gets the same list: a
+    later step (a conversion, a report's ShrinkLog) can tell how many epochs
+    of pruning went into a model without seeing the steps that made it."""
     from tinybuild_plugins.sdk.keras_model import read_model_meta, save_keras_model
 
     before = read_model_meta(source.path)
     history = [*before.get("history", []), optimization]
+    training = list(before.get("training", []))
+    if fitted is not None:
+        training.append({"optimization": optimization, "epochs_run": fitted["epochs_run"],
+                         "batch_size": fitted["batch_size"]})
+        fitted["training"] = training
     save_keras_model(model, ctx.out_dir, meta={
         "optimization": optimization,
         "history": history,
         "output": before.get("output", "logits"),
+        **({"training": training} if training else {}),
         **meta,
     })

@@ -30,7 +30,7 @@ from tinybuild_plugins.sdk import tf as _tf
 from tinybuild_plugins.sdk.dataset import load_meta
 
 VERSION = "1.0"
-Architecture = Literal["basic-cnn", "mlp", "ds-cnn"]
+Architecture = Literal["basic-cnn", "mlp", "ds-cnn", "squeezenet"]
 BUILT_INS: tuple[str, ...] = get_args(Architecture)
 _BUILDER_RE = re.compile(r"^(?P<file>.+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)$")
 

@@ -170,7 +170,7 @@ def run(ctx: StepContext, inputs: Sequence[Artifact], params: PruneParams) -> di
     stripped = sparsity.strip_pruning(wrapped)
     metrics.update(measure_sparsity(stripped, pruned))
     metrics.update({"target_sparsity": params.final_sparsity, "schedule": schedule})
-    save_output_model(ctx, stripped, inputs[0], "pruned", sparsity=metrics["sparsity"])
+    save_output_model(ctx, stripped, inputs[0], "pruned", fitted=metrics, sparsity=metrics["sparsity"])
     return metrics
 
 

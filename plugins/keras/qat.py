@@ -77,7 +77,7 @@ def run(ctx: StepContext, inputs: Sequence[Artifact], params: QatParams) -> dict
     compile_model(quantized, params, model_outputs_logits(inputs[0]))
     metrics = fit(ctx, quantized, data, params, verb="qat")
     metrics["quantized_layers"] = names
-    save_output_model(ctx, quantized, inputs[0], "qat", quantized_layers=names)
+    save_output_model(ctx, quantized, inputs[0], "qat", fitted=metrics, quantized_layers=names)
     return metrics
 
 

@@ -60,7 +60,7 @@ def run(ctx: StepContext, inputs: Sequence[Artifact], params: TrainParams) -> di
     metrics = fit(ctx, model, data, params, callbacks=callbacks, verb="train")
     if callbacks and callbacks[0].stopped_epoch:
         metrics["stopped_early"] = True
-    save_output_model(ctx, model, inputs[0], "trained", epochs_run=metrics["epochs_run"])
+    save_output_model(ctx, model, inputs[0], "trained", fitted=metrics, epochs_run=metrics["epochs_run"])
     return metrics
 
 

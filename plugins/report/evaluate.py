@@ -34,6 +34,8 @@ from pydantic import Field
 
 from tinybuild.api import Artifact, Kind, Params, StepError, StepType, hookimpl
 
+from tinybuild_plugins.report import classification as _classification
+from tinybuild_plugins.report import lineage as _lineage
 from tinybuild_plugins.sdk import tf as _tf
 
 METRICS_FILE = "metrics.json"
@@ -216,6 +218,7 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[st
     predictions = np.argmax(outputs, axis=1)
     names = dataset.meta.get("class_names") or [str(c) for c in range(num_classes)]
     scores = classification_metrics(confusion_matrix(y, predictions, num_classes), names)
+    _classification.add_one_vs_rest_accuracy(scores)  # per_class[i]["accuracy"]
 
     metrics = {
         "variant": source.step,
@@ -223,7 +226,9 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[st
         "split": params.split,
         **scores,
         **info,
-        "upstream": upstream_facts(source.metrics),
+        "class_names": [str(n) for n in names],
+        "upstream": {**upstream_facts(source.metrics), **_lineage.carried_facts(source.metrics)},
+        "dataset": _lineage.dataset_facts(dataset.meta),
         "latency": "not stored here (machine-dependent): see the evaluate step's returned metrics",
     }
     (ctx.out_dir / METRICS_FILE).write_text(
@@ -283,6 +288,7 @@ def tinybuild_step_types() -> list[StepType]:
             fingerprint_modules=(
                 "tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.tflite.litert",
                 "tinybuild_plugins.tflite.arena", "tinybuild_plugins.sdk.dataset",
+                "tinybuild_plugins.report.classification", "tinybuild_plugins.report.lineage",
             ),
         )
     ]

@@ -6,7 +6,8 @@ and checks the budgets (``evaluate_gates``); ``render`` turns the result into
 ``report.json`` (every figure, per-class metrics and confusion matrices
 included), ``report.md`` (compact), ``report.html`` (self-contained: inline
 CSS and matplotlib charts as inline SVG, no scripts, no external assets) and
-``build.log`` (a plain-text lab log). Absent data (no TFLM run, no training
+``build.log`` (a plain-text lab log); ``shrinklog`` adds ``shrinklog.txt`` (the
+thesis-style run log). Absent data (no TFLM run, no training
 history, no per-class figures) is shown as "—" or left out, never an error.
 
 RAM is the tensor arena TFLite Micro measured when the variant ran there
@@ -60,6 +61,7 @@ from pydantic import Field, field_validator
 from tinybuild.api import Artifact, GateFailed, Kind, Params, StepError, StepType, hookimpl
 
 from tinybuild_plugins.report import render
+from tinybuild_plugins.report import shrinklog as _shrinklog
 
 KIB = 1024
 #: the [target] keys that are budgets (``name`` is only a label)
@@ -401,7 +403,9 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str,
         "variants": rows,
     }
     render.write_files(ctx.out_dir, report)
-    # -- further report files, one clearly separated call each (e.g. the audio pipeline's shrinklog.txt) --
+    # -- further report files, one clearly separated call each --
+    # shrinklog.txt: the thesis-style run log (its own module; no rendering here)
+    _shrinklog.write(ctx.out_dir, title, inputs, params.baseline)
 
     latencies = {a.metrics.get("variant", a.step): a.metrics.get("latency_ms") for a in inputs}
     # one multi-line message: the console shows it as a block indented by 4 columns
@@ -438,7 +442,8 @@ def tinybuild_step_types() -> list[StepType]:
             toolchain=("rich", "jinja2", "matplotlib"),
             description="Compare evaluated variants (report.md/.json/.html, build.log) and enforce "
                         "the [target] budgets (exit code 3)",
-            fingerprint_modules=("tinybuild_plugins.report.render", "tinybuild_plugins.report.plots"),
+            fingerprint_modules=("tinybuild_plugins.report.render", "tinybuild_plugins.report.plots",
+                                 "tinybuild_plugins.report.shrinklog"),
             input_files=render.template_files,  # the templates shape the files: their content is in the key
             uses_target=True,
             uses_input_metrics=True,  # latency comes from the evaluations' step metrics (volatile: not keyed)

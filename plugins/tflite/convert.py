@@ -359,7 +359,20 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: TFLiteParams) -> dict[str,
         "output_dtypes": facts["output_dtypes"],
         "weight_dtypes": facts["weight_dtypes"],
         "ops": facts["ops"],
+        **_training_lineage(source),
     }
+
+
+def _training_lineage(source: Artifact) -> dict[str, Any]:
+    """The Keras model's training lineage (epochs and batch size of train,
+    prune, QAT...; see ``fit.save_output_model``), passed on so evaluations
+    and reports of the .tflite can still say what went into it."""
+    if source.kind != Kind.KERAS_MODEL:
+        return {}
+    from tinybuild_plugins.sdk.keras_model import read_model_meta
+
+    training = read_model_meta(source.path).get("training")
+    return {"training": training} if training else {}
 
 
 @hookimpl

@@ -173,7 +173,7 @@ def test_builder_for_the_wrong_input_shape(mnist_dataset, tmp_path):
     [
         ({}, "exactly one of architecture, builder or file"),
         ({"architecture": "basic-cnn", "builder": "m.py:f"}, "got architecture, builder"),
-        ({"architecture": "resnet"}, "'basic-cnn', 'mlp' or 'ds-cnn'"),
+        ({"architecture": "resnet"}, "'basic-cnn', 'mlp', 'ds-cnn' or 'squeezenet'"),
         ({"builder": "models/cnn.py"}, 'must look like "models/cnn.py:build"'),
         ({"file": "model.pb"}, ".keras or .h5"),
         ({"file": "m.h5", "options": {"a": 1}}, "options apply to architecture or builder"),

@@ -26,7 +26,7 @@ from tinybuild.testing import artifact_from_dir, run_step
 from tinybuild_plugins.report import report
 
 STEP = report.tinybuild_step_types()[0]
-FILES = ["build.log", "report.html", "report.json", "report.md"]
+FILES = ["build.log", "report.html", "report.json", "report.md", "shrinklog.txt"]
 
 
 def metrics_artifact(root: Path, variant: str, *, kind: str = "tflite", accuracy: float = 0.98,

@@ -1,0 +1,155 @@
+"""Signal processing for the ``audio`` dataset step: read, mix down, resample,
+cut into windows, reshape, and (optionally) compute spectral features.
+
+Why these libraries: ``soundfile`` (libsndfile) reads every WAV flavour a
+recorder writes (8/16/24/32-bit PCM, float, any channel count, WAVE_FORMAT_
+EXTENSIBLE) and reports broken files as errors instead of noise; ``soxr`` is
+a well-kept, deterministic high-quality resampler. Both are imported inside
+the functions, so planning and cached builds never load them.
+
+The log-mel filterbank is written out here (a dozen lines of NumPy on top of
+``scipy.signal.stft``): the usual library for it (librosa) is not a
+dependency of this project, and the HTK mel formula is short and standard.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+
+from tinybuild.api import StepError
+
+#: libsndfile major formats that are WAV containers
+WAV_FORMATS = ("WAV", "WAVEX", "RF64", "W64")
+
+
+def read_mono(path: Path, fix: str) -> tuple[np.ndarray, int]:
+    """(float64 samples in [-1, 1], sample rate) of a WAV file, channels averaged.
+
+    ``fix`` is appended to every error: what the user can do about a bad file
+    (e.g. "fix or remove its row in meta.csv")."""
+    import soundfile
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise StepError(f"audio file not found: {path}; {fix}") from None
+    except OSError as exc:
+        raise StepError(f"cannot read audio file {path}: {exc.strerror or exc}; {fix}") from None
+    if not stat.S_ISREG(mode):
+        raise StepError(f"{path} is not a regular file; {fix}")
+    try:
+        info = soundfile.info(str(path))
+        if info.format not in WAV_FORMATS:
+            raise StepError(f"{path} is a {info.format_info} file, not a WAV file; convert it to WAV or {fix}")
+        if info.samplerate <= 0:
+            raise StepError(f"{path}: its header declares a sample rate of {info.samplerate} Hz; "
+                            f"re-export the file with its real sample rate, or {fix}")
+        data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+    except StepError:
+        raise
+    except (RuntimeError, ValueError, OSError) as exc:  # LibsndfileError is a RuntimeError
+        size = path.stat().st_size
+        what = "is empty (0 bytes)" if size == 0 else f"is not a readable WAV file ({_short(exc)})"
+        raise StepError(f"{path} {what}; re-export it as WAV (PCM or float), or {fix}") from None
+    if data.shape[0] == 0:
+        raise StepError(f"{path} holds no audio samples (a header without data, or truncated); "
+                        f"re-export it, or {fix}")
+    if not np.isfinite(data).all():
+        raise StepError(f"{path} holds NaN or infinite samples; re-export it, or {fix}")
+    return data.mean(axis=1), int(rate)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+def resample(signal: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """``signal`` at ``target`` Hz (soxr, high quality; unchanged if equal)."""
+    if rate == target:
+        return signal
+    import soxr
+
+    return np.asarray(soxr.resample(signal, rate, target, quality="HQ"), dtype=np.float64)
+
+
+def window_count(length: int, window: int, hop: int, pad_final: bool) -> int:
+    """Windows cut from ``length`` samples: every full window at multiples of
+    ``hop``, plus (with ``pad_final``) one zero-padded window covering the
+    tail that the full ones miss (or the whole clip, if shorter than a window)."""
+    if length < window:
+        return 1 if pad_final else 0
+    full = 1 + (length - window) // hop
+    covered = (full - 1) * hop + window
+    return full + (1 if pad_final and covered < length else 0)
+
+
+def windows(signal: np.ndarray, window: int, hop: int, pad_final: bool) -> np.ndarray:
+    """``(n, window)`` windows of ``signal`` (see :func:`window_count`)."""
+    n = window_count(len(signal), window, hop, pad_final)
+    out = np.zeros((n, window), dtype=np.float64)
+    for i in range(n):
+        part = signal[i * hop:i * hop + window]
+        out[i, :len(part)] = part
+    return out
+
+
+def square_side(length: int) -> int:
+    """Side of the smallest square holding ``length`` samples: ceil(sqrt(n))."""
+    return math.isqrt(length - 1) + 1 if length > 0 else 0
+
+
+def to_square(x: np.ndarray) -> np.ndarray:
+    """``(n, length)`` rows -> ``(n, side, side)``, zero-padded at the end of each row
+    (the thesis's 1-D to 2-D reshape, so a 2-D CNN can read a window)."""
+    side = square_side(x.shape[1])
+    padded = np.zeros((x.shape[0], side * side), dtype=x.dtype)
+    padded[:, :x.shape[1]] = x
+    return padded.reshape(x.shape[0], side, side)
+
+
+def mel_filterbank(rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """``(n_mels, n_fft // 2 + 1)`` triangular filters equally spaced on the HTK
+    mel scale (mel = 2595 log10(1 + f / 700)), each peaking at 1."""
+    def to_mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+    def to_hz(m):
+        return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
+
+    bins = np.linspace(0.0, rate / 2.0, n_fft // 2 + 1)
+    edges = to_hz(np.linspace(to_mel(fmin), to_mel(fmax), n_mels + 2))
+    bank = np.zeros((n_mels, len(bins)))
+    for m in range(n_mels):
+        lo, centre, hi = edges[m], edges[m + 1], edges[m + 2]
+        rising = (bins - lo) / max(centre - lo, 1e-9)
+        falling = (hi - bins) / max(hi - centre, 1e-9)
+        bank[m] = np.clip(np.minimum(rising, falling), 0.0, None)
+    return bank
+
+
+def log_mel(x: np.ndarray, rate: int, frame: int, hop: int, n_mels: int) -> np.ndarray:
+    """``(n, frames, n_mels)`` log mel energies of ``(n, length)`` windows
+    (Hann frames of ``frame`` samples every ``hop``; log(energy + 1e-10))."""
+    from scipy import signal as sps
+
+    if frame > x.shape[1]:
+        raise ValueError(f"frame of {frame} samples is longer than the window ({x.shape[1]} samples)")
+    _, _, spec = sps.stft(x, fs=rate, window="hann", nperseg=frame, noverlap=frame - hop,
+                          boundary=None, padded=False, axis=-1)
+    power = np.abs(spec) ** 2  # (n, freqs, frames)
+    bank = mel_filterbank(rate, frame, n_mels, 0.0, rate / 2.0)
+    mel = np.einsum("mf,nft->ntm", bank, power)
+    return np.log(mel + 1e-10)
+
+
+def mfcc(x: np.ndarray, rate: int, frame: int, hop: int, n_mels: int, n_mfcc: int) -> np.ndarray:
+    """``(n, frames, n_mfcc)`` MFCCs: DCT-II (orthonormal) of the log mel energies."""
+    from scipy import fft
+
+    return fft.dct(log_mel(x, rate, frame, hop, n_mels), type=2, norm="ortho", axis=-1)[..., :n_mfcc]

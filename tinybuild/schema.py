@@ -45,7 +45,8 @@ def _step_schema(st: StepType, defs: dict[str, Any], with_inputs: bool) -> dict[
     if with_inputs:
         kinds = " or ".join(st.consumes) or "any"
         props["input"] = {"type": "string", "description": f"the step whose output this step reads ({kinds})"}
-        props["inputs"] = {"type": "array", "items": {"type": "string"}, "description": f"several input steps ({kinds})"}
+        roles = f", in this order: {', '.join(st.input_names)}" if st.input_names else ""
+        props["inputs"] = {"type": "array", "items": {"type": "string"}, "description": f"several input steps ({kinds}){roles}"}
     return {"type": "object", "title": st.name, "description": st.description,
             "properties": props, "required": ["use", *params.get("required", [])], "additionalProperties": False}
 

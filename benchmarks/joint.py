@@ -48,7 +48,7 @@ TEACHER_EPOCHS = 15
 #: recipe's augmentation: 2,100 images overfit without it, and a teacher no
 #: better than the student has nothing to teach
 TEACHER_AUGMENT = {"shift": 0.05, "rotation": 10}
-STUDENT_EPOCHS = 6
+STUDENT_EPOCHS = 12
 SEEDS = (0, 1, 2)
 GRID = [(t, a) for t in (2.0, 4.0, 8.0) for a in (0.5, 0.9)]
 MULTIPLIERS = (1, 2, 3)

@@ -65,8 +65,14 @@ def _unwrap(layer: Any) -> Any:
     return layer
 
 
+def _channels_last(shape: Sequence[Any]) -> list[Any]:
+    return [shape[0], *shape[2:], shape[1]]
+
+
 def _layer_macs(layer: Any, input_shape: Sequence[int], output_shape: Sequence[int]) -> int:
     kind = type(layer).__name__
+    if getattr(layer, "data_format", None) == "channels_first":
+        input_shape, output_shape = _channels_last(input_shape), _channels_last(output_shape)
     if kind == "DepthwiseConv2D" or kind == "DepthwiseConv1D":
         return depthwise_macs(output_shape, layer.kernel_size)
     if kind in ("SeparableConv1D", "SeparableConv2D"):

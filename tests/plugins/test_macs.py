@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from tinybuild.testing import run_step
-from tinybuild_plugins.report.evaluate import EvaluateParams, tinybuild_step_types as evaluate_types
+from tinybuild_plugins.report.evaluate import tinybuild_step_types as evaluate_types
 from tinybuild_plugins.report.macs import keras_macs, tflite_macs
 from tinybuild_plugins.sdk import tf as _tf
 from tinybuild_plugins.tflite.convert import tinybuild_step_types as tflite_types
@@ -86,3 +85,13 @@ def test_evaluate_writes_macs_for_keras_and_tflite(trained_cnn, mnist_dataset, t
         out = run_step(EVALUATE, [source], {"latency_runs": 0}, dataset=mnist_dataset, out_dir=tmp_path / name)
         assert json.loads((out.path / "metrics.json").read_text())["macs"] == hand
         assert out.metrics["macs"] == hand
+
+
+def test_channels_first_convolutions_count_the_same():
+    """Conv2D in channels_first layout: same work as its channels_last twin (built, not run:
+    TensorFlow's CPU kernels only execute channels_last convolutions)."""
+    keras = _tf.keras()
+    first = keras.Sequential([keras.layers.InputLayer(input_shape=(3, 10, 10)),
+                              keras.layers.Conv2D(4, 3, data_format="channels_first", name="conv")])
+    assert keras_macs(first)["per_layer"] == {"conv": out_size(10, 3) ** 2 * 3 * 3 * 3 * 4}
+

@@ -21,8 +21,8 @@ pointwise layer; stride, padding and dilation stay on the depthwise one.
 
 Eligible: ``Conv2D`` itself (not a subclass), channels last, ``groups =
 1``, a kernel larger than 1 x 1 (a 1 x 1 convolution is already
-pointwise). Sequential models only: a functional graph would need rewiring
-this step does not do.
+pointwise), in a Sequential or functional model (rewritten through its
+config, so branches and shared layers keep their wiring).
 """
 
 from __future__ import annotations
@@ -87,10 +87,62 @@ def factorize(kernel: Any, multiplier: int) -> tuple[Any, Any, float]:
     return depthwise.astype(np.float32), pointwise.astype(np.float32), error
 
 
+def _pair_configs(layer: Any, multiplier: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Serialized DepthwiseConv2D and 1x1 Conv2D layers replacing ``layer``."""
+    from tinybuild_plugins.sdk import tf as _tf
+
+    keras = _tf.keras()
+    depthwise = keras.layers.DepthwiseConv2D(
+        layer.kernel_size, strides=layer.strides, padding=layer.padding, depth_multiplier=multiplier,
+        dilation_rate=layer.dilation_rate, use_bias=False, name=f"{layer.name}_depthwise",
+    )
+    pointwise = keras.layers.Conv2D(layer.filters, 1, activation=layer.activation, use_bias=layer.use_bias,
+                                    name=f"{layer.name}_pointwise")
+    return ({"class_name": "DepthwiseConv2D", "config": depthwise.get_config()},
+            {"class_name": "Conv2D", "config": pointwise.get_config()})
+
+
+def _rewire(config: dict[str, Any], pairs: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """The model config with each replaced layer's entry split into its pair.
+
+    Sequential configs are a plain list; functional ones also wire each layer
+    by name (``inbound_nodes``, ``output_layers``): the depthwise layer takes
+    the original's inbound nodes, the pointwise one reads the depthwise one,
+    and every reference to the original now points at the pointwise layer.
+    """
+    functional = "input_layers" in config
+    renamed = {name: pw["config"]["name"] for name, (_, pw) in pairs.items()}
+
+    def retarget(node: Any) -> Any:
+        if isinstance(node, list):
+            if node and isinstance(node[0], str) and node[0] in renamed:
+                return [renamed[node[0]], *node[1:]]
+            return [retarget(item) for item in node]
+        return node
+
+    layers = []
+    for entry in config["layers"]:
+        name = entry["config"]["name"]
+        if name not in pairs:
+            layers.append({**entry, "inbound_nodes": retarget(entry["inbound_nodes"])} if functional else entry)
+            continue
+        dw, pw = pairs[name]
+        if functional:
+            nodes = entry["inbound_nodes"]
+            dw = {**dw, "name": dw["config"]["name"], "inbound_nodes": retarget(nodes)}
+            pw = {**pw, "name": pw["config"]["name"],
+                  "inbound_nodes": [[[dw["name"], i, 0, {}]] for i in range(len(nodes))]}
+        layers += [dw, pw]
+    rewired = {**config, "layers": layers}
+    if functional:
+        rewired["output_layers"] = retarget(config["output_layers"])
+    return rewired
+
+
 def rewrite(model: Any, layers: Sequence[str] | None, multiplier: int, where: str) -> tuple[Any, dict[str, float]]:
-    """A copy of ``model`` with the chosen Conv2D layers replaced by initialized
-    depthwise + pointwise pairs (other layers are shared, weights included),
-    and the factorization error per rewritten layer."""
+    """A copy of ``model`` (Sequential or functional) with the chosen Conv2D
+    layers replaced by initialized depthwise + pointwise pairs, every other
+    layer's weights copied, and the factorization error per rewritten layer."""
     from tinybuild_plugins.sdk import tf as _tf
     from tinybuild_plugins.keras.tfmot_layers import check_selection
 
@@ -101,35 +153,33 @@ def rewrite(model: Any, layers: Sequence[str] | None, multiplier: int, where: st
         kinds = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in model.layers)
         raise StepError(f"{where}: the model has no Conv2D with a kernel larger than 1x1 to make separable; "
                         f"its layers are: {kinds}")
-    if not isinstance(model, keras.Sequential):
-        raise StepError(f"{where}: the separable rewrite supports Sequential models only; this one is "
-                        f"{type(model).__name__}")
+    if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
+        raise StepError(f"{where}: the separable rewrite needs a Sequential or functional model, "
+                        f"not a subclassed {type(model).__name__}")
     taken = {layer.name for layer in model.layers}
-    stack: list[Any] = [keras.layers.InputLayer(input_shape=tuple(model.input_shape[1:]))]
-    pairs: dict[str, tuple[Any, Any]] = {}
-    for layer in model.layers:
-        if layer.name not in chosen:
-            stack.append(layer)
-            continue
-        names = (f"{layer.name}_depthwise", f"{layer.name}_pointwise")
-        clash = [n for n in names if n in taken]
+    pairs = {name: _pair_configs(model.get_layer(name), multiplier) for name in chosen}
+    for name, (dw, pw) in pairs.items():
+        clash = [c["config"]["name"] for c in (dw, pw) if c["config"]["name"] in taken]
         if clash:
-            raise StepError(f"{where}: cannot name the new layers of '{layer.name}': {', '.join(clash)} already exists")
-        depthwise = keras.layers.DepthwiseConv2D(
-            layer.kernel_size, strides=layer.strides, padding=layer.padding, depth_multiplier=multiplier,
-            dilation_rate=layer.dilation_rate, use_bias=False, name=names[0],
-        )
-        pointwise = keras.layers.Conv2D(layer.filters, 1, activation=layer.activation, use_bias=layer.use_bias,
-                                        name=names[1])
-        stack += [depthwise, pointwise]
-        pairs[layer.name] = (depthwise, pointwise)
-    rewritten = keras.Sequential(stack, name=model.name)
-    errors = {}
-    for name, (depthwise, pointwise) in pairs.items():
-        original = model.get_layer(name)
-        dw, pw, errors[name] = factorize(original.kernel.numpy(), multiplier)
-        depthwise.set_weights([dw])
-        pointwise.set_weights([pw, original.bias.numpy()] if original.use_bias else [pw])
+            raise StepError(f"{where}: cannot name the new layers of '{name}': {', '.join(clash)} already exists")
+    from tinybuild_plugins.sdk.keras_model import model_from_config_safely
+
+    import json
+
+    architecture = json.loads(model.to_json())
+    rewritten = model_from_config_safely({**architecture, "config": _rewire(architecture["config"], pairs)}, where)
+    assignments, errors = [], {}
+    for layer in model.layers:
+        if layer.name in pairs:
+            dw, pw, errors[layer.name] = factorize(layer.kernel.numpy(), multiplier)
+            assignments.append((rewritten.get_layer(f"{layer.name}_depthwise").depthwise_kernel, dw))
+            pointwise = rewritten.get_layer(f"{layer.name}_pointwise")
+            assignments.append((pointwise.kernel, pw))
+            if layer.use_bias:
+                assignments.append((pointwise.bias, layer.bias.numpy()))
+        else:
+            assignments += list(zip(rewritten.get_layer(layer.name).weights, layer.get_weights()))
+    keras.backend.batch_set_value(assignments)
     return rewritten, {k: round(v, 6) for k, v in errors.items()}
 
 

@@ -48,6 +48,26 @@ def test_a_rank_one_kernel_is_rewritten_exactly(padding, strides):
     np.testing.assert_allclose(rewritten.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-4)
 
 
+def test_functional_models_keep_their_wiring():
+    """A residual-style graph: the rewritten conv feeds two layers; both follow it."""
+    keras = _tf.keras()
+    layers = keras.layers
+    rng = np.random.default_rng(2)
+    inputs = keras.Input((9, 9, 2))
+    a = layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    b = layers.Conv2D(4, 1, name="mix")(a)
+    outputs = layers.Dense(3, name="dense")(layers.Flatten(name="flat")(layers.Add(name="add")([a, b])))
+    model = keras.Model(inputs, outputs)
+    model.get_layer("conv").set_weights([rank_one_kernel(rng, c_in=2, c_out=4).astype(np.float32),
+                                         rng.normal(size=4).astype(np.float32)])
+    rewritten, errors = rewrite(model, None, 1, "test")
+    assert errors == {"conv": pytest.approx(0, abs=1e-6)}  # the 1x1 "mix" is not eligible
+    names = {layer.name for layer in model.layers} - {"conv"} | {"conv_depthwise", "conv_pointwise"}
+    assert {layer.name for layer in rewritten.layers} == names
+    x = rng.normal(size=(4, 9, 9, 2)).astype(np.float32)
+    np.testing.assert_allclose(rewritten.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-4)
+
+
 def test_a_general_kernel_loses_exactly_the_discarded_singular_values():
     rng = np.random.default_rng(1)
     kernel = rng.normal(size=(3, 3, 2, 4))

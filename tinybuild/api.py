@@ -249,6 +249,10 @@ class StepType:
     arity: tuple[int, int | None] = (1, 1)
     #: input used when the recipe names none (e.g. "model" for train)
     default_input: str | None = None
+    #: what each input is, in order, for step types whose inputs play different
+    #: roles (e.g. ``("teacher", "student")``): plan-time errors and the schema
+    #: name them, so a recipe gets the order right
+    input_names: tuple[str, ...] = ()
     #: whether the step reads the recipe's dataset (``ctx.dataset``); adds a
     #: dependency on the dataset step. Without a dataset in the recipe this is
     #: a plan-time error, unless ``dataset_optional`` (then ``ctx.dataset`` is None)

@@ -53,9 +53,11 @@ def _kind_problems(steps: dict[str, ResolvedStep]) -> list[Problem]:
                 key = f"{step.key}.{step.spec.inputs_key}"
                 if step.spec.inputs_key == "inputs":
                     key += f"[{i}]"
+                names = step.step_type.input_names
+                role = f" (the {names[i]})" if i < len(names) else ""
                 problems.append(Problem(
                     key,
-                    f"step '{dep}' produces a {produced} artifact, but step type '{step.step_type.name}' consumes {' or '.join(accepted)}",
+                    f"step '{dep}'{role} produces a {produced} artifact, but step type '{step.step_type.name}' consumes {' or '.join(accepted)}",
                     f"wire '{step.name}' to a step that produces {' or '.join(accepted)}",
                 ))
     return problems

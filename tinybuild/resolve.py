@@ -110,6 +110,9 @@ def _inputs(spec: StepSpec, step_type: StepType, recipe: Recipe, problems: list[
         else:
             kinds = " or ".join(step_type.consumes) or "any"
             hint = f"add input = \"<step>\" naming a step that produces {kinds}" if not inputs else f"give {need}"
+            if step_type.input_names:
+                roles = ", ".join(f'"<{role}>"' for role in step_type.input_names)
+                hint = f"give {need}, in this order: inputs = [{roles}]"
             problems.append(Problem(key, f"step type '{step_type.name}' takes {need} (artifact kind {kinds}), got {len(inputs)}", hint))
         return None
     ok = True

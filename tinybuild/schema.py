@@ -113,8 +113,9 @@ def _step_schema(st: StepType, defs: dict[str, Any], with_inputs: bool) -> dict[
         kinds = " or ".join(st.consumes) or "any"
         props["input"] = {"type": "string", "pattern": STEP_NAME.pattern,
                           "description": f"the step whose output this step reads ({kinds})"}
+        roles = f", in this order: {', '.join(st.input_names)}" if st.input_names else ""
         props["inputs"] = {"type": "array", "items": {"type": "string", "pattern": STEP_NAME.pattern},
-                           "description": f"several input steps, in the order the step type reads them ({kinds})"}
+                           "description": f"several input steps, in the order the step type reads them ({kinds}){roles}"}
     schema = {"type": "object", "title": st.name, "description": st.description or f"step type {st.name}",
               "properties": props, "required": ["use", *params.get("required", [])], "additionalProperties": False}
     if with_inputs:

@@ -131,6 +131,7 @@ def upstream_facts(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate_tflite(ctx: Any, artifact: Artifact, x: np.ndarray, params: EvaluateParams) -> tuple[np.ndarray, dict, float | None]:
+    from tinybuild_plugins.report import macs as _macs
     from tinybuild_plugins.tflite import arena as _arena
     from tinybuild_plugins.tflite import litert as _litert
 
@@ -148,12 +149,14 @@ def _evaluate_tflite(ctx: Any, artifact: Artifact, x: np.ndarray, params: Evalua
         "size_bytes": len(data),
         "gzip_bytes": gzip_size(data),
         "arena": arena.as_dict(),
+        "macs": _macs.tflite_macs(data)["total"],  # multiply-accumulates per inference, see report/macs.py
         "tflite": {k: facts[k] for k in ("input_dtypes", "output_dtypes", "weight_dtypes", "ops")},
     }
     return outputs, info, latency
 
 
 def _evaluate_keras(ctx: Any, artifact: Artifact, x: np.ndarray, params: EvaluateParams) -> tuple[np.ndarray, dict, float | None]:
+    from tinybuild_plugins.report import macs as _macs
     from tinybuild_plugins.tflite import litert as _litert
     from tinybuild_plugins.sdk.keras_model import load_keras_model, read_model_meta
 
@@ -184,6 +187,7 @@ def _evaluate_keras(ctx: Any, artifact: Artifact, x: np.ndarray, params: Evaluat
         "size_bytes": len(blob),
         "gzip_bytes": gzip_size(blob),
         "arena": None,
+        "macs": _macs.keras_macs(model)["total"],  # multiply-accumulates per inference, see report/macs.py
         "keras": {"optimization": read_model_meta(artifact.path).get("optimization", "none"),
                   "weight_files": len(weight_files)},
     }
@@ -249,6 +253,7 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[st
         "gzip_bytes": info["gzip_bytes"],
         "param_count": info["param_count"],
         "sparsity": info["sparsity"],
+        "macs": info["macs"],
         "arena_bytes": arena,
         "latency_ms": latency,
         "latency_runs": params.latency_runs if latency is not None else 0,
@@ -289,6 +294,7 @@ def tinybuild_step_types() -> list[StepType]:
                 "tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.tflite.litert",
                 "tinybuild_plugins.tflite.arena", "tinybuild_plugins.sdk.dataset",
                 "tinybuild_plugins.report.classification", "tinybuild_plugins.report.lineage",
+                "tinybuild_plugins.report.macs",
             ),
         )
     ]

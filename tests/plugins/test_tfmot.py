@@ -151,6 +151,63 @@ def test_qat_with_an_unknown_layer(trained_cnn, mnist_dataset, tmp_path):
         step(QAT, trained_cnn, mnist_dataset, tmp_path, {"layers": ["head"]})
 
 
+def qat_kernel(artifact, layer: str) -> np.ndarray:
+    """The float kernel inside a quantize-wrapped layer of a saved QAT model."""
+    model = load_keras_model(artifact.path)
+    wrapper = next(w for w in model.layers if getattr(w, "layer", None) is not None and w.layer.name == layer)
+    return next(v.numpy() for v in wrapper.weights if v.name.split("/")[-1] == "kernel:0")
+
+
+def int8_kernel_zeros(artifact, mnist_dataset, tmp_path) -> float:
+    """Share of zero weights in the int8 .tflite made from a QAT model."""
+    from tinybuild_plugins.tflite.convert import tinybuild_step_types
+    from tinybuild_plugins.tflite.litert import describe
+
+    converted = run_step(tinybuild_step_types()[0], [artifact], {"quantize": "int8"}, dataset=mnist_dataset,
+                         out_dir=tmp_path / "int8")
+    return describe((converted.path / "model.tflite").read_bytes())["sparsity"]
+
+
+def test_sparsity_preserving_qat_keeps_every_pruned_zero(pruned_cnn, mnist_dataset, tmp_path):
+    plain = step(QAT, pruned_cnn, mnist_dataset, tmp_path, {"epochs": 2}, name="plain")
+    kept = step(QAT, pruned_cnn, mnist_dataset, tmp_path, {"epochs": 2, "preserve": "sparsity"}, name="kept")
+    for layer in ("conv2d", "dense"):
+        pruned_zeros = kernel(pruned_cnn, layer) == 0
+        assert pruned_zeros.mean() == pytest.approx(0.75, abs=0.02)
+        assert (qat_kernel(kept, layer)[pruned_zeros] == 0).all()  # measured on the saved weights
+        assert (qat_kernel(plain, layer)[pruned_zeros] == 0).mean() < 0.5  # plain QAT retrains them away
+    assert kept.metrics["zeros_kept"] == 1.0 and plain.metrics["zeros_kept"] < 0.5
+    assert kept.metrics["kernels"]["dense"]["sparsity_after"] == pytest.approx(
+        float((qat_kernel(kept, "dense") == 0).mean()), abs=1e-6)
+    assert int8_kernel_zeros(kept, mnist_dataset, tmp_path / "k") >= 0.74  # and they reach the int8 model
+
+
+def test_cluster_preserving_qat_keeps_the_shared_values(clustered_cnn, mnist_dataset, tmp_path):
+    art = step(QAT, clustered_cnn, mnist_dataset, tmp_path, {"epochs": 2, "preserve": "clusters"})
+    for layer in ("conv2d", "dense"):
+        assert np.unique(kernel(clustered_cnn, layer)).size <= 8
+        assert np.unique(qat_kernel(art, layer)).size <= 8
+        assert art.metrics["kernels"][layer]["unique_after"] == np.unique(qat_kernel(art, layer)).size
+
+
+def test_sparsity_and_cluster_preserving_qat(pruned_cnn, mnist_dataset, tmp_path):
+    both = step(CLUSTER, pruned_cnn, mnist_dataset, tmp_path, {"clusters": 8, "preserve_sparsity": True}, name="pc")
+    art = step(QAT, both, mnist_dataset, tmp_path, {"epochs": 2, "preserve": "both"})
+    dense_zeros = kernel(both, "dense") == 0
+    assert dense_zeros.mean() > 0.7
+    after = qat_kernel(art, "dense")
+    assert (after[dense_zeros] == 0).all() and np.unique(after).size <= 8
+
+
+@pytest.mark.parametrize("fixture, preserve, message", [
+    ("trained_cnn", "sparsity", "no quantized kernel has zero weights"),
+    ("pruned_cnn", "clusters", "no quantized kernel is clustered"),
+])
+def test_preserving_what_the_input_lacks_is_an_error(request, mnist_dataset, tmp_path, fixture, preserve, message):
+    with pytest.raises(StepError, match=message):
+        step(QAT, request.getfixturevalue(fixture), mnist_dataset, tmp_path, {"preserve": preserve})
+
+
 # -- cluster ------------------------------------------------------------------------------------
 
 

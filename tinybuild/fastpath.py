@@ -131,9 +131,11 @@ def try_noop(recipe: Path, cache_dir: str | None, out: str | None, disabled: Ite
 
 
 def invalidate(stamp: Path) -> None:
-    """Drop a stamp before a real build (a bad cache location is reported later, by the build)."""
+    """Drop a stamp before a real build (a bad cache location is reported later, by the build).
+    Never through a symlinked ``stamps`` folder: it would unlink a file elsewhere."""
     try:
-        stamp.unlink(missing_ok=True)
+        if not stamp.parent.is_symlink():
+            stamp.unlink(missing_ok=True)
     except OSError:
         pass
 
@@ -153,9 +155,12 @@ def observe(path: Path, digest: str | None = None) -> Observation:
 
 
 def record(stamp: Path, *, recipe_text: str, observations: Mapping[str, Observation], summary: Mapping[str, Any],
-           environ: Mapping[str, str] | None = None) -> None:
+           environ: Mapping[str, str] | None = None, root: Path | None = None) -> None:
     """Write a stamp: ``observations`` maps every file the build depends on
-    or produced to the (signature, digest, time) it was observed with."""
+    or produced to the (signature, digest, time) it was observed with. With
+    ``root`` (the cache), never through a link below it. Builds of one build
+    folder hold its lock, so one stamp has one writer at a time; the write
+    is atomic, so a reader sees a whole stamp or none."""
     from .cache import atomic_write_json
 
     env = os.environ if environ is None else environ
@@ -167,7 +172,7 @@ def record(stamp: Path, *, recipe_text: str, observations: Mapping[str, Observat
         except OSError:
             continue
     atomic_write_json(stamp, {"format": FORMAT, "env": env_refs(recipe_text, env), "folders": folders,
-                              "files": entries, "summary": dict(summary)})
+                              "files": entries, "summary": dict(summary)}, root=root)
 
 
 LIFECYCLE_HOOKS = (
@@ -223,6 +228,7 @@ def record_build(project: Any, result: Any, stamp: Path, reporter_name: str) -> 
         seen.setdefault(source, observe(Path(source)))
     seen[str(project.lock_path)] = observe(project.lock_path)
     summary = {"steps": [[n, lock[n]["output"]["digest"]] for n in order], "out": str(project.out_dir)}
-    record(stamp, recipe_text=project.recipe.path.read_text("utf-8"), observations=seen, summary=summary)
+    record(stamp, recipe_text=project.recipe.path.read_text("utf-8"), observations=seen, summary=summary,
+           root=cache.root)
     cache.memo.save()
     return True

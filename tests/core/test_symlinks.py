@@ -259,3 +259,15 @@ def test_a_build_folder_that_would_hold_the_recipe_is_refused(ws):
         shutil.rmtree(cache)
     assert run.code == 2 and "would contain the recipe" in run.err
     assert recipe.exists()
+
+
+def test_stray_files_where_folders_belong_are_replaced(ws):
+    assert ws.build().code == 0
+    folder = ws.root / "build" / "toy"
+    for stray in (folder / "train", folder / ".logs", ws.cache / "tmp", ws.cache / "stamps"):
+        shutil.rmtree(stray, ignore_errors=True)
+        stray.write_text("a file where a folder belongs\n")
+    ws.edit("epochs = 3", "epochs = 3\nnoise = true")
+    run = ws.build()
+    assert run.code == 0 and "Traceback" not in run.err, run.err
+    assert _real_dir(folder / "train") and _real_dir(folder / ".logs") and _real_dir(ws.cache / "tmp")

@@ -9,7 +9,6 @@ build folder's for ``clean``, the cache's exclusively for ``gc``.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import time
@@ -20,11 +19,10 @@ from typing import Iterator
 from . import safefs
 from .cache import Cache
 from .errors import CacheError
+from .lockfile import referenced_digests
 from .metadata import DamagedMetadata
-from .safefs import read_regular
 
 SCRATCH_GRACE_SECONDS = 3600  # a scratch folder younger than this may belong to a running build
-LOCK_FILE_LIMIT = 256 << 20
 
 
 @dataclass
@@ -74,17 +72,14 @@ def _roots(cache: Cache, report: GcReport) -> tuple[set[str], set[str]]:
     for lock in registered:
         if not os.path.lexists(lock):
             continue  # a deleted lock file protects nothing
-        data = read_regular(lock, LOCK_FILE_LIMIT)
         try:
-            raw = json.loads(data.decode("utf-8")) if data is not None else None
-            steps = raw["steps"] if isinstance(raw, dict) else None
-            for entry in steps.values():
-                keys.add(entry["key"])
-                objects.update(entry["output"]["files"].values())
-        except (AttributeError, KeyError, TypeError, ValueError, RecursionError):
+            k, o = referenced_digests(lock)
+        except ValueError as exc:
             raise CacheError(f"gc removed nothing: the lock file {lock} (registered in {cache.root / 'locks.json'}) "
-                             f"is unreadable or damaged, so what it uses is unknown. Fix: rebuild its recipe "
-                             f"(rewrites it) or delete it, then run gc") from None
+                             f"is unreadable or damaged ({exc}), so what it uses is unknown. Fix: rebuild its "
+                             f"recipe (rewrites it) or delete it, then run gc") from None
+        keys |= k
+        objects |= o
         report.locks += 1
     return keys, objects
 

@@ -6,21 +6,25 @@ once. Three locks keep them apart:
 * **the build folder** (``<out>/.<recipe>.lock``, beside ``<out>/<recipe>``
   so that ``clean`` can remove the folder while holding it): exclusive.
   A second build (or ``clean``) of the same folder waits, saying which
-  process it waits for, or fails at once with ``--no-wait``. This
-  serializes everything written there: outputs, logs, the fast-path stamp.
+  process it waits for (the holder writes its pid into the lock file), or
+  fails at once with ``--no-wait``. This serializes everything written
+  there: outputs, logs, the fast-path stamp.
 * **the cache** (``<cache>/cache.lock``): builds hold it *shared* from their
   first cache lookup until their lock file is written and registered, so
   any number of builds run together; ``gc`` holds it *exclusive*, so it
   never deletes an object that a running build just stored or is about to
-  reference. ``fcntl.flock`` gives the shared mode (filelock has none
-  without SQLite).
+  reference.
 * **a metadata file's update** (``<cache>/locks.json.lock``,
-  ``statmemo.json.lock``): a short exclusive lock around read, merge and
-  atomic replace, so concurrent builds never lose each other's entries.
+  ``statmemo.json.lock``): a short exclusive lock (:mod:`filelock`) around
+  read, merge and atomic replace, so concurrent builds never lose each
+  other's entries.
 
-Locks are ``flock`` locks (through :mod:`filelock` where exclusive): the
-kernel drops them when a process dies, so a killed build never leaves a
-stale lock behind.
+All are ``flock`` locks: the kernel drops them when a process dies, so a
+killed build never leaves a stale lock behind. The first two are taken on
+every real build, so they use ``fcntl.flock`` directly: one system call and
+no import (filelock has no shared mode without SQLite, and importing it
+costs several milliseconds); filelock serves the metadata updates, which a
+no-op build does not make.
 """
 
 from __future__ import annotations
@@ -34,15 +38,12 @@ from .errors import UsageError
 from .safefs import read_regular
 
 Notify = Callable[[str], None]
+METADATA_TIMEOUT_S = 120
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class Busy(UsageError):
     """``--no-wait`` and someone else holds the lock (exit code 2)."""
-
-
-def _write_pid(fd: int) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
 def _holder(lock_file: Path) -> str:
@@ -56,46 +57,55 @@ def _unlink_if_link(path: Path) -> None:
         path.unlink()  # a planted link: never lock (or write a pid into) its target
 
 
-@contextlib.contextmanager
-def build_folder(folder: Path, *, wait: bool = True, notify: Notify = lambda m: None,
-                 what: str = "build") -> Iterator[None]:
-    """Hold the exclusive lock of the build folder ``folder`` (``<out>/<recipe>``)."""
-    import filelock
+def _open_for_lock(path: Path, writable_only: bool = False) -> int | None:
+    try:
+        _unlink_if_link(path)
+        return os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)
+    except OSError:
+        if writable_only:
+            raise
+    try:  # a read-only cache: an existing lock file can still be locked for reading
+        return os.open(path, os.O_RDONLY | _NOFOLLOW)
+    except OSError:
+        return None
 
+
+def _flock(fd: int, exclusive: bool, wait: bool, who: Callable[[], tuple[str, str]], notify: Notify) -> None:
+    """Take the lock. When someone holds it, ``who()`` gives (what they are
+    doing, what we wait for): ``--no-wait`` raises Busy, else we say so and wait."""
+    import fcntl
+
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        busy, waiting = who()
+        if not wait:
+            raise Busy(f"{busy}; run again without --no-wait to wait for it") from None
+        notify(f"waiting for {waiting} ...")
+        fcntl.flock(fd, mode)
+
+
+@contextlib.contextmanager
+def build_folder(folder: Path, *, wait: bool = True, notify: Notify = lambda m: None) -> Iterator[None]:
+    """Hold the exclusive lock of the build folder ``folder`` (``<out>/<recipe>``)."""
     lock_file = folder.parent / f".{folder.name}.lock"
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        _unlink_if_link(lock_file)
-        lock = filelock.FileLock(lock_file, on_acquired=_write_pid)
-        try:
-            lock.acquire(blocking=False)
-        except filelock.Timeout:
-            holder = _holder(lock_file)
-            if not wait:
-                raise Busy(f"another build of '{folder.name}' ({holder}) is using {folder}; "
-                           f"run again without --no-wait to wait for it") from None
-            notify(f"waiting for another build of '{folder.name}' ({holder}) to finish with {folder} ...")
-            lock.acquire()
+        fd = _open_for_lock(lock_file, writable_only=True)
     except OSError as exc:
-        raise UsageError(f"cannot lock the build folder {folder} ({exc.strerror or exc}); "
-                         f"choose a writable --out") from None
+        raise UsageError(f"cannot lock the build folder {folder} ({exc.strerror or exc}); choose a writable --out") from None
     try:
+        def who() -> tuple[str, str]:
+            other = f"another build of '{folder.name}' ({_holder(lock_file)})"
+            return f"{other} is using {folder}", f"{other} to finish with {folder}"
+
+        _flock(fd, True, wait, who, notify)
+        # fixed width, written in place: truncating costs milliseconds (ext4 flushes a truncated file)
+        os.pwrite(fd, f"{os.getpid():<20}\n".encode(), 0)
         yield
     finally:
-        lock.release()
-
-
-def _open_for_lock(path: Path) -> int | None:
-    flags = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        _unlink_if_link(path)
-        return os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o666)
-    except OSError:
-        pass
-    try:  # a read-only cache: an existing lock file can still be locked for reading
-        return os.open(path, os.O_RDONLY | flags)
-    except OSError:
-        return None
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 @contextlib.contextmanager
@@ -104,8 +114,6 @@ def cache_access(root: Path, *, exclusive: bool, wait: bool = True, notify: Noti
     """Hold the cache lock: shared (a build) or exclusive (``gc``). Yields
     whether a lock is held; a cache where no lock file can be created (a
     read-only cache without one) is used unlocked, with a warning."""
-    import fcntl
-
     if exclusive and not root.is_dir():
         yield False  # no cache yet: nothing to collect, nobody to wait for
         return
@@ -120,19 +128,15 @@ def cache_access(root: Path, *, exclusive: bool, wait: bool = True, notify: Noti
         warn(f"cannot lock the cache {root} (read-only?): a concurrent `tinybuild gc` there could remove entries this build reads")
         yield False
         return
-    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     try:
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = "running builds" if exclusive else "`tinybuild gc`"
-            if not wait:
-                raise Busy(f"{other} are using the cache {root}; run again without --no-wait to wait")
-            notify(f"waiting for {other} using the cache {root} to finish ...")
-            fcntl.flock(fd, mode)
+        if exclusive:
+            who = (f"running builds are using the cache {root}", f"running builds to finish with the cache {root}")
+        else:
+            who = (f"`tinybuild gc` is collecting the cache {root}", f"`tinybuild gc` to finish with the cache {root}")
+        _flock(fd, exclusive, wait, lambda: who, notify)
         yield True
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -142,5 +146,7 @@ def updating(path: Path) -> Iterator[None]:
 
     lock_file = path.with_name(path.name + ".lock")
     _unlink_if_link(lock_file)
-    with filelock.FileLock(lock_file):
+    # held for milliseconds; the timeout (filelock.Timeout is an OSError) only
+    # turns a pathological file system into a warning instead of a hang
+    with filelock.FileLock(lock_file, timeout=METADATA_TIMEOUT_S):
         yield

@@ -109,7 +109,7 @@ def check(stamp: Path, recipe_text: str, environ: Mapping[str, str]) -> dict[str
         return None
     for folder, mtime in data["folders"]:
         try:
-            if os.stat(folder).st_mtime_ns != mtime:
+            if os.stat(folder or ".").st_mtime_ns != mtime:  # "" (python -c) is the current folder, as recorded
                 return None
         except OSError:
             return None

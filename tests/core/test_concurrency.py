@@ -28,7 +28,7 @@ RECIPES = 4
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBUILD_")}
-    env.update(PYTHONPATH=os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]), TINYBUILD_PLUGINS="toy=toy_plugin",
+    env.update(PYTHONPATH=os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]), TINYBUILD_PLUGINS="toy=toy_slow",
                TINYBUILD_DISABLE_PLUGINS=",".join(BUILTIN_PLUGINS), TINYBUILD_NO_FASTPATH="1")
     return env
 
@@ -36,7 +36,8 @@ def _env() -> dict[str, str]:
 @pytest.fixture
 def fleet(tmp_path, toy_env, monkeypatch):
     """Four recipes (different names and keys) sharing one data file, one cache and one --out."""
-    monkeypatch.setenv("TINYBUILD_NO_FASTPATH", "1")  # for the in-process checks
+    monkeypatch.setenv("TINYBUILD_NO_FASTPATH", "1")  # the in-process checks use what the processes use
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_slow")
     (tmp_path / "numbers.txt").write_text("1 2 3\n")
     for i in range(RECIPES):
         text = TOY_RECIPE.replace('name = "toy"', f'name = "toy{i}"').replace('file = "numbers.txt"', f'file = "numbers.txt"\nscale = {i + 1}')

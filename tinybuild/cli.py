@@ -213,7 +213,7 @@ def _print_noop(summary: dict[str, Any], plain: bool) -> None:
         for i, (name, digest) in enumerate(steps, 1):
             print(f"[{i}/{len(steps)}] {name:<{width}} cached {digest[:12]}", file=sys.stderr)
     print(f"ok: 0 built, {len(steps)} cached (nothing changed since the last build)", file=sys.stderr)
-    print(f"outputs: {summary['out']}", file=sys.stderr)
+    print(f"outputs: {summary.get('out', '')}", file=sys.stderr)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

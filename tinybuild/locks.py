@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 from typing import Callable, Iterator
 
+from . import safefs
 from .errors import UsageError
 from .safefs import read_regular
 
@@ -54,20 +56,36 @@ def _holder(lock_file: Path) -> str:
 
 def _unlink_if_link(path: Path) -> None:
     if path.is_symlink():
-        path.unlink()  # a planted link: never lock (or write a pid into) its target
+        path.unlink()  # a planted link: never lock its target
 
 
 def _open_for_lock(path: Path, writable_only: bool = False) -> int | None:
     try:
-        _unlink_if_link(path)
-        return os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1):
+            # a link, FIFO or folder, or a hard link to someone's file (the holder
+            # writes its pid into the lock file): replaced by a file of our own
+            safefs.remove(path, path.parent)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # planted meanwhile
+            os.close(fd)
+            raise OSError(f"{path} is not a plain file of its own")
+        return fd
     except OSError:
         if writable_only:
             raise
     try:  # a read-only cache: an existing lock file can still be locked for reading
-        return os.open(path, os.O_RDONLY | _NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
 
 
 def _flock(fd: int, exclusive: bool, wait: bool, who: Callable[[], tuple[str, str]], notify: Notify) -> None:

@@ -271,3 +271,54 @@ def test_stray_files_where_folders_belong_are_replaced(ws):
     run = ws.build()
     assert run.code == 0 and "Traceback" not in run.err, run.err
     assert _real_dir(folder / "train") and _real_dir(folder / ".logs") and _real_dir(ws.cache / "tmp")
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo", "folder"])
+def test_planted_lock_files_are_replaced_never_written_through(ws, victim, kind):
+    """The build-folder lock file receives the holder's pid: never into a planted file."""
+    lock_file = ws.root / "build" / ".toy.lock"
+    lock_file.parent.mkdir()
+    cache_lock = ws.cache / "cache.lock"
+    ws.cache.mkdir()
+    for path in (lock_file, cache_lock):
+        if kind == "symlink":
+            path.symlink_to(victim.root / "keep.txt")
+        elif kind == "hardlink":
+            os.link(victim.root / "keep.txt", path)
+        elif kind == "fifo":
+            os.mkfifo(path)
+        else:
+            path.mkdir()
+    run = ws.build()
+    assert run.code == 0 and "Traceback" not in run.err, run.err
+    assert victim.untouched()
+    assert lock_file.is_file() and not lock_file.is_symlink() and os.stat(lock_file).st_nlink == 1
+
+
+@pytest.mark.parametrize("content", [b"[]", b"42", b'{"format": 3, "env": {}, "folders": 5}', b"\xff", "fifo"])
+def test_a_damaged_or_hostile_stamp_falls_back_to_a_real_build(ws, monkeypatch, content):
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_quiet")
+    assert ws.build().code == 0
+    stamps = list((ws.cache / "stamps").glob("*.json"))
+    assert len(stamps) == 1
+    stamps[0].unlink()
+    if content == "fifo":
+        os.mkfifo(stamps[0])  # reading it would block forever
+    else:
+        stamps[0].write_bytes(content)
+    run = ws.build()
+    assert run.code == 0 and "nothing changed" not in run.err and "Traceback" not in run.err
+    assert "nothing changed" in ws.build().err  # a fresh stamp replaced it
+
+
+def test_a_stamp_pointing_at_a_device_is_not_read(ws, monkeypatch):
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_quiet")
+    assert ws.build().code == 0
+    stamp = next((ws.cache / "stamps").glob("*.json"))
+    data = json.loads(stamp.read_text())
+    st = os.stat("/dev/zero")
+    # a forged entry whose signature matches /dev/zero and claims to be "racy" (content-checked)
+    data["files"].append(["/dev/zero", [st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size], "0" * 64, st.st_mtime_ns])
+    stamp.write_text(json.dumps(data))
+    run = ws.build()
+    assert run.code == 0 and "nothing changed" not in run.err

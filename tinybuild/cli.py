@@ -1,7 +1,8 @@
 """The ``tinybuild`` command line: the only place errors become exit codes.
 
 Exit codes: 0 built · 1 a step failed · 2 recipe or usage error · 3 a budget
-gate failed · 130 interrupted. Recipe and plugin errors are printed as
+gate failed · 130 interrupted (2 also when `--no-wait` finds the build folder
+or the cache busy). Recipe and plugin errors are printed as
 messages, never tracebacks (``--debug`` shows them).
 """
 
@@ -153,11 +154,10 @@ def cmd_build(args: argparse.Namespace) -> int:
             return 0
     fastpath.invalidate(stamp)
 
+    from . import locks
     from .console import ConsoleReporter
     from .executor import BuildOptions, Executor
     from .plugins import Hooks
-
-    from . import locks
 
     reporter = ConsoleReporter(live=False if args.plain else None, verbose=args.verbose)
     project = _project(args, extra=[(REPORTER, reporter)])
@@ -293,6 +293,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    from . import locks
     from .cache import Cache
     from .housekeeping import collect_garbage
 
@@ -307,8 +308,6 @@ def cmd_gc(args: argparse.Namespace) -> int:
     else:
         args.recipe = args.recipe or DEFAULT_RECIPE
         cache = _project(args).cache
-    from . import locks
-
     with locks.cache_access(cache.root, exclusive=True, wait=not args.no_wait, notify=_note):
         report = collect_garbage(cache, dry_run=args.dry_run)
     for skipped in report.skipped:

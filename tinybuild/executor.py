@@ -210,8 +210,8 @@ class Executor:
         finally:
             try:
                 self.cache.remove_scratch(scratch)  # only this build's own folder
-            except OSError:
-                pass  # left for gc
+            except (OSError, safefs.UnsafePath):
+                pass  # left for gc; a failed cleanup must not hide the step's own outcome
         stable = self._fingerprint(watched) == before
         entry = ActionEntry(kind=st.produces, files=files, digest=artifact_digest(st.produces, files), metrics=metrics)
         return entry, stable

@@ -38,36 +38,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
+from . import metadata, safefs
 from .errors import CacheError
 from .hashing import CHUNK, canonical_json, file_digest, stat_signature
 
 ENV_CACHE_DIR = "TINYBUILD_CACHE_DIR"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+def atomic_write_bytes(path: Path, data: bytes, root: Path | None = None) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new, never
+    half; with ``root``, never through a symlinked folder below it (see safefs)."""
+    safefs.atomic_write(path, data, root)
 
 
-def atomic_write_json(path: Path, value: Any, pretty: bool = False) -> None:
+def atomic_write_json(path: Path, value: Any, pretty: bool = False, root: Path | None = None) -> None:
     text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n" if pretty else canonical_json(value)
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), root)
 
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -151,10 +137,9 @@ class StatMemo:
     def __init__(self, path: Path):
         self.path = path
         self._dirty = False
-        try:
-            self._entries: dict[str, list[Any]] = json.loads(path.read_text("utf-8"))
-        except (FileNotFoundError, ValueError):
-            self._entries = {}
+        # wrong-shape entries (or a file that is not a JSON object) are treated as absent
+        self._entries: dict[str, list[Any]] = metadata.load_memo(path)
+        self._loaded = dict(self._entries)
 
     signature = staticmethod(stat_signature)
 
@@ -180,9 +165,12 @@ class StatMemo:
         self._dirty = True
 
     def save(self) -> None:
+        """Merge what this process learned into the memo on disk (other builds
+        may have saved theirs meanwhile); a failure only warns."""
         if self._dirty:
-            live = {k: v for k, v in self._entries.items() if os.path.exists(k)}
-            atomic_write_json(self.path, live)
+            changed = {k: v for k, v in self._entries.items() if self._loaded.get(k) != v}
+            metadata.save_memo(self.path, changed)
+            self._loaded = dict(self._entries)
             self._dirty = False
 
 
@@ -449,7 +437,7 @@ class Cache:
         self._make_parent(path)
         if path.is_symlink() or (path.exists() and not path.is_file()):
             self.quarantine(path)  # a folder or link where an entry belongs
-        atomic_write_json(path, entry.to_json())
+        atomic_write_json(path, entry.to_json(), root=self.root)
 
     def drop_action(self, key: str) -> bool:
         """Move a broken entry out of the way (quarantine) so the step is rebuilt."""
@@ -461,8 +449,12 @@ class Cache:
     # -- scratch -------------------------------------------------------------
 
     def scratch_dir(self, label: str) -> Path:
-        self._ensure_dir(self.tmp)
+        """A fresh folder of its own under ``tmp/`` (a real folder, never a planted link)."""
+        safefs.ensure_dir(self.tmp, self.root)
         return Path(tempfile.mkdtemp(dir=self.tmp, prefix=f"{label}-"))
+
+    def remove_scratch(self, folder: Path) -> None:
+        safefs.remove(folder, self.tmp)
 
     # -- materializing outputs ---------------------------------------------
 
@@ -477,7 +469,10 @@ class Cache:
         unsafe = [rel for rel in files if not safe_relpath(rel)]
         if unsafe:
             raise CacheError(f"refusing to write outside {dest}: artifact file name {unsafe[0]!r}")
+        if dest.is_symlink():
+            dest.unlink()  # a planted link: replaced by a folder, never written through
         dest.mkdir(parents=True, exist_ok=True)
+        safefs.prune(dest)  # drop planted symlinks first: nothing below is written through one
         for rel, digest in files.items():
             target = dest / rel
             if not target.is_symlink() and target.is_file() and self.memo.digest(target) == digest:
@@ -492,27 +487,16 @@ class Cache:
                 staging.unlink(missing_ok=True)
                 raise
             self.memo.remember(target, digest)
-        wanted = {dest / rel for rel in files}
-        for existing in sorted(dest.rglob("*"), reverse=True):
-            if existing.is_file() and existing not in wanted:
-                existing.unlink()
-            elif existing.is_dir() and not any(existing.iterdir()):
-                existing.rmdir()
+        safefs.prune(dest, keep=set(files))  # never follows a link, never leaves dest
 
     # -- lock-file registry (roots for gc) -----------------------------------
 
     def register_lock(self, lock_path: Path) -> None:
-        index = self.root / "locks.json"
-        try:
-            known = set(json.loads(index.read_text("utf-8")))
-        except (FileNotFoundError, ValueError):
-            known = set()
-        if str(lock_path) not in known:
-            known.add(str(lock_path))
-            atomic_write_json(index, sorted(known), pretty=True)
+        """Record a lock file as a root for gc (merged under a file lock;
+        a read-only cache or a damaged locks.json only warns)."""
+        metadata.register(self.root / "locks.json", lock_path)
 
     def known_locks(self) -> list[Path]:
-        try:
-            return [Path(p) for p in json.loads((self.root / "locks.json").read_text("utf-8"))]
-        except (FileNotFoundError, ValueError):
-            return []
+        """The registered lock files; raises DamagedMetadata (so gc refuses
+        to run) when locks.json is unreadable or of the wrong shape."""
+        return metadata.read_registry(self.root / "locks.json")

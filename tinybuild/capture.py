@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import IO, Iterator
 
+from .safefs import open_log
+
 
 def private_stderr() -> IO[str]:
     """A stream on a duplicate of the process's stderr, immune to redirection
@@ -37,7 +39,9 @@ def output_to(log: Path) -> Iterator[Path]:
         with contextlib.suppress(Exception):
             stream.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
-    with open(log, "ab") as sink, open(log, "a", buffering=1, encoding="utf-8", errors="replace") as text:
+    # O_NOFOLLOW: a link planted at the log's name is an error, never a way to append elsewhere
+    with open(open_log(log), "ab") as sink, \
+            open(open_log(log), "a", buffering=1, encoding="utf-8", errors="replace") as text:
         try:
             for fd in saved:
                 os.dup2(sink.fileno(), fd)

@@ -1,7 +1,8 @@
 """The ``tinybuild`` command line: the only place errors become exit codes.
 
 Exit codes: 0 built · 1 a step failed · 2 recipe or usage error · 3 a budget
-gate failed · 130 interrupted. Recipe and plugin errors are printed as
+gate failed · 130 interrupted (2 also when `--no-wait` finds the build folder
+or the cache busy). Recipe and plugin errors are printed as
 messages, never tracebacks (``--debug`` shows them).
 """
 
@@ -30,6 +31,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
 
+def _no_wait(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--no-wait", action="store_true",
+                   help=f"fail at once (exit 2) instead of waiting when {what}")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinybuild", description="Declarative, cached builds for small ML models.")
     parser.add_argument("--version", action="version", version=f"tinybuild {__version__}")
@@ -42,6 +48,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-going", action="store_true", help="after a failure, keep building independent branches")
     p.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
     p.add_argument("-v", "--verbose", action="store_true", help="also list cached steps, and the bytes and time of remote-cache transfers")
+    _no_wait(p, "another build of the same build folder, or gc, is running")
     _common(p)
 
     p = sub.add_parser("plan", help="show what a build would run, and why")
@@ -62,11 +69,13 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("clean", help="remove a recipe's build folder (not the cache)")
     p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE)
+    _no_wait(p, "a build of this recipe is running")
     _common(p)
 
     p = sub.add_parser("gc", help="drop cache entries that no lock file references")
     p.add_argument("recipe", nargs="?", default=None, help="a recipe whose cache to collect (default: --cache-dir, else $TINYBUILD_CACHE_DIR, else recipe.toml)")
     p.add_argument("--dry-run", action="store_true", help="only report what would be removed")
+    _no_wait(p, "builds are using the cache")
     _common(p)
 
     p = sub.add_parser("verify", help="check every object and action entry of a cache (exit 1 on damage)")
@@ -156,18 +165,47 @@ def cmd_build(args: argparse.Namespace) -> int:
             return 0
     fastpath.invalidate(stamp)
 
+    from . import locks
     from .console import ConsoleReporter
     from .executor import BuildOptions, Executor
     from .plugins import Hooks
 
     reporter = ConsoleReporter(live=False if args.plain else None, verbose=args.verbose)
     project = _project(args, extra=[(REPORTER, reporter)])
-    result = Executor(project, Hooks(project.pm)).build(BuildOptions(only=args.only, force=args.force, keep_going=args.keep_going))
-    if result.exit_code == 0:
-        print(f"outputs: {project.out_dir}", file=sys.stderr)
-        if eligible:
-            fastpath.record_build(project, result, stamp, REPORTER)
+    _check_build_folder(project.out_dir)
+    # The build folder's lock serializes builds of one folder (outputs, logs,
+    # stamp); the shared cache lock keeps gc out until this build's lock file
+    # is written and registered.
+    with locks.build_folder(project.out_dir, wait=not args.no_wait, notify=_note), \
+            locks.cache_access(project.cache.root, exclusive=False, wait=not args.no_wait, notify=_note, warn=_warn):
+        result = Executor(project, Hooks(project.pm)).build(BuildOptions(only=args.only, force=args.force, keep_going=args.keep_going))
+        if result.exit_code == 0:
+            print(f"outputs: {project.out_dir}", file=sys.stderr)
+            if eligible:
+                try:
+                    fastpath.record_build(project, result, stamp, REPORTER)
+                except OSError as exc:  # e.g. a read-only cache: the next build takes the normal path
+                    _warn(f"could not record the no-op stamp ({exc.strerror or exc}); the next build takes the normal path")
     return result.exit_code
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _check_build_folder(folder: Path) -> None:
+    """The build folder is rewritten and cleaned: never through a link."""
+    if folder.is_symlink():
+        import os
+
+        raise UsageError(f"the build folder {folder} is a symbolic link (to {os.readlink(folder)}); tinybuild never "
+                         f"writes or deletes through links. Remove the link (`tinybuild clean` does) or choose another --out")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"the build folder {folder} is a file, not a folder; remove it or choose another --out")
 
 
 REPORTER = "tinybuild.console"
@@ -186,7 +224,7 @@ def _print_noop(summary: dict[str, Any], plain: bool) -> None:
         for i, (name, digest) in enumerate(steps, 1):
             print(f"[{i}/{len(steps)}] {name:<{width}} cached {digest[:12]}", file=sys.stderr)
     print(f"ok: 0 built, {len(steps)} cached (nothing changed since the last build)", file=sys.stderr)
-    print(f"outputs: {summary['out']}", file=sys.stderr)
+    print(f"outputs: {summary.get('out', '')}", file=sys.stderr)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -250,15 +288,23 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
+    from . import locks
     from .housekeeping import clean_outputs
 
     project = _project(args)
-    removed = clean_outputs(project.out_dir, project.recipe.meta.name)
-    print(f"removed {project.out_dir}" if removed else f"nothing to clean at {project.out_dir}", file=sys.stderr)
+    folder = project.out_dir
+    with locks.build_folder(folder, wait=not args.no_wait, notify=_note):
+        link = folder.is_symlink()
+        removed = clean_outputs(folder, project.recipe.meta.name)
+    if link:
+        print(f"removed the symbolic link {folder} (what it pointed to was left alone)", file=sys.stderr)
+    else:
+        print(f"removed {folder}" if removed else f"nothing to clean at {folder}", file=sys.stderr)
     return 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    from . import locks
     from .cache import Cache
     from .housekeeping import collect_garbage
 
@@ -273,7 +319,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
     else:
         args.recipe = args.recipe or DEFAULT_RECIPE
         cache = _project(args).cache
-    report = collect_garbage(cache, dry_run=args.dry_run)
+    with locks.cache_access(cache.root, exclusive=True, wait=not args.no_wait, notify=_note):
+        report = collect_garbage(cache, dry_run=args.dry_run)
+    for skipped in report.skipped:
+        _warn(f"left alone: {skipped}; gc never follows links or leaves the cache")
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {report.objects} objects ({report.object_bytes:,} B), {report.actions} action entries, "
           f"{report.scratch} scratch folders; kept {report.kept_objects} objects referenced by {report.locks} lock files")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import safefs
 from .api import Artifact, GateFailed, StepError
 from .cache import ActionEntry, CorruptObject
 from .capture import output_to, tail
@@ -201,8 +202,8 @@ class Executor:
             target=project.recipe.target.model_dump(exclude_none=True) if step.step_type.uses_target else {},
             passes=project.registry.passes, on_progress=self.hooks.step_progress, on_log=self.hooks.step_log,
         )
-        log = self.project.out_dir / ".logs" / f"{step.name}.log"
-        log.unlink(missing_ok=True)
+        log = self._logs() / f"{step.name}.log"
+        safefs.remove(log, self.project.out_dir)  # a link planted there goes, its target stays
         try:
             try:
                 with output_to(log):
@@ -231,7 +232,10 @@ class Executor:
                 raise _StepFailure(f"plugin '{step.plugin}' produced no output files for step '{step.name}'")
             stored = {rel: self.cache.store_file(out / rel) for rel in rels}
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            try:
+                self.cache.remove_scratch(scratch)  # only this build's own folder
+            except (OSError, safefs.UnsafePath):
+                pass  # left for gc; a failed cleanup must not hide the step's own outcome
         stable = self._fingerprint(watched) == before
         files = {rel: digest for rel, (digest, _) in stored.items()}
         sizes = {rel: size for rel, (_, size) in stored.items()}
@@ -256,17 +260,22 @@ class Executor:
 
     def _materialize(self, name: str, entry: ActionEntry) -> Artifact:
         dest = self.project.step_out_dir(name)
+        safefs.ensure_dir(dest, self.project.out_dir)  # a planted link or file there is replaced, not followed
         self.cache.materialize(entry.files, dest)
         return Artifact(step=name, kind=entry.kind, path=dest, files=entry.files, digest=entry.digest, metrics=entry.metrics)
 
     def _keep_failed_output(self, name: str, out: Path) -> None:
         """A gate failure still leaves its report for the user (not cached)."""
         dest = self.project.step_out_dir(name)
-        shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(out, dest)
+        safefs.ensure_dir(self.project.out_dir, self.project.out_dir)
+        safefs.remove(dest, self.project.out_dir)
+        shutil.copytree(out, dest, symlinks=True)
+
+    def _logs(self) -> Path:
+        """``<build folder>/.logs``, a real folder (a planted link there is replaced)."""
+        return safefs.ensure_dir(self.project.out_dir / ".logs", self.project.out_dir)
 
     def _write_traceback(self, name: str) -> Path:
-        path = self.project.out_dir / ".logs" / f"{name}.traceback.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(traceback.format_exc(), encoding="utf-8")
+        path = self._logs() / f"{name}.traceback.txt"
+        safefs.atomic_write(path, traceback.format_exc().encode("utf-8"), self.project.out_dir)
         return path

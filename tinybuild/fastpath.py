@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from .hashing import stat_signature
 FORMAT = 3
 ENV_DISABLE = "TINYBUILD_NO_FASTPATH"
 RACY_NS = 50_000_000
+STAMP_LIMIT = 64 << 20
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 #: environment variables that change how a build resolves, beyond the recipe's own
 _CONTROL_ENV = ("TINYBUILD_CACHE_DIR", "TINYBUILD_OUT", "TINYBUILD_PLUGINS", "TINYBUILD_DISABLE_PLUGINS")
@@ -89,7 +91,7 @@ def _file_ok(entry: list[Any]) -> bool:
         st = os.stat(path)
     except OSError:
         return False
-    if stat_signature(st) != sig:
+    if not stat.S_ISREG(st.st_mode) or stat_signature(st) != sig:  # never read a FIFO or a device
         return False
     if observed_ns - sig[2] > RACY_NS:
         return True
@@ -99,23 +101,53 @@ def _file_ok(entry: list[Any]) -> bool:
         return _sha(f.read()) == digest
 
 
-def check(stamp: Path, recipe_text: str, environ: Mapping[str, str]) -> dict[str, Any] | None:
-    """The stamp's summary if nothing it depends on changed, else None."""
+def _read_stamp(stamp: Path) -> Any:
+    """The parsed stamp; None unless it is a regular file (not a link, FIFO or device) of sane size."""
     try:
-        data = json.loads(stamp.read_text("utf-8"))
-    except (OSError, ValueError):
+        fd = os.open(stamp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > STAMP_LIMIT:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return json.loads(f.read(STAMP_LIMIT).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def check(stamp: Path, recipe_text: str, environ: Mapping[str, str]) -> dict[str, Any] | None:
+    """The stamp's summary if nothing it depends on changed, else None (also
+    when the stamp is damaged or of the wrong shape: it is never trusted)."""
+    data = _read_stamp(stamp)
+    try:
+        return _check(data, recipe_text, environ)
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+def _check(data: Any, recipe_text: str, environ: Mapping[str, str]) -> dict[str, Any] | None:
+    if not isinstance(data, dict):
         return None
     if data.get("format") != FORMAT or data.get("env") != env_refs(recipe_text, environ):
         return None
     for folder, mtime in data["folders"]:
         try:
-            if os.stat(folder).st_mtime_ns != mtime:
+            if os.stat(folder or ".").st_mtime_ns != mtime:  # "" (python -c) is the current folder, as recorded
                 return None
         except OSError:
             return None
     if not all(_file_ok(entry) for entry in data["files"]):
         return None
-    return data["summary"]
+    summary = data["summary"]
+    steps = summary["steps"]
+    if not (isinstance(steps, list) and isinstance(summary.get("out", ""), str)
+            and all(isinstance(n, str) and isinstance(d, str) for n, d in steps)):
+        return None
+    return summary
 
 
 def try_noop(recipe: Path, cache_dir: str | None, out: str | None, disabled: Iterable[str],
@@ -131,9 +163,11 @@ def try_noop(recipe: Path, cache_dir: str | None, out: str | None, disabled: Ite
 
 
 def invalidate(stamp: Path) -> None:
-    """Drop a stamp before a real build (a bad cache location is reported later, by the build)."""
+    """Drop a stamp before a real build (a bad cache location is reported later, by the build).
+    Never through a symlinked ``stamps`` folder: it would unlink a file elsewhere."""
     try:
-        stamp.unlink(missing_ok=True)
+        if not stamp.parent.is_symlink():
+            stamp.unlink(missing_ok=True)
     except OSError:
         pass
 
@@ -153,9 +187,12 @@ def observe(path: Path, digest: str | None = None) -> Observation:
 
 
 def record(stamp: Path, *, recipe_text: str, observations: Mapping[str, Observation], summary: Mapping[str, Any],
-           environ: Mapping[str, str] | None = None) -> None:
+           environ: Mapping[str, str] | None = None, root: Path | None = None) -> None:
     """Write a stamp: ``observations`` maps every file the build depends on
-    or produced to the (signature, digest, time) it was observed with."""
+    or produced to the (signature, digest, time) it was observed with. With
+    ``root`` (the cache), never through a link below it. Builds of one build
+    folder hold its lock, so one stamp has one writer at a time; the write
+    is atomic, so a reader sees a whole stamp or none."""
     from .cache import atomic_write_json
 
     env = os.environ if environ is None else environ
@@ -167,7 +204,7 @@ def record(stamp: Path, *, recipe_text: str, observations: Mapping[str, Observat
         except OSError:
             continue
     atomic_write_json(stamp, {"format": FORMAT, "env": env_refs(recipe_text, env), "folders": folders,
-                              "files": entries, "summary": dict(summary)})
+                              "files": entries, "summary": dict(summary)}, root=root)
 
 
 LIFECYCLE_HOOKS = (
@@ -223,6 +260,7 @@ def record_build(project: Any, result: Any, stamp: Path, reporter_name: str) -> 
         seen.setdefault(source, observe(Path(source)))
     seen[str(project.lock_path)] = observe(project.lock_path)
     summary = {"steps": [[n, lock[n]["output"]["digest"]] for n in order], "out": str(project.out_dir)}
-    record(stamp, recipe_text=project.recipe.path.read_text("utf-8"), observations=seen, summary=summary)
+    record(stamp, recipe_text=project.recipe.path.read_text("utf-8"), observations=seen, summary=summary,
+           root=cache.root)
     cache.memo.save()
     return True

@@ -1,15 +1,26 @@
-"""`clean` and `gc`: removing build outputs and unreferenced cache entries."""
+"""`clean` and `gc`: removing build outputs and unreferenced cache entries.
+
+Both delete, so both go through :mod:`tinybuild.safefs`: a symlink planted
+in the cache (``objects/zz -> ~``) or a build folder that is a link is
+never followed, and nothing outside the cache or the build folder's parent
+is removed. The caller holds the locks (see :mod:`tinybuild.locks`): the
+build folder's for ``clean``, the cache's exclusively for ``gc``.
+"""
 
 from __future__ import annotations
 
-import shutil
+import os
+import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
+from . import safefs
 from .cache import Cache
 from .errors import CacheError
 from .lockfile import referenced_digests
+from .metadata import DamagedMetadata
 
 SCRATCH_GRACE_SECONDS = 3600  # a scratch folder younger than this may belong to a running build
 
@@ -22,6 +33,55 @@ class GcReport:
     scratch: int = 0
     kept_objects: int = 0
     locks: int = 0
+    skipped: list[str] = field(default_factory=list)  # links and strays left alone
+
+
+def _entries(cache: Cache, store: Path, report: GcReport) -> Iterator[tuple[str, Path]]:
+    """(digest, path) of a two-level ``ab/cdef...`` store, by ``lstat``:
+    a shard that is a link or not a folder is skipped (and reported), never entered."""
+    if not safefs.is_safe(store / "x", cache.root) or not store.is_dir():
+        if os.path.lexists(store):
+            report.skipped.append(f"{store} (not a real folder)")
+        return
+    for shard in sorted(os.scandir(store), key=lambda e: e.name):
+        if shard.name.startswith("."):
+            continue
+        if shard.is_symlink() or not shard.is_dir(follow_symlinks=False):
+            report.skipped.append(f"{shard.path} ({'a symbolic link' if shard.is_symlink() else 'not a folder'})")
+            continue
+        for entry in sorted(os.scandir(shard.path), key=lambda e: e.name):
+            if not entry.name.startswith("."):
+                yield shard.name + entry.name, Path(entry.path)
+
+
+def _roots(cache: Cache, report: GcReport) -> tuple[set[str], set[str]]:
+    """(action keys, object digests) the registered lock files reference.
+
+    Refuses (CacheError) when ``locks.json`` or a registered lock file that
+    still exists cannot be read as what tinybuild writes: deleting on a
+    partial list of roots would delete live entries.
+    """
+    try:
+        registered = cache.known_locks()
+    except DamagedMetadata as exc:
+        raise CacheError(f"gc removed nothing: {exc}. It lists the lock files whose entries are in use, so gc "
+                         f"cannot tell what is garbage. Fix: restore it, or delete it and build each recipe "
+                         f"that uses this cache once (that registers it again), then run gc") from None
+    keys: set[str] = set()
+    objects: set[str] = set()
+    for lock in registered:
+        if not os.path.lexists(lock):
+            continue  # a deleted lock file protects nothing
+        try:
+            k, o = referenced_digests(lock)
+        except ValueError as exc:
+            raise CacheError(f"gc removed nothing: the lock file {lock} (registered in {cache.root / 'locks.json'}) "
+                             f"is unreadable or damaged ({exc}), so what it uses is unknown. Fix: rebuild its "
+                             f"recipe (rewrites it) or delete it, then run gc") from None
+        keys |= k
+        objects |= o
+        report.locks += 1
+    return keys, objects
 
 
 def collect_garbage(cache: Cache, dry_run: bool = False) -> GcReport:
@@ -30,35 +90,31 @@ def collect_garbage(cache: Cache, dry_run: bool = False) -> GcReport:
     Roots are the lock files that builds with this cache registered (lock
     files since deleted no longer protect anything).
     """
-    keys: set[str] = set()
-    objects: set[str] = set()
     report = GcReport()
-    for lock in cache.known_locks():
-        if lock.exists():
-            report.locks += 1
-            k, o = referenced_digests(lock)
-            keys |= k
-            objects |= o
-    for key, path in list(cache.iter_actions()):
+    keys, objects = _roots(cache, report)
+    for key, path in list(_entries(cache, cache.actions, report)):
         if key not in keys:
             report.actions += 1
             if not dry_run:
-                path.unlink(missing_ok=True)
-    for digest, path in list(cache.iter_objects()):
+                safefs.remove(path, cache.root)
+    for digest, path in list(_entries(cache, cache.objects, report)):
         if digest in objects:
             report.kept_objects += 1
             continue
         report.objects += 1
-        report.object_bytes += path.stat().st_size
+        st = os.lstat(path)
+        report.object_bytes += st.st_size if stat.S_ISREG(st.st_mode) else 0
         if not dry_run:
-            path.unlink(missing_ok=True)
-    if cache.tmp.is_dir():
+            safefs.remove(path, cache.root)
+    if safefs.is_safe(cache.tmp / "x", cache.root) and cache.tmp.is_dir():
         now = time.time()
-        for scratch in cache.tmp.iterdir():
-            if now - scratch.stat().st_mtime > SCRATCH_GRACE_SECONDS:
+        for scratch in os.scandir(cache.tmp):
+            if now - scratch.stat(follow_symlinks=False).st_mtime > SCRATCH_GRACE_SECONDS:
                 report.scratch += 1
                 if not dry_run:
-                    shutil.rmtree(scratch, ignore_errors=True)
+                    safefs.remove(Path(scratch.path), cache.tmp)
+    elif os.path.lexists(cache.tmp):
+        report.skipped.append(f"{cache.tmp} (not a real folder)")
     return report
 
 
@@ -67,10 +123,8 @@ def clean_outputs(out_dir: Path, recipe_name: str) -> bool:
 
     Only ever a folder named after the recipe, strictly inside its parent:
     a mistake elsewhere must never turn ``clean`` into ``rm -rf`` of a project.
+    A build folder that is a symbolic link loses the link, never its target.
     """
     if out_dir.name != recipe_name or recipe_name.startswith(".") or out_dir.parent == out_dir:
         raise CacheError(f"refusing to remove {out_dir}: not a build folder named after recipe '{recipe_name}'")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-        return True
-    return False
+    return safefs.remove(out_dir, out_dir.parent)

@@ -39,10 +39,21 @@ def write_lock(path: Path, recipe_name: str, steps: dict[str, dict[str, Any]]) -
     atomic_write_json(path, {"format": FORMAT, "recipe": recipe_name, "steps": steps}, pretty=True)
 
 
-def referenced_digests(path: Path) -> tuple[set[str], set[str]]:
-    """(action keys, object digests) a lock file references."""
+def referenced_digests(path: Path, limit: int = 256 << 20) -> tuple[set[str], set[str]]:
+    """(action keys, object digests) a lock file references. ValueError when
+    it is unreadable or not what :func:`write_lock` writes: ``gc`` must not
+    guess, since a guess of "nothing" would delete a recipe's live entries."""
+    from .safefs import read_regular
+
+    data = read_regular(path, limit)
+    if data is None:
+        raise ValueError(f"{path}: not a readable regular file")
     keys, objects = set(), set()
-    for entry in read_lock(path).values():
-        keys.add(entry.get("key", ""))
-        objects.update(entry.get("output", {}).get("files", {}).values())
+    try:
+        steps = json.loads(data.decode("utf-8"))["steps"]
+        for entry in steps.values():
+            keys.add(str(entry["key"]))
+            objects.update(str(d) for d in entry["output"]["files"].values())
+    except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{path}: not a tinybuild lock file ({type(exc).__name__})") from None
     return keys, objects

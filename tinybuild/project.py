@@ -80,6 +80,7 @@ def load_project(recipe_path: str | Path, *, cache_dir: str | Path | None = None
     lock_file = Path(lock).expanduser().resolve() if lock else None
     _check_folder(cache.root, "--cache-dir (or $TINYBUILD_CACHE_DIR)")
     _check_folder(out.parent, "--out (or $TINYBUILD_OUT)")
+    _check_separate(cache.root, out, recipe.path)
     if lock_file is not None and lock_file.is_dir():
         raise UsageError(f"--lock {lock_file}: is a folder; give a file path, e.g. {lock_file / 'recipe.lock.json'}")
     return Project(recipe=recipe, registry=registry, pm=pm, steps=steps, dag=dag, cache=cache, out_dir=out,
@@ -93,3 +94,18 @@ def _check_folder(path: Path, option: str) -> None:
             if not candidate.is_dir():
                 raise UsageError(f"{option}: {candidate} is a file, not a folder; choose another location")
             return
+
+
+def _check_separate(cache_root: Path, build_folder: Path, recipe_path: Path) -> None:
+    """``clean`` removes the build folder and ``build`` rewrites it: it must
+    not overlap the cache (a recipe named ``objects`` with ``--out`` equal to
+    ``--cache-dir`` would clean away the object store), nor hold the recipe."""
+    cache, out = cache_root.resolve(), build_folder.parent.resolve()
+    if cache == out or cache.is_relative_to(out) or out.is_relative_to(cache):
+        where = "are the same folder" if cache == out else "overlap (one is inside the other)"
+        raise UsageError(f"--out {build_folder.parent} and --cache-dir {cache_root} {where}: tinybuild removes and "
+                         f"rewrites build folders, so they must be separate; e.g. --out {cache.parent / 'build'} "
+                         f"(also check $TINYBUILD_OUT and $TINYBUILD_CACHE_DIR)")
+    if recipe_path.resolve().is_relative_to(build_folder.resolve()):
+        raise UsageError(f"--out {build_folder.parent}: the build folder {build_folder} would contain the recipe "
+                         f"{recipe_path} (and `tinybuild clean` would delete it); choose another --out")

@@ -93,29 +93,32 @@ def _input_edges(dag: nx.DiGraph) -> nx.DiGraph:
 def render_text(dag: nx.DiGraph) -> str:
     """An indented tree along input edges; a step with several inputs is
     shown in full once and referenced afterwards (``↑ see above``). Reading
-    the dataset is noted on the step rather than drawn as an edge."""
+    the dataset is noted on the step rather than drawn as an edge.
+
+    Walked with an explicit stack, not recursion: a chain of thousands of
+    steps must not hit Python's recursion limit."""
     lines: list[str] = []
     seen: set[str] = set()
     order = run_order(dag)
+    position = {name: i for i, name in enumerate(order)}
     inputs = _input_edges(dag)
-
-    def visit(name: str, prefix: str, last: bool, root: bool) -> None:
+    roots = [name for name in order if name not in inputs or inputs.in_degree(name) == 0]
+    # (name, prefix, last sibling?, root?), popped in display order
+    stack: list[tuple[str, str, bool, bool]] = [(name, "", True, True) for name in reversed(roots)]
+    while stack:
+        name, prefix, last, root = stack.pop()
         step = dag.nodes[name]["step"]
         connector = "" if root else ("└── " if last else "├── ")
         if name in seen:
             lines.append(f"{prefix}{connector}{name} ↑ see above")
-            return
+            continue
         seen.add(name)
         reads = " [reads dataset]" if step.dataset and step.dataset not in step.inputs else ""
         lines.append(f"{prefix}{connector}{_label(step)}{reads}")
-        children = sorted(inputs.successors(name), key=order.index) if name in inputs else []
+        children = sorted(inputs.successors(name), key=position.__getitem__) if name in inputs else []
         child_prefix = prefix if root else prefix + ("    " if last else "│   ")
-        for i, child in enumerate(children):
-            visit(child, child_prefix, i == len(children) - 1, False)
-
-    for name in order:
-        if name not in inputs or inputs.in_degree(name) == 0:
-            visit(name, "", True, True)
+        for i in reversed(range(len(children))):
+            stack.append((children[i], child_prefix, i == len(children) - 1, False))
     return "\n".join(lines)
 
 

@@ -94,6 +94,23 @@ def test_data_path_that_is_not_a_regular_file(ws, command, maker, word):
     del keep
 
 
+@pytest.mark.parametrize("maker,word", [c[1:] for c in SPECIAL_FILES[:3]], ids=[c[0] for c in SPECIAL_FILES[:3]])
+@pytest.mark.parametrize("where", ["--lock", "beside-recipe"])
+def test_lock_file_that_is_not_a_regular_file(ws, maker, word, where):
+    """Builds replace the lock file: over a device that would replace the device node."""
+    path = ws.root / ("special.lock.json" if where == "--lock" else "recipe.lock.json")
+    maker(path)
+    args = ["--lock", str(path)] if where == "--lock" else []
+    # --lock is resolved (links followed), so the message may name the link's target
+    _expect(ws.build(*args), "--lock" if args else str(path), word)
+    assert path.is_symlink() or not path.is_file()  # untouched
+
+
+def test_lock_file_that_is_garbage_is_ignored(ws):
+    (ws.root / "recipe.lock.json").write_text("[" * 100_000)
+    assert ws.build().code == 0
+
+
 def test_hashing_refuses_a_fifo_swapped_in_after_loading(tmp_path):
     """The check at load time leaves a window; hashing opens with O_NONBLOCK
     and checks the opened descriptor, so a FIFO swapped in cannot hang it."""

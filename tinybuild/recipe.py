@@ -14,6 +14,7 @@ all problems found are reported together.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -36,6 +37,8 @@ TOP_LEVEL_KEYS = ("recipe", "target", "dataset", "model", "steps")
 CORE_STEP_KEYS = ("use", "input", "inputs")
 #: matched with ``fullmatch``: ``$`` alone would accept a trailing newline
 STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+#: Longest recipe or step name: each names a folder (file systems stop at 255 bytes).
+MAX_NAME = 100
 #: A recipe holds settings, not data: a bigger file is a mistake (or hostile).
 MAX_RECIPE_BYTES = 1 << 20
 #: Deepest nesting of tables and arrays a recipe may use (the built-in
@@ -51,7 +54,7 @@ class RecipeMeta(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="Name of the recipe; names the build folder.", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    name: str = Field(description="Name of the recipe; names the build folder.", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=MAX_NAME)
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for every random choice (splits, initialization, training).")
     salt: str = Field("", description="Change it to invalidate every cached result of this recipe.")
     description: str = Field("", description="Free text, shown by `tinybuild plan`.")
@@ -139,8 +142,10 @@ def load_recipe(path: str | Path, environ: dict[str, str] | None = None) -> Reci
         if name in SECTION_STEPS:
             problems.append(Problem(key, f"'{name}' is reserved for the [{name}] section", f"rename the step, or move it to a top-level [{name}] table"))
             continue
-        if not STEP_NAME.fullmatch(name):
-            problems.append(Problem(key, f"invalid step name '{name}'", "use letters, digits, '_' and '-', starting with a letter or '_'"))
+        if not STEP_NAME.fullmatch(name) or len(name) > MAX_NAME:
+            shown = name if len(name) <= 40 else name[:40] + "..."
+            problems.append(Problem(key if len(name) <= 40 else f"steps.{shown}", f"invalid step name '{shown}'",
+                                    f"use at most {MAX_NAME} letters, digits, '_' and '-', starting with a letter or '_'"))
             continue
         spec = _step_spec(name, key, table, problems)
         if spec:
@@ -200,7 +205,11 @@ def _check_values(data: dict[str, Any], problems: list[Problem]) -> None:
         value, key, depth = stack.pop()
         if isinstance(value, bool):
             continue
-        if isinstance(value, int) and not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        if isinstance(value, float) and not math.isfinite(value):
+            # pydantic would turn inf into null in JSON (and key material) for untyped tables
+            problems.append(Problem(key, f"should be a finite number (got {value})",
+                                    "nan and inf are not allowed in recipes; write a number"))
+        elif isinstance(value, int) and not INT_RANGE[0] <= value <= INT_RANGE[1]:
             problems.append(Problem(key, f"integer out of range ({value.bit_length()} bits)",
                                     "TOML integers are 64-bit: between -2^63 and 2^63-1"))
         elif isinstance(value, (dict, list)):

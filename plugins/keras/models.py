@@ -176,6 +176,7 @@ def from_file(path: Path, where: str) -> Any:
         raise StepError(f"{where}: model file not found: {path}") from None
     except OSError as exc:
         raise StepError(f"{where}: model file {path} {exc.strerror}") from None
+    _refuse_zip_bomb(path, where)
     keras = _tf.keras()
     from tf_keras.src.saving import serialization_lib  # SafeModeScope: not public API
 
@@ -184,6 +185,29 @@ def from_file(path: Path, where: str) -> Any:
             return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
         raise StepError(f"{where}: cannot load {path} in safe mode: {type(exc).__name__}: {exc}") from exc
+
+
+#: Most bytes a ``.keras`` archive may declare once unpacked (1 GiB): the
+#: models tinybuild targets are kilobytes to megabytes.
+MAX_MODEL_BYTES = 1 << 30
+
+
+def _refuse_zip_bomb(path: Path, where: str) -> None:
+    """A ``.keras`` file is a zip: refuse one whose members declare more than
+    :data:`MAX_MODEL_BYTES` (zipfile never inflates a member past its
+    declared size, so the declaration bounds what loading can cost)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # HDF5, or not a model: the loader says so
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise StepError(f"{where}: {path} is not a readable .keras archive: {exc}") from None
+    if declared > MAX_MODEL_BYTES:
+        raise StepError(f"{where}: {path} unpacks to {declared:,} bytes, over the limit of {MAX_MODEL_BYTES:,} "
+                        "for a model file; it is corrupt or a zip bomb")
 
 
 def _file_format(path: Path) -> str:

@@ -182,6 +182,12 @@ HOSTILE_RECIPES = [
     ("dotted-table-5000", TOY_RECIPE + "\n[" + ".".join(["a"] * 5000) + "]\n", ["nested more than 32 levels"]),
     ("step-name-newline", TOY_RECIPE + '\n[steps."extra\\n"]\nuse = "toy-train"\n', ["invalid step name"]),
     ("recipe-name-newline", _replace('name = "toy"', 'name = "toy\\n"'), ["recipe.name", "should match pattern"]),
+    ("step-name-300-chars", TOY_RECIPE + f'\n[steps.{"s" * 300}]\nuse = "toy-train"\n', ["invalid step name", "at most 100"]),
+    ("recipe-name-300-chars", _replace('name = "toy"', f'name = "{"t" * 300}"'), ["recipe.name", "at most 100 characters"]),
+    ("float-overflow-to-inf", _replace("epochs = 3", "epochs = 3\nlearning_rate = 1" + "0" * 400 + ".0"),
+     ["steps.train.learning_rate", "finite number"]),
+    ("inf-in-untyped-table", _replace("epochs = 3", "epochs = 3\nschedule = { decay = 1.0 }\n[steps.train.extra]\nx = inf"),
+     ["steps.train.extra.x", "finite number"]),
     ("huge-string-in-error", _replace("epochs = 3", 'epochs = "' + "z" * 100_000 + '"'), ["steps.train.epochs", "..."]),
 ]
 

@@ -1,6 +1,7 @@
-"""A user's builder runs in a child process: an early exit or a crash is a
-failed step naming the builder, and the artifact is byte-identical to what
-building in tinybuild's own process gives."""
+"""Hostile model sources. A user's builder runs in a child process: an early
+exit or a crash is a failed step naming the builder, and the artifact is
+byte-identical to what building in tinybuild's own process gives. A model
+file that is a zip bomb, a FIFO or a folder is refused before loading."""
 
 from __future__ import annotations
 
@@ -88,3 +89,25 @@ def test_a_builder_path_that_is_a_fifo_is_refused_at_load(tmp_path):
 def test_a_builder_reference_with_a_trailing_newline_is_refused():
     with pytest.raises(ValidationError, match="must look like"):
         KERAS.params.model_validate({"builder": "net.py:build\n"})
+
+
+def test_keras_file_that_is_a_zip_bomb_is_refused_before_loading(tmp_path, monkeypatch):
+    import zipfile
+
+    path = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", bytes(4 << 20))  # 4 MiB of zeros in a few KiB
+    assert path.stat().st_size < 64 << 10
+    monkeypatch.setattr(models, "MAX_MODEL_BYTES", 1 << 20)
+    with pytest.raises(StepError, match=r"bomb\.keras unpacks to 4,194,304 bytes, over the limit"):
+        models.from_file(path, "model 'model'")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_keras_file_that_is_not_a_regular_file(tmp_path, kind):
+    path = tmp_path / "m.keras"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    with pytest.raises(ValidationError, match="FIFO" if kind == "fifo" else "folder"):
+        KERAS.params.model_validate({"file": "m.keras"}, context={"base_dir": tmp_path})
+    with pytest.raises(StepError, match="m.keras"):
+        models.from_file(path, "model 'model'")

@@ -172,8 +172,10 @@ def _read_recipe(path: Path, file: str) -> tuple[bytes, os.stat_result]:
         raise RecipeError(file, [Problem("", "no such recipe file", "check the path, or create it (see README: Recipe reference)")]) from None
     except FileTooLarge:
         raise too_big from None
-    except (NotRegularFile, BadPath) as exc:
+    except NotRegularFile as exc:
         raise RecipeError(file, [Problem("", f"the recipe path {exc.strerror}", "give the path of a recipe .toml file")]) from None
+    except BadPath as exc:
+        raise RecipeError(file, [Problem("", f"cannot read the recipe: {exc.strerror}", "give the path of a recipe .toml file")]) from None
     except OSError as exc:
         raise RecipeError(file, [Problem("", f"cannot read the recipe: {exc.strerror or exc}", "the recipe must be a readable UTF-8 text file")]) from None
     if len(raw) > MAX_RECIPE_BYTES:  # grew while read

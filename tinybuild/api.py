@@ -74,6 +74,10 @@ def _resolve_against_recipe(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
+#: pydantic error type of an ``InputFile`` that names no regular file
+INPUT_FILE_ERROR = "input_file"
+
+
 def _only_regular_files(value: Path) -> Path:
     """Refuse, when the recipe is loaded (exit 2, naming the key), a path that
     names a FIFO, a device, a folder or a socket, or that cannot name a file
@@ -86,7 +90,11 @@ def _only_regular_files(value: Path) -> Path:
     except FileNotFoundError:
         return value
     except OSError as exc:
-        raise ValueError(f"{exc.strerror or exc}: {exc.filename or value}") from None
+        from pydantic_core import PydanticCustomError
+
+        # its own error type, so that the recipe loader can say how to fix it
+        raise PydanticCustomError(INPUT_FILE_ERROR, "{problem}: {path}",
+                                  {"problem": exc.strerror or str(exc), "path": str(exc.filename or value)}) from None
     return value
 
 

@@ -323,6 +323,8 @@ def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:
 
 def _hint_for(kind: str, err: dict[str, Any]) -> str:
     ctx = err.get("ctx") or {}
+    if kind == "input_file":  # tinybuild.api.INPUT_FILE_ERROR
+        return "give the path of a regular file (relative paths resolve against the recipe's folder)"
     if kind == "literal_error" and "expected" in ctx:
         return f"use one of {ctx['expected']}"
     if kind.startswith(("greater_than", "less_than")):

@@ -90,13 +90,18 @@ def _input_edges(dag: nx.DiGraph) -> nx.DiGraph:
     return dag.edge_subgraph([(u, v) for u, v, via in dag.edges(data="via") if via == "input"])
 
 
+#: Tree levels indented by ``render_text``; deeper levels stay at this column.
+MAX_INDENT = 40
+
+
 def render_text(dag: nx.DiGraph) -> str:
     """An indented tree along input edges; a step with several inputs is
     shown in full once and referenced afterwards (``↑ see above``). Reading
     the dataset is noted on the step rather than drawn as an edge.
 
     Walked with an explicit stack, not recursion: a chain of thousands of
-    steps must not hit Python's recursion limit."""
+    steps must not hit Python's recursion limit. Past :data:`MAX_INDENT`
+    levels the indentation stops growing, so output stays linear in size."""
     lines: list[str] = []
     seen: set[str] = set()
     order = run_order(dag)
@@ -116,7 +121,8 @@ def render_text(dag: nx.DiGraph) -> str:
         reads = " [reads dataset]" if step.dataset and step.dataset not in step.inputs else ""
         lines.append(f"{prefix}{connector}{_label(step)}{reads}")
         children = sorted(inputs.successors(name), key=position.__getitem__) if name in inputs else []
-        child_prefix = prefix if root else prefix + ("    " if last else "│   ")
+        deep = len(prefix) >= 4 * MAX_INDENT  # a long chain must not print O(n²) spaces
+        child_prefix = prefix if root or deep else prefix + ("    " if last else "│   ")
         for i in reversed(range(len(children))):
             stack.append((children[i], child_prefix, i == len(children) - 1, False))
     return "\n".join(lines)

@@ -144,6 +144,7 @@ BAD_PATHS = [
     ("out-long", "--out", LONG, ["--out", "255"]),
     ("cache-long", "--cache-dir", LONG, ["--cache-dir", "255"]),
     ("lock-nul", "--lock", "a\x00.json", ["--lock", "NUL byte"]),
+    ("out-path-over-4096", "--out", "/".join(["d" * 9] * 500), ["--out", "4096"]),
 ]
 
 

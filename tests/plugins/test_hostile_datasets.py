@@ -193,6 +193,8 @@ NPZ_CASES = [
     ("label-uint64-max", {"y": np.array([0, 1, 2**64 - 1, 0], np.uint64)}, "10,000"),
     ("label-float-1e300", {"y": np.array([0, 1, 1e300, 0])}, "10,000"),
     ("label-nan", {"y": np.array([0, 1, np.nan, 0])}, "integer class indices"),
+    ("label-fraction", {"y": np.array([0, 1, 0.5, 0])}, "integer class indices"),
+    ("label-negative", {"y": np.array([0, 1, -1, 0])}, ">= 0"),
     ("label-complex", {"y": GOOD_Y + 0j}, "complex"),
     ("label-text", {"y": np.array(["a", "b", "a", "b"])}, "dtype"),
     ("label-0-d", {"y": np.int64(1)}, "one label per sample"),

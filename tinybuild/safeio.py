@@ -25,6 +25,9 @@ from typing import BinaryIO
 NAME_MAX = 255
 #: Longest path the kernel accepts (bytes).
 PATH_MAX = 4096
+#: Folders of kernel pseudo-files: stat calls them regular, but their sizes
+#: are made up and some never end; no recipe reads data from them.
+PSEUDO_FILE_SYSTEMS = ("/proc/", "/sys/")
 
 
 class NotRegularFile(OSError):
@@ -93,6 +96,9 @@ def check_regular(path: str | os.PathLike[str]) -> os.stat_result:
     if not stat.S_ISREG(st.st_mode):
         raise NotRegularFile(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL,
                              not_regular_message(st.st_mode), os.fspath(path))
+    if os.path.realpath(path).startswith(PSEUDO_FILE_SYSTEMS):
+        # "regular" to stat, but /proc/kcore claims 128 TiB and others never end
+        raise NotRegularFile(errno.EINVAL, "is a kernel pseudo-file (/proc, /sys), not a data file", os.fspath(path))
     return st
 
 

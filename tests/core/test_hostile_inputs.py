@@ -111,6 +111,13 @@ def test_lock_file_that_is_garbage_is_ignored(ws):
     assert ws.build().code == 0
 
 
+@pytest.mark.parametrize("path", ["/proc/self/status", "/proc/self/cmdline"])
+def test_data_path_that_is_a_kernel_pseudo_file(ws, path):
+    """/proc and /sys files stat as regular, but their sizes are made up."""
+    ws.edit('file = "numbers.txt"', f'file = "{path}"')
+    _expect(ws.run("plan", str(ws.recipe)), str(ws.recipe), "dataset.file", "pseudo-file")
+
+
 def test_hashing_refuses_a_fifo_swapped_in_after_loading(tmp_path):
     """The check at load time leaves a window; hashing opens with O_NONBLOCK
     and checks the opened descriptor, so a FIFO swapped in cannot hang it."""

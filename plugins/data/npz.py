@@ -53,8 +53,17 @@ def load_npz_arrays(path: Path, required: Sequence[str], optional: Sequence[str]
         raise StepError(f"cannot read npz file {path}: {exc.strerror or exc}") from None
 
 
+#: What ``np.savez`` (stored) and ``np.savez_compressed`` (deflate) write. The
+#: standard library bounds deflate output by the size asked for, but inflates
+#: a bzip2 or LZMA chunk whole: a few KiB of bzip2 can hold gigabytes.
+SAFE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+
+
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, name: str) -> np.ndarray:
     where = f"{path}: array '{name}'"
+    if info.compress_type not in SAFE_METHODS:
+        raise StepError(f"{where} is compressed with zip method {info.compress_type}; only stored and deflate "
+                        "members are read (what np.savez and np.savez_compressed write): save it again with one")
     with archive.open(info) as member:
         try:
             version = npy_format.read_magic(member)

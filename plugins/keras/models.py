@@ -202,9 +202,14 @@ def _refuse_zip_bomb(path: Path, where: str) -> None:
         return  # HDF5, or not a model: the loader says so
     try:
         with zipfile.ZipFile(path) as archive:
-            declared = sum(info.file_size for info in archive.infolist())
+            infos = archive.infolist()
+            declared = sum(info.file_size for info in infos)
+            methods = {info.compress_type for info in infos} - {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise StepError(f"{where}: {path} is not a readable .keras archive: {exc}") from None
+    if methods:  # bzip2/LZMA chunks are inflated whole, whatever the declared size
+        raise StepError(f"{where}: {path} uses zip compression method {min(methods)}; Keras writes stored or "
+                        "deflate members only: the file is not a Keras model, or was repacked")
     if declared > MAX_MODEL_BYTES:
         raise StepError(f"{where}: {path} unpacks to {declared:,} bytes, over the limit of {MAX_MODEL_BYTES:,} "
                         "for a model file; it is corrupt or a zip bomb")

@@ -228,6 +228,24 @@ def test_zip_bomb_member_stops_after_the_declared_size(tmp_path):
             "evil.npz", "holds more")
 
 
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA], ids=["bzip2", "lzma"])
+def test_npz_members_compressed_with_bzip2_or_lzma_are_refused(tmp_path, method):
+    """The standard library inflates a bzip2/LZMA chunk whole: a bomb even
+    with a small declared size. np.savez never writes them."""
+    path = tmp_path / "evil.npz"
+    with zipfile.ZipFile(path, "w", compression=method) as zf:
+        zf.writestr("x.npy", npy_bytes(GOOD_X))
+        zf.writestr("y.npy", npy_bytes(GOOD_Y))
+    refused(lambda: load_npz_arrays(path, ["x", "y"]), "evil.npz", "zip method")
+
+
+def test_savez_compressed_archives_are_read(tmp_path):
+    np.savez_compressed(tmp_path / "c.npz", x=GOOD_X, y=GOOD_Y)
+    arrays = load_npz_arrays(tmp_path / "c.npz", ["x", "y"])
+    np.testing.assert_array_equal(arrays["x"], GOOD_X)
+    np.testing.assert_array_equal(arrays["y"], GOOD_Y)
+
+
 def test_good_npz_still_builds(tmp_path):
     art = run_npz(tmp_path, x=np.arange(40, dtype=np.float32).reshape(10, 4) / 40, y=np.arange(10) % 2)()
     assert (art.path / "x_train.npy").is_file()

@@ -111,3 +111,13 @@ def test_keras_file_that_is_not_a_regular_file(tmp_path, kind):
         KERAS.params.model_validate({"file": "m.keras"}, context={"base_dir": tmp_path})
     with pytest.raises(StepError, match="m.keras"):
         models.from_file(path, "model 'model'")
+
+
+def test_keras_file_with_bzip2_members_is_refused_before_loading(tmp_path):
+    import zipfile
+
+    path = tmp_path / "odd.keras"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2) as archive:
+        archive.writestr("config.json", b"{}")
+    with pytest.raises(StepError, match="odd.keras uses zip compression method 12"):
+        models.from_file(path, "model 'model'")

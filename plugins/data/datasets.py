@@ -138,7 +138,9 @@ def check_samples(x: np.ndarray, where: str) -> None:
     if x.ndim < 2:
         raise StepError(f"{where}: samples have shape {list(x.shape)}; expected (samples, features...)")
     if kind == "f":
-        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        flat, step = x.reshape(-1), 1 << 24  # in chunks: a mask of the whole array could take 256 MB
+        bad = sum(len(part) - int(np.count_nonzero(np.isfinite(part)))
+                  for part in (flat[i:i + step] for i in range(0, flat.size, step)))
         if bad:
             raise StepError(f"{where}: samples contain {bad:,} NaN or infinite values; remove or impute them "
                             "before building the dataset")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Annotated, Any, BinaryIO, Callable, Iterable, Mapping, Protocol, Sequence
 
 import pluggy
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
@@ -138,6 +138,30 @@ def _resolve_against_recipe(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
+#: pydantic error type of an ``InputFile`` that names no regular file
+INPUT_FILE_ERROR = "input_file"
+
+
+def _only_regular_files(value: Path) -> Path:
+    """Refuse, when the recipe is loaded (exit 2, naming the key), a path that
+    names a FIFO, a device, a folder or a socket, or that cannot name a file
+    at all (NUL byte, name too long): reading those hangs or fills memory.
+    A missing file passes here and is reported when the plan hashes it."""
+    from .safeio import check_regular
+
+    try:
+        check_regular(value)
+    except FileNotFoundError:
+        return value
+    except OSError as exc:
+        from pydantic_core import PydanticCustomError
+
+        # its own error type, so that the recipe loader can say how to fix it
+        raise PydanticCustomError(INPUT_FILE_ERROR, "{problem}: {path}",
+                                  {"problem": exc.strerror or str(exc), "path": str(exc.filename or value)}) from None
+    return value
+
+
 class _InputFileMarker:
     """Marks a params field as a file the step reads: hashed by content."""
 
@@ -151,7 +175,18 @@ INPUT_FILE = _InputFileMarker()
 #: resolved against the recipe's folder; the file's *content digest* (not its
 #: path) enters the step's cache key, so moving data with ``${VAR}`` does not
 #: invalidate the cache while editing the data does.
-InputFile = Annotated[Path, AfterValidator(_resolve_against_recipe), INPUT_FILE]
+#: Only regular files are accepted (see :mod:`tinybuild.safeio`); plugins read
+#: them with :func:`open_input_file`, which checks again at open time.
+InputFile = Annotated[Path, AfterValidator(_resolve_against_recipe), AfterValidator(_only_regular_files), INPUT_FILE]
+
+
+def open_input_file(path: Path, max_bytes: int | None = None) -> "BinaryIO":
+    """Open a file the recipe names, for binary reading: only a regular file
+    (a FIFO, a device or a folder raises :class:`OSError`, never hangs), and
+    with ``max_bytes`` none bigger (:class:`OSError` too)."""
+    from .safeio import open_regular
+
+    return open_regular(path, max_bytes)
 
 
 # --------------------------------------------------------------------------
@@ -378,5 +413,6 @@ __all__ = [
     "StepType",
     "graph_pass_fingerprint",
     "hookimpl",
+    "open_input_file",
     "source_fingerprint",
 ]

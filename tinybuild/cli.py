@@ -106,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        _check_paths(args)
         return int(COMMANDS[args.command](args) or 0)
     except TinybuildError as exc:
         if getattr(args, "debug", False):
@@ -117,6 +118,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_PATH_OPTIONS = (("recipe", "recipe"), ("cache_dir", "--cache-dir"), ("out", "--out"), ("lock", "--lock"))
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Paths that cannot name a file (a NUL byte, a name over 255 bytes) are
+    usage errors here, not ``ValueError``/``ENAMETOOLONG`` tracebacks later."""
+    from .safeio import path_problem
+
+    for attr, option in _PATH_OPTIONS:
+        value = getattr(args, attr, None)
+        problem = path_problem(value) if isinstance(value, str) else None
+        if problem:
+            shown = value.replace("\x00", "\\0")
+            shown = shown if len(shown) <= 80 else shown[:60] + "..."
+            raise UsageError(f"{option} {shown}: {problem}; give a shorter or valid path")
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -158,6 +176,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     recipe = Path(args.recipe)
     stamp = fastpath.stamp_path(recipe, args.cache_dir, args.out, args.disable_plugin, _environ(), args.lock)
     eligible = not (args.only or args.force or args.remote_cache or _environ().get("TINYBUILD_REMOTE_CACHE"))
+    eligible = eligible and _is_regular_file(recipe)  # else loading the recipe says why
     if eligible and not args.verbose:
         summary = fastpath.try_noop(recipe, args.cache_dir, args.out, args.disable_plugin, lock=args.lock)
         if summary is not None:
@@ -209,6 +228,17 @@ def _check_build_folder(folder: Path) -> None:
 
 
 REPORTER = "tinybuild.console"
+
+
+def _is_regular_file(path: Path) -> bool:
+    """Whether the no-op fast path may read ``path`` (a FIFO would hang it)."""
+    from .recipe import MAX_RECIPE_BYTES
+    from .safeio import check_regular
+
+    try:
+        return check_regular(path).st_size <= MAX_RECIPE_BYTES
+    except OSError:
+        return False
 
 
 def _environ() -> dict[str, str]:

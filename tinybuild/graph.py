@@ -92,32 +92,41 @@ def _input_edges(dag: nx.DiGraph) -> nx.DiGraph:
     return dag.edge_subgraph([(u, v) for u, v, via in dag.edges(data="via") if via == "input"])
 
 
+#: Tree levels indented by ``render_text``; deeper levels stay at this column.
+MAX_INDENT = 40
+
+
 def render_text(dag: nx.DiGraph) -> str:
     """An indented tree along input edges; a step with several inputs is
     shown in full once and referenced afterwards (``↑ see above``). Reading
-    the dataset is noted on the step rather than drawn as an edge."""
+    the dataset is noted on the step rather than drawn as an edge.
+
+    Walked with an explicit stack, not recursion: a chain of thousands of
+    steps must not hit Python's recursion limit. Past :data:`MAX_INDENT`
+    levels the indentation stops growing, so output stays linear in size."""
     lines: list[str] = []
     seen: set[str] = set()
     order = run_order(dag)
+    position = {name: i for i, name in enumerate(order)}
     inputs = _input_edges(dag)
-
-    def visit(name: str, prefix: str, last: bool, root: bool) -> None:
+    roots = [name for name in order if name not in inputs or inputs.in_degree(name) == 0]
+    # (name, prefix, last sibling?, root?), popped in display order
+    stack: list[tuple[str, str, bool, bool]] = [(name, "", True, True) for name in reversed(roots)]
+    while stack:
+        name, prefix, last, root = stack.pop()
         step = dag.nodes[name]["step"]
         connector = "" if root else ("└── " if last else "├── ")
         if name in seen:
             lines.append(f"{prefix}{connector}{name} ↑ see above")
-            return
+            continue
         seen.add(name)
         reads = " [reads dataset]" if step.dataset and step.dataset not in step.inputs else ""
         lines.append(f"{prefix}{connector}{_label(step)}{reads}")
-        children = sorted(inputs.successors(name), key=order.index) if name in inputs else []
-        child_prefix = prefix if root else prefix + ("    " if last else "│   ")
-        for i, child in enumerate(children):
-            visit(child, child_prefix, i == len(children) - 1, False)
-
-    for name in order:
-        if name not in inputs or inputs.in_degree(name) == 0:
-            visit(name, "", True, True)
+        children = sorted(inputs.successors(name), key=position.__getitem__) if name in inputs else []
+        deep = len(prefix) >= 4 * MAX_INDENT  # a long chain must not print O(n²) spaces
+        child_prefix = prefix if root or deep else prefix + ("    " if last else "│   ")
+        for i in reversed(range(len(children))):
+            stack.append((children[i], child_prefix, i == len(children) - 1, False))
     return "\n".join(lines)
 
 

@@ -17,9 +17,12 @@ CHUNK = 1 << 20
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, streamed."""
+    """sha256 of a file's bytes, streamed; only a regular file is read (a
+    FIFO or device swapped in for a data file raises OSError, never hangs)."""
+    from .safeio import open_regular
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()

@@ -45,6 +45,7 @@ from .api import INPUT_FILE, GraphPass, Params
 from .hashing import bytes_digest, json_digest, stat_signature
 from .plugins import module_file
 from .resolve import ResolvedStep
+from .safeio import BadPath, NotRegularFile
 
 Digester = Callable[[Path], str]
 
@@ -105,7 +106,9 @@ class MissingInputFile(Exception):
 def _unreadable(field: str, path: Path, exc: OSError) -> MissingInputFile:
     if isinstance(exc, FileNotFoundError):
         return MissingInputFile(field, path)
-    if isinstance(exc, IsADirectoryError) or path.is_dir():
+    if isinstance(exc, (NotRegularFile, BadPath)):  # a FIFO, a device, a NUL byte...
+        return MissingInputFile(field, path, exc.strerror)
+    if isinstance(exc, IsADirectoryError):
         return MissingInputFile(field, path, "is a folder, not a file")
     return MissingInputFile(field, path, f"cannot read the file ({exc.strerror or exc})")
 

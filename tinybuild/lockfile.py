@@ -15,13 +15,21 @@ from typing import Any
 from .cache import atomic_write_json
 
 FORMAT = 1
+#: A lock file holds one entry per step: far below this even for big recipes.
+MAX_LOCK_BYTES = 64 << 20
 
 
 def read_lock(path: Path) -> dict[str, dict[str, Any]]:
-    """Step entries of a lock file; empty when absent or unreadable."""
+    """Step entries of a lock file; empty when absent or malformed. Only a
+    regular file of at most :data:`MAX_LOCK_BYTES` is read (a FIFO or a device
+    in its place would hang the build): anything else counts as malformed.
+    Other read errors (permissions) still raise, so ``gc`` never mistakes an
+    unreadable lock file for one that references nothing."""
+    from .safeio import FileTooLarge, NotRegularFile, read_regular
+
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except (FileNotFoundError, ValueError):
+        data = json.loads(read_regular(path, MAX_LOCK_BYTES).decode("utf-8"))
+    except (FileNotFoundError, NotRegularFile, FileTooLarge, ValueError, RecursionError):
         return {}
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return {}

@@ -4,6 +4,7 @@ and where its cache, outputs and lock file live."""
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -17,6 +18,7 @@ from .errors import UsageError, did_you_mean
 from .plugins import Registry, load_plugins
 from .recipe import Recipe, load_recipe
 from .resolve import ResolvedStep, resolve_recipe
+from .safeio import not_regular_message
 
 ENV_OUT_DIR = "TINYBUILD_OUT"
 
@@ -83,8 +85,20 @@ def load_project(recipe_path: str | Path, *, cache_dir: str | Path | None = None
     _check_separate(cache.root, out, recipe.path)
     if lock_file is not None and lock_file.is_dir():
         raise UsageError(f"--lock {lock_file}: is a folder; give a file path, e.g. {lock_file / 'recipe.lock.json'}")
+    _check_lock_file(lock_file or recipe.lock_path, "--lock" if lock_file else "lock file")
     return Project(recipe=recipe, registry=registry, pm=pm, steps=steps, dag=dag, cache=cache, out_dir=out,
                    order=run_order(dag), lock_file=lock_file)
+
+
+def _check_lock_file(path: Path, option: str) -> None:
+    """The lock file is replaced on every build: in place of a FIFO or a
+    device (``--lock /dev/zero``) that would replace the device node."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # absent (created by the build) or unreadable (reported when read)
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{option} {path}: {not_regular_message(mode)}; give the path of a .lock.json file")
 
 
 def _check_folder(path: Path, option: str) -> None:

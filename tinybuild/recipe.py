@@ -14,6 +14,7 @@ all problems found are reported together.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -27,13 +28,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import Problem, RecipeError, did_you_mean
 from .hashing import bytes_digest, stat_signature
+from .safeio import BadPath, FileTooLarge, NotRegularFile, open_regular, stat_of
 
 #: Sections of the recipe that become steps with a fixed name.
 SECTION_STEPS = ("dataset", "model")
 TOP_LEVEL_KEYS = ("recipe", "target", "dataset", "model", "steps")
 #: Keys of a step table that belong to the core, not to the plugin's params.
 CORE_STEP_KEYS = ("use", "input", "inputs")
-STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+#: matched with ``fullmatch``: ``$`` alone would accept a trailing newline
+STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+#: Longest recipe or step name: each names a folder (file systems stop at 255 bytes).
+MAX_NAME = 100
+#: A recipe holds settings, not data: a bigger file is a mistake (or hostile).
+MAX_RECIPE_BYTES = 1 << 20
+#: Deepest nesting of tables and arrays a recipe may use (the built-in
+#: plugins need 3); bounded so no recursive code downstream can overflow.
+MAX_DEPTH = 32
+#: TOML integers are 64-bit signed (TOML 1.0: "an error must be thrown" beyond).
+INT_RANGE = (-(2**63), 2**63 - 1)
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -42,7 +54,7 @@ class RecipeMeta(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    name: str = Field(description="Name of the recipe; names the build folder.", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    name: str = Field(description="Name of the recipe; names the build folder.", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=MAX_NAME)
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for every random choice (splits, initialization, training).")
     salt: str = Field("", description="Change it to invalidate every cached result of this recipe.")
     description: str = Field("", description="Free text, shown by `tinybuild plan`.")
@@ -95,22 +107,18 @@ class Recipe:
 def load_recipe(path: str | Path, environ: dict[str, str] | None = None) -> Recipe:
     """Parse and check a recipe file; raise :class:`RecipeError` listing all problems."""
     path = Path(path)
-    file = str(path)
+    file = str(path).replace("\x00", "\\0")
+    raw, st = _read_recipe(path, file)
+    origin = (stat_signature(st), bytes_digest(raw), time.time_ns())
     try:
-        st = os.stat(path)
-        raw = path.read_bytes()
-        origin = (stat_signature(st), bytes_digest(raw), time.time_ns())
         text = raw.decode("utf-8")
-    except FileNotFoundError:
-        raise RecipeError(file, [Problem("", "no such recipe file", "check the path, or create it (see README: Recipe reference)")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise RecipeError(file, [Problem("", f"cannot read the recipe: {exc}", "the recipe must be a UTF-8 text file")]) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(file, [_toml_problem(exc)]) from None
-
+    data = _parse_toml(text, file)
     problems: list[Problem] = []
+    _check_values(data, problems)
+    if problems:
+        raise RecipeError(file, problems)
     data = _interpolate(data, "", environ if environ is not None else dict(os.environ), problems)
     for key in data:
         if key not in TOP_LEVEL_KEYS:
@@ -134,8 +142,10 @@ def load_recipe(path: str | Path, environ: dict[str, str] | None = None) -> Reci
         if name in SECTION_STEPS:
             problems.append(Problem(key, f"'{name}' is reserved for the [{name}] section", f"rename the step, or move it to a top-level [{name}] table"))
             continue
-        if not STEP_NAME.match(name):
-            problems.append(Problem(key, f"invalid step name '{name}'", "use letters, digits, '_' and '-', starting with a letter or '_'"))
+        if not STEP_NAME.fullmatch(name) or len(name) > MAX_NAME:
+            shown = name if len(name) <= 40 else name[:40] + "..."
+            problems.append(Problem(key if len(name) <= 40 else f"steps.{shown}", f"invalid step name '{shown}'",
+                                    f"use at most {MAX_NAME} letters, digits, '_' and '-', starting with a letter or '_'"))
             continue
         spec = _step_spec(name, key, table, problems)
         if spec:
@@ -147,6 +157,72 @@ def load_recipe(path: str | Path, environ: dict[str, str] | None = None) -> Reci
         raise RecipeError(file, problems)
     assert meta is not None
     return Recipe(path=path.resolve(), meta=meta, target=target, steps=steps, origin=origin)
+
+
+def _read_recipe(path: Path, file: str) -> tuple[bytes, os.stat_result]:
+    """The recipe's bytes and stat, read only from a regular file of at most
+    :data:`MAX_RECIPE_BYTES` (a FIFO or ``/dev/zero`` must not hang the build)."""
+    too_big = RecipeError(file, [Problem("", f"the recipe is over {MAX_RECIPE_BYTES:,} bytes (1 MiB), the limit for recipes",
+                                         "a recipe holds settings, not data: put data in files the recipe names")])
+    try:
+        with open_regular(path, MAX_RECIPE_BYTES) as f:
+            st = stat_of(f)
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+    except FileNotFoundError:
+        raise RecipeError(file, [Problem("", "no such recipe file", "check the path, or create it (see README: Recipe reference)")]) from None
+    except FileTooLarge:
+        raise too_big from None
+    except NotRegularFile as exc:
+        raise RecipeError(file, [Problem("", f"the recipe path {exc.strerror}", "give the path of a recipe .toml file")]) from None
+    except BadPath as exc:
+        raise RecipeError(file, [Problem("", f"cannot read the recipe: {exc.strerror}", "give the path of a recipe .toml file")]) from None
+    except OSError as exc:
+        raise RecipeError(file, [Problem("", f"cannot read the recipe: {exc.strerror or exc}", "the recipe must be a readable UTF-8 text file")]) from None
+    if len(raw) > MAX_RECIPE_BYTES:  # grew while read
+        raise too_big
+    return raw, st
+
+
+def _parse_toml(text: str, file: str) -> dict[str, Any]:
+    """``tomllib.loads`` with every failure mode as a :class:`RecipeError`:
+    its own decode errors, ``ValueError`` for integers of over 4,300 digits
+    (Python's int-str limit) and ``RecursionError`` for deep nesting."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(file, [_toml_problem(exc)]) from None
+    except RecursionError:
+        raise RecipeError(file, [Problem("", "invalid TOML: arrays or inline tables nested too deeply",
+                                         f"nest tables and arrays at most {MAX_DEPTH} levels deep")]) from None
+    except ValueError as exc:  # int("1" * 5000): Python refuses to convert it
+        raise RecipeError(file, [Problem("", f"invalid TOML: {exc}".split(";")[0],
+                                         "TOML integers are 64-bit: between -2^63 and 2^63-1")]) from None
+
+
+def _check_values(data: dict[str, Any], problems: list[Problem]) -> None:
+    """Nesting depth and integer range, walked without recursion (so a
+    10,000-level document cannot overflow the check meant to stop it)."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack and len(problems) < 20:
+        value, key, depth = stack.pop()
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            # pydantic would turn inf into null in JSON (and key material) for untyped tables
+            problems.append(Problem(key, f"should be a finite number (got {value})",
+                                    "nan and inf are not allowed in recipes; write a number"))
+        elif isinstance(value, int) and not INT_RANGE[0] <= value <= INT_RANGE[1]:
+            problems.append(Problem(key, f"integer out of range ({value.bit_length()} bits)",
+                                    "TOML integers are 64-bit: between -2^63 and 2^63-1"))
+        elif isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                problems.append(Problem(key, f"nested more than {MAX_DEPTH} levels deep",
+                                        f"nest tables and arrays at most {MAX_DEPTH} levels deep"))
+                return
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for k, v in items:
+                child = (f"{key}.{k}" if key else str(k)) if isinstance(value, dict) else f"{key}[{k}]"
+                stack.append((v, child, depth + 1))
 
 
 def _step_spec(name: str, key: str, table: Any, problems: list[Problem]) -> StepSpec | None:
@@ -216,7 +292,8 @@ def validation_problems(exc: ValidationError, prefix: str, model: type[BaseModel
         else:
             got = err.get("input")
             shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
-            msg = err["msg"]
+            shown = shown if len(shown) <= 80 else shown[:60] + "..." + shown[-10:]
+            msg = err["msg"].removeprefix("Value error, ")
             out.append(Problem(key, f"{msg} (got {shown})", _hint_for(kind, err)))
     return out
 
@@ -246,6 +323,8 @@ def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:
 
 def _hint_for(kind: str, err: dict[str, Any]) -> str:
     ctx = err.get("ctx") or {}
+    if kind == "input_file":  # tinybuild.api.INPUT_FILE_ERROR
+        return "give the path of a regular file (relative paths resolve against the recipe's folder)"
     if kind == "literal_error" and "expected" in ctx:
         return f"use one of {ctx['expected']}"
     if kind.startswith(("greater_than", "less_than")):

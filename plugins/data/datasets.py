@@ -25,9 +25,10 @@ from pydantic import Field, field_validator, model_validator
 
 from tinybuild.api import InputFile, Kind, Params, StepContext, StepError, StepType, hookimpl
 
-from tinybuild_plugins.sdk.dataset import SPLITS, save_dataset
+from tinybuild_plugins.sdk.dataset import MAX_CLASSES, SPLITS, save_dataset
 from tinybuild_plugins.data import splits as _splits
 from tinybuild_plugins.data.idx import read_idx
+from tinybuild_plugins.data.npz import load_npz_arrays
 
 VERSION = "1.0"
 Scale = Literal["none", "unit", "standardize"]
@@ -63,7 +64,7 @@ class DatasetParams(Params):
         'float data kept if already in [0, 1]; "standardize": subtract mean, divide by std (per channel, '
         'train split only); "none": as stored.',
     )
-    class_names: list[str] | None = Field(None, description="Names of the classes, index order.")
+    class_names: list[str] | None = Field(None, max_length=MAX_CLASSES, description=f"Names of the classes, index order (at most {MAX_CLASSES:,}).")
 
     @field_validator("class_names")
     @classmethod
@@ -105,8 +106,14 @@ class NpzParams(DatasetParams):
 
 
 def labels_to_indices(y: np.ndarray, where: str) -> np.ndarray:
-    """Integer class indices from labels given as indices, a column, or one-hot rows."""
+    """Integer class indices from labels given as indices, a column, or one-hot rows.
+
+    Labels are class indices ``0 .. C-1`` with ``C`` at most :data:`MAX_CLASSES`:
+    a stray label of 2**31 - 1 is an error, not a two-billion-name class list."""
     y = np.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise StepError(f"{where}: labels have dtype {y.dtype}; expected integer class indices "
+                        "(complex, text, object and structured labels are refused)")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     elif y.ndim == 2:
@@ -116,12 +123,48 @@ def labels_to_indices(y: np.ndarray, where: str) -> np.ndarray:
         y = y.argmax(axis=1)
     if y.ndim != 1:
         raise StepError(f"{where}: labels have shape {list(y.shape)}; expected one label per sample")
-    if y.size and not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
+    if y.size and y.dtype.kind == "f":
+        if not np.isfinite(y).all() or not np.all(np.equal(np.mod(y, 1), 0)):
             raise StepError(f"{where}: labels must be integer class indices, found {y.dtype} values")
     if y.size and y.min() < 0:
         raise StepError(f"{where}: labels must be >= 0, found {int(y.min())}")
+    if y.size and y.max() >= MAX_CLASSES:
+        raise StepError(f"{where}: label {int(y.max())} is not a class index below the limit of {MAX_CLASSES:,} "
+                        "classes; labels must be class indices 0 .. number of classes - 1")
     return y.astype(np.int64)
+
+
+def group_ids(groups: Any, where: str) -> np.ndarray:
+    """Group ids (which clip, subject or session each sample came from) as
+    ``0 .. G-1``. Only equality matters, so any integers or strings work, and
+    there is no cap like the class limit: a data set may hold many groups."""
+    g = np.asarray(groups)
+    if g.ndim != 1:
+        raise StepError(f"{where}: group ids have shape {list(g.shape)}; expected one id per sample")
+    if g.dtype.kind not in "iuUS":
+        raise StepError(f"{where}: group ids have dtype {g.dtype}; expected integers or strings")
+    return np.unique(g, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def check_samples(x: np.ndarray, where: str) -> None:
+    """Refuse samples no model can train on as they are, rather than let a
+    cast silently change them: complex values (the imaginary part would be
+    dropped), non-numeric dtypes, NaN or infinity, a 0-d or 1-d array."""
+    kind = x.dtype.kind
+    if kind == "c":
+        raise StepError(f"{where}: samples are complex ({x.dtype}); casting to float32 would drop the imaginary "
+                        "part. Store real features, e.g. np.stack([x.real, x.imag], axis=-1)")
+    if kind not in "biuf":
+        raise StepError(f"{where}: samples have dtype {x.dtype}; samples must be numeric (bool, integer or float)")
+    if x.ndim < 2:
+        raise StepError(f"{where}: samples have shape {list(x.shape)}; expected (samples, features...)")
+    if kind == "f":
+        flat, step = x.reshape(-1), 1 << 24  # in chunks: a mask of the whole array could take 256 MB
+        bad = sum(len(part) - int(np.count_nonzero(np.isfinite(part)))
+                  for part in (flat[i:i + step] for i in range(0, flat.size, step)))
+        if bad:
+            raise StepError(f"{where}: samples contain {bad:,} NaN or infinite values; remove or impute them "
+                            "before building the dataset")
 
 
 def split_indices(
@@ -214,11 +257,10 @@ def build_dataset(
     ``source`` goes into meta.json and must hold only what the cache key
     covers (format, params); ``files`` (file names) only into the metrics."""
     where = f"dataset '{ctx.step}'"
+    check_samples(x, where)
     y = labels_to_indices(y, where)
     if len(x) != len(y):
         raise StepError(f"{where}: {len(x)} samples but {len(y)} labels; they must match one to one")
-    if x.ndim < 2:
-        raise StepError(f"{where}: samples have shape {list(x.shape)}; expected (samples, features...)")
     if groups is not None and len(groups) != len(y):
         raise StepError(f"{where}: {len(y)} samples but {len(groups)} group ids; they must match one to one")
     if params.limit is not None:
@@ -280,6 +322,8 @@ def run_idx(ctx: StepContext, inputs: Sequence[Any], params: IdxParams) -> dict[
     y = read_idx(params.labels)
     if y.ndim != 1:
         raise StepError(f"{params.labels}: an IDX labels file must be 1-D, found shape {list(y.shape)}")
+    check_samples(x, str(params.images))  # here, so that errors name the file
+    labels_to_indices(y, str(params.labels))
     if len(x) != len(y):
         raise StepError(
             f"{params.images} holds {len(x)} samples but {params.labels} holds {len(y)} labels; "
@@ -291,7 +335,7 @@ def run_idx(ctx: StepContext, inputs: Sequence[Any], params: IdxParams) -> dict[
     # (N, H, W) is how IDX stores grayscale images: add the channel axis models expect
     groups = None
     if params.groups is not None:
-        groups = labels_to_indices(read_idx(params.groups), f"{params.groups} (group ids)")
+        groups = group_ids(read_idx(params.groups), f"{params.groups} (group ids)")
         files["groups"] = Path(params.groups).name
     return build_dataset(ctx, x, y, params, source={"format": "idx"}, files=files,
                          default_class_names=default_names, add_channel_axis=x.ndim == 3, groups=groups)
@@ -299,27 +343,21 @@ def run_idx(ctx: StepContext, inputs: Sequence[Any], params: IdxParams) -> dict[
 
 def _load_npz(params: NpzParams) -> tuple[np.ndarray, np.ndarray, list[str] | None, np.ndarray | None]:
     path = Path(params.file)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in (params.x_key, params.y_key, params.group_key) if k and k not in archive.files]
-            if missing:
-                raise StepError(
-                    f"{path}: no array named {', '.join(repr(m) for m in missing)}; the archive has "
-                    f"{', '.join(archive.files) or 'no arrays'} (set x_key / y_key / group_key)"
-                )
-            x, y = archive[params.x_key], archive[params.y_key]
-            names = [str(n) for n in archive["class_names"]] if "class_names" in archive.files else None
-            groups = archive[params.group_key] if params.group_key else None
-    except FileNotFoundError:
-        raise StepError(f"npz file not found: {path}") from None
-    except ValueError as exc:  # object arrays need pickle, which is refused
-        raise StepError(f"{path}: cannot load without pickle ({exc}); store plain numeric arrays") from None
-    except (OSError, EOFError) as exc:  # not a zip / truncated
-        raise StepError(f"{path} is not a readable .npz archive: {exc}") from None
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-        raise StepError(f"{path}: array '{params.x_key}' has dtype {x.dtype}; samples must be numeric")
-    if groups is not None:
-        groups = labels_to_indices(groups, f"{path}: array '{params.group_key}' (group ids)")
+    required = [params.x_key, params.y_key] + ([params.group_key] if params.group_key else [])
+    arrays = load_npz_arrays(path, required, optional=["class_names"])
+    x, y = arrays[params.x_key], arrays[params.y_key]
+    check_samples(x, f"{path}: array '{params.x_key}'")  # here, so that errors name the file
+    labels_to_indices(y, f"{path}: array '{params.y_key}'")
+    names = None
+    if "class_names" in arrays:
+        raw = arrays["class_names"]
+        if raw.ndim != 1 or raw.dtype.kind not in "US" or not 0 < len(raw) <= MAX_CLASSES:
+            raise StepError(f"{path}: array 'class_names' must be a 1-D array of 1 to {MAX_CLASSES:,} strings, "
+                            f"found shape {list(raw.shape)} of {raw.dtype}")
+        names = [str(n) for n in raw]
+    groups = None
+    if params.group_key:
+        groups = group_ids(arrays[params.group_key], f"{path}: array '{params.group_key}' (group ids)")
     return x, y, names, groups
 
 
@@ -353,7 +391,7 @@ NPZ = StepType(
     toolchain=("numpy",),
     description="Dataset from a .npz archive with arrays x and y, split train/val/test from the seed.",
     uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins.sdk.dataset", "tinybuild_plugins.data.splits"),
+    fingerprint_modules=("tinybuild_plugins.sdk.dataset", "tinybuild_plugins.data.npz", "tinybuild_plugins.data.splits"),
 )
 
 

@@ -32,7 +32,8 @@ from tinybuild_plugins.sdk.dataset import load_meta
 VERSION = "1.0"
 Architecture = Literal["basic-cnn", "mlp", "ds-cnn", "squeezenet"]
 BUILT_INS: tuple[str, ...] = get_args(Architecture)
-_BUILDER_RE = re.compile(r"^(?P<file>.+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)$")
+#: used with ``fullmatch``: ``$`` would accept a trailing newline
+_BUILDER_RE = re.compile(r"(?P<file>.+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)")
 
 
 class KerasModelParams(Params):
@@ -54,7 +55,7 @@ class KerasModelParams(Params):
     @field_validator("builder")
     @classmethod
     def _builder_reference(cls, value: str | None) -> str | None:
-        if value is not None and not _BUILDER_RE.match(value):
+        if value is not None and not _BUILDER_RE.fullmatch(value):
             raise ValueError(f'builder must look like "models/cnn.py:build" (a .py file, a colon, a function name), got {value!r}')
         return value
 
@@ -78,9 +79,10 @@ class KerasModelParams(Params):
         if self.builder is not None:
             # The path is resolved against the recipe folder like an InputFile,
             # but kept private: the key holds the file's digest, not its path.
-            path = Path(_BUILDER_RE.match(self.builder)["file"]).expanduser()
+            path = Path(_BUILDER_RE.fullmatch(self.builder)["file"]).expanduser()
             base = (info.context or {}).get("base_dir")
             self._builder_path = path if path.is_absolute() or base is None else Path(base) / path
+            _refuse_special_file(self._builder_path)
         return self
 
     @property
@@ -89,7 +91,21 @@ class KerasModelParams(Params):
 
     @property
     def builder_function(self) -> str | None:
-        return _BUILDER_RE.match(self.builder)["function"] if self.builder else None
+        return _BUILDER_RE.fullmatch(self.builder)["function"] if self.builder else None
+
+
+def _refuse_special_file(path: Path) -> None:
+    """A builder path naming a FIFO, a device or a folder (or that cannot name
+    a file) is a recipe error now, not a hang at import; missing files are
+    reported when the plan hashes them."""
+    from tinybuild.safeio import check_regular
+
+    try:
+        check_regular(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ValueError(f"builder file {exc.strerror}: {exc.filename or path}") from None
 
 
 def builder_input_files(params: KerasModelParams) -> Mapping[str, Path]:
@@ -101,9 +117,16 @@ def builder_input_files(params: KerasModelParams) -> Mapping[str, Path]:
 
 
 def _import_builder(path: Path, where: str) -> Any:
-    """Execute the user's builder file as a throwaway module."""
-    if not path.is_file():
-        raise StepError(f"{where}: builder file not found: {path}")
+    """Execute the user's builder file as a throwaway module (in the child
+    process of :mod:`tinybuild_plugins.keras.builder_process`)."""
+    from tinybuild.safeio import check_regular
+
+    try:
+        check_regular(path)  # a FIFO or a device must fail, not hang the import
+    except FileNotFoundError:
+        raise StepError(f"{where}: builder file not found: {path}") from None
+    except OSError as exc:
+        raise StepError(f"{where}: builder file {path} {exc.strerror}") from None
     source = path.read_bytes()
     name = f"tinybuild_builder_{hashlib.sha256(source).hexdigest()[:16]}"
     spec = importlib.util.spec_from_file_location(name, path)
@@ -118,8 +141,8 @@ def _import_builder(path: Path, where: str) -> Any:
     return module
 
 
-def from_builder(params: KerasModelParams, input_shape: Sequence[int], num_classes: int, where: str) -> Any:
-    path, function = params.builder_path, params.builder_function
+def from_builder(path: Path, function: str, options: Mapping[str, Any], input_shape: Sequence[int],
+                 num_classes: int, where: str) -> Any:
     module = _import_builder(path, where)
     fn = getattr(module, function, None)
     if not callable(fn):
@@ -130,12 +153,12 @@ def from_builder(params: KerasModelParams, input_shape: Sequence[int], num_class
             + (f"; it defines: {', '.join(defined)}" if defined else "")
         )
     try:
-        model = fn(tuple(input_shape), num_classes, **params.options)
+        model = fn(tuple(input_shape), num_classes, **options)
     except StepError:
         raise
     except Exception as exc:
         raise StepError(f"{where}: {path.name}:{function}(input_shape={tuple(input_shape)}, num_classes={num_classes}"
-                        f"{''.join(f', {k}={v!r}' for k, v in params.options.items())}) raised "
+                        f"{''.join(f', {k}={v!r}' for k, v in options.items())}) raised "
                         f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(model, _tf.keras().Model):
         kind = f"{type(model).__module__}.{type(model).__name__}"
@@ -145,8 +168,15 @@ def from_builder(params: KerasModelParams, input_shape: Sequence[int], num_class
 
 
 def from_file(path: Path, where: str) -> Any:
-    if not path.is_file():
-        raise StepError(f"{where}: model file not found: {path}")
+    from tinybuild.safeio import check_regular
+
+    try:
+        check_regular(path)
+    except FileNotFoundError:
+        raise StepError(f"{where}: model file not found: {path}") from None
+    except OSError as exc:
+        raise StepError(f"{where}: model file {path} {exc.strerror}") from None
+    _refuse_zip_bomb(path, where)
     keras = _tf.keras()
     from tf_keras.src.saving import serialization_lib  # SafeModeScope: not public API
 
@@ -155,6 +185,34 @@ def from_file(path: Path, where: str) -> Any:
             return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
         raise StepError(f"{where}: cannot load {path} in safe mode: {type(exc).__name__}: {exc}") from exc
+
+
+#: Most bytes a ``.keras`` archive may declare once unpacked (1 GiB): the
+#: models tinybuild targets are kilobytes to megabytes.
+MAX_MODEL_BYTES = 1 << 30
+
+
+def _refuse_zip_bomb(path: Path, where: str) -> None:
+    """A ``.keras`` file is a zip: refuse one whose members declare more than
+    :data:`MAX_MODEL_BYTES` (zipfile never inflates a member past its
+    declared size, so the declaration bounds what loading can cost)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # HDF5, or not a model: the loader says so
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            declared = sum(info.file_size for info in infos)
+            methods = {info.compress_type for info in infos} - {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise StepError(f"{where}: {path} is not a readable .keras archive: {exc}") from None
+    if methods:  # bzip2/LZMA chunks are inflated whole, whatever the declared size
+        raise StepError(f"{where}: {path} uses zip compression method {min(methods)}; Keras writes stored or "
+                        "deflate members only: the file is not a Keras model, or was repacked")
+    if declared > MAX_MODEL_BYTES:
+        raise StepError(f"{where}: {path} unpacks to {declared:,} bytes, over the limit of {MAX_MODEL_BYTES:,} "
+                        "for a model file; it is corrupt or a zip bomb")
 
 
 def _file_format(path: Path) -> str:
@@ -181,39 +239,25 @@ def from_architecture(name: str, options: Mapping[str, Any], input_shape: Sequen
 # -- run -------------------------------------------------------------------------
 
 
-def run(ctx: StepContext, inputs: Sequence[Any], params: KerasModelParams) -> dict[str, Any]:
+def prepare_session(seed: int) -> None:
+    """A fresh Keras session seeded from the recipe: the same recipe gives the same weights."""
+    keras = _tf.keras()
+    keras.backend.clear_session()  # layer auto-names restart at "conv2d", not "conv2d_7"
+    _tf.seed_everything(seed)
+
+
+def finish(model: Any, out_dir: Path, where: str, input_shape: Sequence[int], num_classes: int,
+           source: Mapping[str, Any]) -> dict[str, Any]:
+    """Check, save and re-load ``model``; return the step's metrics. Shared by
+    the in-process sources and the builder's child process, so both give the
+    same bytes."""
     from tinybuild_plugins.keras.fit import check_compatible
     from tinybuild_plugins.sdk.keras_model import load_keras_model, model_meta, save_keras_model
 
-    where = f"model '{ctx.step}'"
-    if ctx.dataset is None:
-        raise StepError(f"{where}: a model step needs the recipe's [dataset] to know the input shape")
-    meta = load_meta(ctx.dataset.path)
-    input_shape, num_classes = [int(d) for d in meta["input_shape"]], int(meta["num_classes"])
-
-    extra_metrics: dict[str, Any] = {}
-    keras = _tf.keras()
-    keras.backend.clear_session()  # layer auto-names restart at "conv2d", not "conv2d_7"
-    _tf.seed_everything(ctx.seed)
-
-    if params.architecture is not None:
-        model = from_architecture(params.architecture, params.options, input_shape, num_classes, where)
-        source = {"architecture": params.architecture, "options": params.options}
-    elif params.builder is not None:
-        model = from_builder(params, input_shape, num_classes, where)
-        source = {"builder": f"{params.builder_path.name}:{params.builder_function}", "options": params.options}
-    else:
-        model = from_file(Path(params.file), where)
-        # the key holds the file's content, not its name: keep the name out of the
-        # artifact (a renamed file must give the same bytes) and report it as a metric
-        source = {"file_format": _file_format(Path(params.file))}
-        extra_metrics["source"] = {"file": Path(params.file).name}
-
-    check_compatible(model, input_shape, num_classes, where)
-
-    save_keras_model(model, ctx.out_dir, meta={"optimization": "none", "source": source})
+    check_compatible(model, list(input_shape), num_classes, where)
+    save_keras_model(model, out_dir, meta={"optimization": "none", "source": dict(source)})
     try:  # fail now, not three steps later, if the saved form cannot be rebuilt
-        load_keras_model(ctx.out_dir)
+        load_keras_model(out_dir)
     except StepError as exc:
         raise StepError(
             f"{where}: the model cannot be rebuilt from its saved architecture ({exc}); build it from "
@@ -221,7 +265,34 @@ def run(ctx: StepContext, inputs: Sequence[Any], params: KerasModelParams) -> di
         ) from None
     facts = model_meta(model)
     return {"params": facts["params"]["total"], "trainable_params": facts["params"]["trainable"],
-            "layers": facts["layers"], "output": facts["output"], **extra_metrics}
+            "layers": facts["layers"], "output": facts["output"]}
+
+
+def run(ctx: StepContext, inputs: Sequence[Any], params: KerasModelParams) -> dict[str, Any]:
+    where = f"model '{ctx.step}'"
+    if ctx.dataset is None:
+        raise StepError(f"{where}: a model step needs the recipe's [dataset] to know the input shape")
+    meta = load_meta(ctx.dataset.path)
+    input_shape, num_classes = [int(d) for d in meta["input_shape"]], int(meta["num_classes"])
+
+    if params.builder is not None:
+        # user code: in a child process, so that os._exit or a crash is a failed step
+        from tinybuild_plugins.keras.builder_process import build_in_child
+
+        return build_in_child(builder=params.builder_path, function=params.builder_function, options=params.options,
+                              input_shape=input_shape, num_classes=num_classes, seed=ctx.seed,
+                              out_dir=ctx.out_dir, where=where)
+
+    prepare_session(ctx.seed)
+    if params.architecture is not None:
+        model = from_architecture(params.architecture, params.options, input_shape, num_classes, where)
+        return finish(model, ctx.out_dir, where, input_shape, num_classes,
+                      {"architecture": params.architecture, "options": params.options})
+    model = from_file(Path(params.file), where)
+    # the key holds the file's content, not its name: keep the name out of the
+    # artifact (a renamed file must give the same bytes) and report it as a metric
+    metrics = finish(model, ctx.out_dir, where, input_shape, num_classes, {"file_format": _file_format(Path(params.file))})
+    return {**metrics, "source": {"file": Path(params.file).name}}
 
 
 KERAS = StepType(
@@ -241,6 +312,7 @@ KERAS = StepType(
         "tinybuild_plugins.keras.architectures",
         "tinybuild_plugins.sdk.dataset",
         "tinybuild_plugins.keras.fit",
+        "tinybuild_plugins.keras.builder_process",
     ),
     input_files=builder_input_files,
 )

@@ -41,7 +41,7 @@ from tinybuild_plugins.sdk import tf as _tf
 METRICS_FILE = "metrics.json"
 
 #: upstream metric keys that describe the machine or the moment, not the model
-_VOLATILE_KEY = re.compile(r"(second|time|latency|duration|elapsed|date|_ms$|_s$|host|path)", re.IGNORECASE)
+_VOLATILE_KEY = re.compile(r"(second|time|latency|duration|elapsed|date|_ms\Z|_s\Z|host|path)", re.IGNORECASE)
 
 
 class EvaluateParams(Params):

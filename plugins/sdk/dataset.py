@@ -24,6 +24,14 @@ import numpy as np
 
 SPLITS = ("train", "val", "test")
 
+#: Largest array a dataset step reads from one file (bytes, after
+#: decompression): 1 GiB. Headers declaring more are refused before reading,
+#: which also bounds what a gzip or zip bomb can cost.
+MAX_ARRAY_BYTES = 1 << 30
+#: Most classes a dataset may have. Labels are class indices, so one stray
+#: label of 2**31 - 1 would otherwise make a class list two billion long.
+MAX_CLASSES = 10_000
+
 
 @dataclass(frozen=True)
 class Dataset:

@@ -39,7 +39,8 @@ C_KEYWORDS = frozenset("""
     _Static_assert _Thread_local
 """.split())
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: used with ``fullmatch``: ``$`` would accept a trailing newline
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 #: valid identifiers that still cannot name a global array: C++ forbids a
 #: global variable called ``main`` ("cannot declare '::main' to be a global
@@ -49,7 +50,7 @@ RESERVED_NAMES = frozenset({"main"})
 
 def identifier_problem(name: str) -> str | None:
     """Why ``name`` cannot name a C/C++ array, or None if it can."""
-    if not _IDENTIFIER.match(name):
+    if not _IDENTIFIER.fullmatch(name):
         return "a C identifier has only letters, digits and '_' and does not start with a digit"
     if name in C_KEYWORDS:
         return f"'{name}' is a C/C++ keyword"

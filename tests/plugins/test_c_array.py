@@ -139,3 +139,9 @@ def test_empty_hex_dump_shape_for_known_bytes():
     lines = [line for line in source.splitlines() if "0x" in line]
     assert [line.count("0x") for line in lines] == [12, 12, 1]
     assert np.all([line.startswith("    0x") for line in lines])
+
+
+@pytest.mark.parametrize("name", ["model\n", "model\r\n", "\nmodel", "mo del"])
+def test_identifier_with_a_newline_or_space_is_refused(name):
+    """``$`` in a regex matches before a final newline: the check must use fullmatch."""
+    assert c_array.identifier_problem(name) is not None

@@ -50,6 +50,16 @@ class EvaluateParams(Params):
                     "0 skips the latency measurement",
     )
     warmup_runs: int = Field(5, ge=0, le=10_000, description="untimed inferences before timing")
+    tflm: bool = Field(
+        False,
+        description="also run the .tflite model on TensorFlow Lite Micro (in a child process): "
+                    "whether it runs, its measured arena, accuracy, agreement with LiteRT "
+                    "(metrics.json 'tflm')",
+    )
+    tflm_arena_kb: float = Field(
+        1024, gt=0, le=1 << 20,
+        description="arena TFLM is given (KiB); a model that needs more is reported as not running",
+    )
 
 
 # -- pure metric computations (tested against hand computations) --------------------------
@@ -200,6 +210,9 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[st
         raise StepError(f"step '{ctx.step}': the dataset's {params.split} split is empty")
     _tf_seed(ctx, source)
 
+    if params.tflm and source.kind != Kind.TFLITE:
+        raise StepError(f"step '{ctx.step}': tflm = true runs a .tflite model on TFLite Micro, but "
+                        f"'{source.step}' is a {source.kind}; convert it with a 'tflite' step first")
     if source.kind == Kind.TFLITE:
         outputs, info, latency = _evaluate_tflite(ctx, source, x, params)
     else:
@@ -216,6 +229,8 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[st
     predictions = np.argmax(outputs, axis=1)
     names = dataset.meta.get("class_names") or [str(c) for c in range(num_classes)]
     scores = classification_metrics(confusion_matrix(y, predictions, num_classes), names)
+    if params.tflm:
+        info["tflm"] = _tflm_section(ctx, source, x, y, outputs, names, params.tflm_arena_kb)
 
     metrics = {
         "variant": source.step,
@@ -247,7 +262,23 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[st
         "arena_bytes": arena,
         "latency_ms": latency,
         "latency_runs": params.latency_runs if latency is not None else 0,
+        **({"tflm_runs": info["tflm"]["runs"], "tflm_arena_bytes": info["tflm"]["arena_bytes"]}
+           if "tflm" in info else {}),
     }
+
+
+def _tflm_section(ctx: Any, source: Artifact, x: np.ndarray, y: np.ndarray, outputs: np.ndarray,
+                 names: Sequence[str], arena_kb: float) -> dict[str, Any]:
+    """The same split on TFLite Micro, scored like the LiteRT run (see ``tflm``)."""
+    from tinybuild_plugins.tflite import tflm
+
+    ctx.progress(0, 1, "TFLM")
+    score = lambda predicted: classification_metrics(confusion_matrix(y, predicted, len(names)), names)  # noqa: E731
+    section, _ = tflm.evaluate_on_tflm(source.file("model.tflite"), x, y, outputs, arena_kb, score)
+    ctx.log(f"{source.step} on TFLM: " + (
+        f"accuracy {section['accuracy']:.4f}, arena {section['arena_bytes']:,} B, argmax agreement "
+        f"with LiteRT {section['argmax_agreement']}" if section["runs"] else section["reason"]))
+    return section
 
 
 def key_extras(params: EvaluateParams, passes: Mapping[str, Any]) -> dict[str, Any]:
@@ -274,7 +305,7 @@ def tinybuild_step_types() -> list[StepType]:
             params=EvaluateParams,
             run=run,
             uses_dataset=True,
-            toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert"),
+            toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "tflite-micro"),
             uses_input_metrics=True,  # metrics.json records facts from the evaluated step's metrics
             key_extras=key_extras,
             description="Accuracy, per-class scores, size, gzip size, arena estimate and latency "
@@ -282,6 +313,7 @@ def tinybuild_step_types() -> list[StepType]:
             fingerprint_modules=(
                 "tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.tflite.litert",
                 "tinybuild_plugins.tflite.arena", "tinybuild_plugins.sdk.dataset",
+                "tinybuild_plugins.tflite.tflm", "tinybuild_plugins.tflite.tflm_child",
             ),
         )
     ]

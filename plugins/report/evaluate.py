@@ -143,12 +143,18 @@ def _evaluate_tflite(ctx: Any, artifact: Artifact, x: np.ndarray, params: Evalua
     from tinybuild_plugins.tflite import litert as _litert
 
     data = artifact.file("model.tflite").read_bytes()
-    runner = _litert.interpreter(data)
-    outputs = _litert.predict(runner, x, on_progress=lambda done, total: ctx.progress(done, total, "inference"))
+    try:
+        runner, litert_error = _litert.interpreter(data), None
+    except StepError as exc:  # e.g. TFLM's DECODE ops (tflm-compress): TFLM scores it instead
+        if not params.tflm:
+            raise
+        runner, litert_error = None, str(exc)
+    outputs = None if runner is None else _litert.predict(
+        runner, x, on_progress=lambda done, total: ctx.progress(done, total, "inference"))
     facts = _litert.describe(data)
     arena = _arena.estimate_arena(data)
     latency = None
-    if params.latency_runs and len(x):
+    if params.latency_runs and len(x) and runner is not None:
         latency = _litert.tflite_latency_ms(runner, x[:1], params.warmup_runs, params.latency_runs)
     info = {
         "param_count": facts["param_count"],
@@ -157,6 +163,7 @@ def _evaluate_tflite(ctx: Any, artifact: Artifact, x: np.ndarray, params: Evalua
         "gzip_bytes": gzip_size(data),
         "arena": arena.as_dict(),
         "tflite": {k: facts[k] for k in ("input_dtypes", "output_dtypes", "weight_dtypes", "ops")},
+        **({"scored_on": "tflm", "litert_error": litert_error} if runner is None else {}),
     }
     return outputs, info, latency
 
@@ -217,6 +224,14 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[st
         outputs, info, latency = _evaluate_tflite(ctx, source, x, params)
     else:
         outputs, info, latency = _evaluate_keras(ctx, source, x, params)
+    names = dataset.meta.get("class_names") or [str(c) for c in range(dataset.num_classes)]
+    if params.tflm:
+        info["tflm"], tflm_outputs = _tflm_section(ctx, source, x, y, outputs, names, params.tflm_arena_kb)
+        if outputs is None:  # LiteRT cannot load it: the scores are TFLM's ("scored_on")
+            if tflm_outputs is None:
+                raise StepError(f"step '{ctx.step}': neither LiteRT ({info['litert_error']}) nor TFLM "
+                                f"({info['tflm']['reason']}) runs '{source.step}'")
+            outputs = tflm_outputs
     if outputs.ndim != 2 or outputs.shape[0] != len(y):
         raise StepError(f"step '{ctx.step}': model '{source.step}' returned outputs of shape "
                         f"{list(outputs.shape)} for {len(y)} samples; expected one score per class")
@@ -227,10 +242,7 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[st
     if y.min() < 0 or y.max() >= num_classes:
         raise StepError(f"step '{ctx.step}': labels of the {params.split} split fall outside 0..{num_classes - 1}")
     predictions = np.argmax(outputs, axis=1)
-    names = dataset.meta.get("class_names") or [str(c) for c in range(num_classes)]
     scores = classification_metrics(confusion_matrix(y, predictions, num_classes), names)
-    if params.tflm:
-        info["tflm"] = _tflm_section(ctx, source, x, y, outputs, names, params.tflm_arena_kb)
 
     metrics = {
         "variant": source.step,
@@ -239,6 +251,7 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[st
         **scores,
         **info,
         "upstream": upstream_facts(source.metrics),
+        **_compression(source),
         "latency": "not stored here (machine-dependent): see the evaluate step's returned metrics",
     }
     (ctx.out_dir / METRICS_FILE).write_text(
@@ -267,18 +280,25 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[st
     }
 
 
-def _tflm_section(ctx: Any, source: Artifact, x: np.ndarray, y: np.ndarray, outputs: np.ndarray,
-                 names: Sequence[str], arena_kb: float) -> dict[str, Any]:
-    """The same split on TFLite Micro, scored like the LiteRT run (see ``tflm``)."""
+def _tflm_section(ctx: Any, source: Artifact, x: np.ndarray, y: np.ndarray, outputs: np.ndarray | None,
+                 names: Sequence[str], arena_kb: float) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The same split on TFLite Micro, scored like the LiteRT run (see ``tflm``):
+    (the ``tflm`` section, TFLM's outputs or None)."""
     from tinybuild_plugins.tflite import tflm
 
     ctx.progress(0, 1, "TFLM")
     score = lambda predicted: classification_metrics(confusion_matrix(y, predicted, len(names)), names)  # noqa: E731
-    section, _ = tflm.evaluate_on_tflm(source.file("model.tflite"), x, y, outputs, arena_kb, score)
+    section, tflm_outputs = tflm.evaluate_on_tflm(source.file("model.tflite"), x, y, outputs, arena_kb, score)
     ctx.log(f"{source.step} on TFLM: " + (
         f"accuracy {section['accuracy']:.4f}, arena {section['arena_bytes']:,} B, argmax agreement "
         f"with LiteRT {section['argmax_agreement']}" if section["runs"] else section["reason"]))
-    return section
+    return section, tflm_outputs
+
+
+def _compression(source: Artifact) -> dict[str, Any]:
+    """A ``tflm-compress`` model's compression facts (flash saved, arena added)."""
+    section = source.metrics.get("compression")
+    return {"compression": section} if isinstance(section, dict) else {}
 
 
 def key_extras(params: EvaluateParams, passes: Mapping[str, Any]) -> dict[str, Any]:

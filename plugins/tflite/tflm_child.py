@@ -149,10 +149,15 @@ def attempt(model_bytes: bytes, arena_size: int) -> tuple[bool, str]:
     return os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == 0, log
 
 
-def smallest_arena(model_bytes: bytes, upper: int) -> int:
-    """Binary search for the smallest ``arena_size`` that allocates and invokes
-    (``upper`` is known to work)."""
-    low, high = 0, upper  # low fails (or is 0), high works
+def smallest_arena(model_bytes: bytes, works: int) -> int:
+    """The smallest ``arena_size`` that allocates and invokes, given a size
+    that ``works``. Usually the recording allocator's total is that size and
+    one byte less fails: two tries. Otherwise a binary search (a failing size
+    below a working one is all it needs: larger arenas never fail)."""
+    high = works
+    low = high - 1
+    if attempt(model_bytes, low)[0]:
+        low = 0
     while high - low > 1:
         middle = (low + high) // 2
         if attempt(model_bytes, middle)[0]:
@@ -185,25 +190,28 @@ def evaluate(request: dict[str, Any]) -> dict[str, Any]:
         return {"runs": False, "error": f"the model expects inputs of shape {list(expected)} but the dataset "
                                         f"has {list(x.shape[1:])}"}
     outputs = []
+    quantized = _quantize(x, inp)  # all at once: the loop below is what a device runs
     with native_stderr() as log:
         try:
             for i in range(len(x)):
-                runner.set_input(_quantize(x[i : i + 1], inp), 0)
+                runner.set_input(quantized[i : i + 1], 0)
                 runner.invoke()
-                outputs.append(_dequantize(np.asarray(runner.get_output(0)), out).reshape(-1))
+                outputs.append(np.array(runner.get_output(0)).reshape(-1))
                 if i == 0:
                     runner.print_allocations()
         except RuntimeError as exc:
             return {"runs": False, "reason": refusal(model_bytes, log.text, str(exc))}
+    outputs = [_dequantize(np.stack(outputs), out)] if outputs else []
     arena = {m.group(1): int(m.group(2)) for m in _ARENA.finditer(log.text)}
     if "total" not in arena:
         return {"runs": False, "error": "TFLM's recording allocator printed no arena total"}
-    np.save(request["outputs"], np.stack(outputs) if outputs else np.zeros((0, 0), np.float32), allow_pickle=False)
+    np.save(request["outputs"], outputs[0] if outputs else np.zeros((0, 0), np.float32), allow_pickle=False)
     result = {"runs": True, "reason": None, "arena_bytes": arena["total"], "arena_head_bytes": arena.get("head"),
               "arena_tail_bytes": arena.get("tail"), "arena_min_bytes": None,
               "output_dtype": np.dtype(out["dtype"]).name, "input_dtype": np.dtype(inp["dtype"]).name}
     if request.get("find_min_arena"):
-        result["arena_min_bytes"] = smallest_arena(model_bytes, arena_size)
+        result["arena_min_bytes"] = smallest_arena(model_bytes, arena["total"] if attempt(
+            model_bytes, arena["total"])[0] else arena_size)
     return result
 
 

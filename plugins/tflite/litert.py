@@ -138,9 +138,19 @@ def describe(model_bytes: bytes) -> dict[str, Any]:
     params = 0
     kernel_zeros = kernel_total = 0
     weight_types: Counter[str] = Counter()
-    for tensor in tensors:
+    # LUT-compressed weights (tflm-compress): the encoded indices and value tables are not
+    # parameters; the tensor a TFLM_DECODE operator outputs is (its zeros are not counted)
+    encoded: set[int] = set()
+    for op in graph.operators or []:
+        if _arena.operator_name(model, op) == "TFLM_DECODE":
+            encoded.update(int(i) for i in op.inputs if i >= 0)
+            for i in op.outputs:
+                decoded = tensors[int(i)]
+                params += int(np.prod([max(int(d), 1) for d in decoded.shape]))
+                weight_types[_arena.type_name(decoded.type)] += int(np.prod([max(int(d), 1) for d in decoded.shape]))
+    for index, tensor in enumerate(tensors):
         data = _arena.constant_data(model, tensor, model_bytes)
-        if data is None or not _is_parameter(tensor):
+        if data is None or not _is_parameter(tensor) or index in encoded:
             continue
         elements = int(np.prod([max(int(d), 1) for d in (tensor.shape if tensor.shape is not None else [])]))
         params += elements

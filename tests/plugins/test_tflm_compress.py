@@ -101,6 +101,21 @@ def test_compressed_model_is_smaller_and_identical_on_tflm(few_valued, dataset):
     assert scores[1]["tflm"]["arena_bytes"] == section["arena_after_bytes"]
 
 
+def test_one_table_for_a_per_channel_quantized_tensor_decodes_wrong_on_tflm(few_valued, dataset, tmp_path):
+    """Why per-channel tensors get per-channel tables: the TFLM check catches the other layout."""
+    data = few_valued.file("model.tflite").read_bytes()
+    chosen, _ = compress.choose(data, 7)
+    assert [c["axis"] for c in chosen] == [0]
+    single = tmp_path / "single.tflite"
+    single.write_bytes(compress.compress_model(data, [{**c, "axis": None} for c in chosen]))
+    from tinybuild_plugins.sdk.dataset import load_dataset
+
+    test_x = load_dataset(dataset.path).x["test"]
+    _, expected = tflm.run_child(few_valued.file("model.tflite"), test_x, 1 << 20, find_min_arena=False)
+    _, decoded = tflm.run_child(single, test_x, 1 << 20, find_min_arena=False)
+    assert not np.array_equal(expected, decoded)
+
+
 def test_many_valued_weights_fail_with_a_hint(tmp_path_factory, dataset):
     keras = dense_model(tmp_path_factory, rng.normal(size=(256, 10)).astype(np.float32), "dense")
     model = run_step(TFLITE, [keras], {"quantize": "int8-only"}, dataset=dataset, step="dense_int8")

@@ -24,7 +24,7 @@ EVALUATE = evaluate.tinybuild_step_types()[0]
 TFLITE = tflite.tinybuild_step_types()[0]
 
 rng = np.random.default_rng(0)
-FOUR_VALUED = rng.choice(np.array([-1.0, -0.5, 0.5, 1.0], np.float32), size=(256, 10))
+FOUR_VALUED = rng.choice(np.array([-1.0, 0.0, 0.5, 1.0], np.float32), size=(256, 10))
 FOUR_VALUED[0, :] = 1.0  # every channel holds the largest magnitude: one scale fits all
 
 
@@ -85,6 +85,20 @@ def test_compressed_model_is_smaller_and_identical_on_tflm(few_valued, dataset):
     # 2,560 B of weights became 640 B of indices + 10 tables of 4 values + a 16 B header + the DECODE op
     assert len(original) - len(data) >= 2560 - 640 - 40 - 16 - compress.DECODE_OVERHEAD
     assert tflm.operators(data) == ["TFLM_DECODE", "FULLY_CONNECTED"]  # a custom op, first in the graph
+    # describe() decodes the tables: same parameters and zeros as the original
+    from tinybuild_plugins.tflite import litert
+
+    before, after = litert.describe(original), litert.describe(data)
+    assert after["param_count"] == before["param_count"] == 2570
+    assert after["sparsity"] == before["sparsity"] > 0.2  # about a quarter of the kernel is 0.0
+    from tinybuild_plugins.tflite import arena
+
+    model = arena.read_model(data)
+    [decode] = [op for op in model.subgraphs[0].operators if arena.operator_name(model, op) == "TFLM_DECODE"]
+    source = arena.read_model(original)
+    [weights] = [t for t in source.subgraphs[0].tensors if t.shape is not None and list(t.shape) == [10, 256]]
+    expected = np.frombuffer(arena.constant_data(source, weights, original).tobytes(), np.int8).reshape(10, 256)
+    assert np.array_equal(litert.decode_lut(model, decode, data), expected)
     assert section["outputs_identical"] is True and section["verified_samples"] == 40
     assert section["arena_added_bytes"] == section["arena_after_bytes"] - section["arena_before_bytes"] > 0
     # evaluated on TFLM, the compressed model scores exactly like the original; metrics.json carries the facts

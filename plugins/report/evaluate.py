@@ -143,6 +143,8 @@ def _evaluate_tflite(ctx: Any, artifact: Artifact, x: np.ndarray, params: Evalua
     from tinybuild_plugins.tflite import litert as _litert
 
     data = artifact.file("model.tflite").read_bytes()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise StepError(f"model.tflite of '{artifact.step}' is not a TFLite flatbuffer (no 'TFL3' identifier)")
     try:
         runner, litert_error = _litert.interpreter(data), None
     except StepError as exc:  # e.g. TFLM's DECODE ops (tflm-compress): TFLM scores it instead
@@ -288,7 +290,10 @@ def _tflm_section(ctx: Any, source: Artifact, x: np.ndarray, y: np.ndarray, outp
 
     ctx.progress(0, 1, "TFLM")
     score = lambda predicted: classification_metrics(confusion_matrix(y, predicted, len(names)), names)  # noqa: E731
-    section, tflm_outputs = tflm.evaluate_on_tflm(source.file("model.tflite"), x, y, outputs, arena_kb, score)
+    try:
+        section, tflm_outputs = tflm.evaluate_on_tflm(source.file("model.tflite"), x, y, outputs, arena_kb, score)
+    except StepError as exc:
+        raise StepError(f"step '{ctx.step}': '{source.step}' on TFLite Micro: {exc}") from None
     ctx.log(f"{source.step} on TFLM: " + (
         f"accuracy {section['accuracy']:.4f}, arena {section['arena_bytes']:,} B, argmax agreement "
         f"with LiteRT {section['argmax_agreement']}" if section["runs"] else section["reason"]))

@@ -29,6 +29,7 @@ import tempfile
 from typing import Any, Iterator
 
 _FAILED_NODE = re.compile(r"Node (\w+) \(number (\d+)\) failed to (prepare|invoke|init)")
+_NO_REGISTRATION = re.compile(r"Failed to get registration from op code (\w+)")
 _MISSING_OP = re.compile(r"Didn't find op for builtin opcode '(\w+)'")
 _PY_ERROR = re.compile(r"^\w+(Error|Exception): ")
 _ARENA = re.compile(r"\[RecordingMicroAllocator\] Arena allocation (total|head|tail) (\d+) bytes")
@@ -63,6 +64,12 @@ def refusal(model_bytes: bytes, log: str, error: str) -> str:
     missing = _MISSING_OP.search(log)
     if missing:
         return f"does not run on TFLM: {missing.group(1)} has no TFLM kernel"
+    unregistered = _NO_REGISTRATION.search(log)
+    if unregistered:
+        op = unregistered.group(1)
+        if op == "CUSTOM":  # TFLM does not say which: name the model's custom ops it has no kernel for
+            op = "custom operator " + ", ".join(_unknown_custom_ops(model_bytes) or ["(unnamed)"])
+        return f"does not run on TFLM: {op} has no TFLM kernel"
     node = _FAILED_NODE.search(log)
     if node:
         op, index, phase = node.group(1), int(node.group(2)), node.group(3)
@@ -72,6 +79,19 @@ def refusal(model_bytes: bytes, log: str, error: str) -> str:
         return f"does not run on TFLM: {op} {types} (operator {index} failed to {phase}){why}"
     tail = "; ".join(lines[-3:]) or error
     return f"does not run on TFLM: {tail}"
+
+
+def _unknown_custom_ops(model_bytes: bytes) -> list[str]:
+    try:
+        from tinybuild_plugins.tflite import arena, op_resolver
+
+        custom = 32  # BuiltinOperator.CUSTOM
+        model = arena.read_model(model_bytes)
+        names = {c.customCode.decode() if isinstance(c.customCode, bytes) else str(c.customCode)
+                 for c in model.operatorCodes or [] if max(int(c.builtinCode), int(c.deprecatedBuiltinCode)) == custom}
+        return sorted(n for n in names if n not in op_resolver.ADD_METHODS)
+    except Exception:  # the names decorate the message; the message stands without them
+        return []
 
 
 def _operator_types(model_bytes: bytes, index: int) -> str:

@@ -133,11 +133,45 @@ def test_arena_cap_too_small_is_a_refusal_naming_the_arena(converted, dataset):
     assert "256 B arena" in metrics["tflm"]["reason"]
 
 
+@pytest.mark.parametrize("replacement, reason", [
+    ("RFFT2D", "does not run on TFLM: RFFT2D has no TFLM kernel"),
+    ("TinybuildNoSuchOp", "does not run on TFLM: custom operator TinybuildNoSuchOp has no TFLM kernel"),
+])
+def test_an_operator_tflm_lacks_is_named(converted, tmp_path, replacement, reason):
+    """The model's FULLY_CONNECTED opcode swapped for an op TFLM has no kernel for."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    from tinybuild_plugins.tflite import arena
+
+    model = arena.read_model(converted["float32"].file("model.tflite").read_bytes())
+    code = model.operatorCodes[0]
+    if replacement.isupper():
+        code.builtinCode = getattr(schema.BuiltinOperator, replacement)
+        code.deprecatedBuiltinCode = 127  # past the int8 range: the real code is in builtinCode
+    else:
+        code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+        code.customCode = replacement
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path = tmp_path / "model.tflite"
+    path.write_bytes(bytes(builder.Output()))
+    result, outputs = tflm.run_child(path, X_TEST, 1 << 16)
+    assert result == {"runs": False, "reason": reason} and outputs is None
+
+
 def test_not_a_flatbuffer_fails_the_run(tmp_path):
     bogus = tmp_path / "model.tflite"
     bogus.write_bytes(b"this is not a flatbuffer")
     with pytest.raises(StepError, match="not a TFLite flatbuffer"):
         tflm.run_child(bogus, None, 1 << 16)
+
+
+def test_not_a_flatbuffer_fails_the_evaluate_step_naming_the_variant(tmp_path, dataset):
+    (tmp_path / "model.tflite").write_bytes(b"this is not a flatbuffer")
+    bogus = artifact_from_dir("bogus", "tflite", tmp_path)
+    with pytest.raises(StepError, match=r"model.tflite of 'bogus' is not a TFLite flatbuffer"):
+        run_step(EVALUATE, [bogus], {"latency_runs": 0, "tflm": True}, dataset=dataset, step="eval_bogus")
 
 
 def test_a_crashing_interpreter_fails_the_step_not_the_process(tmp_path):

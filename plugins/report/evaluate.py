@@ -339,6 +339,7 @@ def tinybuild_step_types() -> list[StepType]:
                 "tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.tflite.litert",
                 "tinybuild_plugins.tflite.arena", "tinybuild_plugins.sdk.dataset",
                 "tinybuild_plugins.tflite.tflm", "tinybuild_plugins.tflite.tflm_child",
+                "tinybuild_plugins.tflite.op_resolver",
             ),
         )
     ]

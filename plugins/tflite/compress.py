@@ -223,6 +223,7 @@ def tinybuild_step_types() -> list[StepType]:
             description="LUT-compress few-valued weight tensors with TFLM's compression module "
                         "(DECODE operators); checks TFLM outputs are identical",
             fingerprint_modules=("tinybuild_plugins.tflite.tflm", "tinybuild_plugins.tflite.tflm_child",
+                                 "tinybuild_plugins.tflite.op_resolver", "tinybuild_plugins.tflite.arena",
                                  "tinybuild_plugins.sdk.dataset"),
         )
     ]

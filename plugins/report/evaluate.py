@@ -289,7 +289,13 @@ def _tflm_section(ctx: Any, source: Artifact, x: np.ndarray, y: np.ndarray, outp
     from tinybuild_plugins.tflite import tflm
 
     ctx.progress(0, 1, "TFLM")
-    score = lambda predicted: classification_metrics(confusion_matrix(y, predicted, len(names)), names)  # noqa: E731
+
+    def score(predicted: np.ndarray) -> dict[str, Any]:
+        if len(predicted) != len(y) or (len(predicted) and int(predicted.max()) >= len(names)):
+            raise StepError(f"step '{ctx.step}': on TFLM, '{source.step}' gives outputs that do not match the "
+                            f"{len(y)} samples and {len(names)} classes of the dataset")
+        return classification_metrics(confusion_matrix(y, predicted, len(names)), names)
+
     try:
         section, tflm_outputs = tflm.evaluate_on_tflm(source.file("model.tflite"), x, y, outputs, arena_kb, score)
     except StepError as exc:

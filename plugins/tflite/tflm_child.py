@@ -211,6 +211,7 @@ def evaluate(request: dict[str, Any]) -> dict[str, Any]:
                                         f"has {list(x.shape[1:])}"}
     outputs = []
     quantized = _quantize(x, inp)  # all at once: the loop below is what a device runs
+    failure = None
     with native_stderr() as log:
         try:
             for i in range(len(x)):
@@ -220,7 +221,9 @@ def evaluate(request: dict[str, Any]) -> dict[str, Any]:
                 if i == 0:
                     runner.print_allocations()
         except RuntimeError as exc:
-            return {"runs": False, "reason": refusal(model_bytes, log.text, str(exc))}
+            failure = str(exc)
+    if failure is not None:  # log.text is complete only once the redirection has ended
+        return {"runs": False, "reason": refusal(model_bytes, log.text, failure)}
     outputs = [_dequantize(np.stack(outputs), out)] if outputs else []
     arena = {m.group(1): int(m.group(2)) for m in _ARENA.finditer(log.text)}
     if "total" not in arena:

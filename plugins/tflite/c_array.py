@@ -10,6 +10,11 @@ that is guaranteed to be valid C/C++.
 The ``.cc`` includes its header *before* defining the array: a namespace-scope
 ``const`` object has internal linkage in C++, and the earlier ``extern``
 declaration is what gives the definition external linkage.
+
+With ``tflm = true`` (the default) the step also writes ``<name>_tflm.h``,
+what a firmware engineer otherwise writes by hand next, from facts measured
+on TFLite Micro rather than guessed (see ``tflm_bundle``): the arena size
+and a function registering exactly the model's operators.
 """
 
 from __future__ import annotations
@@ -84,6 +89,12 @@ class CArrayParams(Params):
         description="C identifier of the array (files <name>.h/.cc, length <name>_len); "
                     "default: derived from the step name",
     )
+    tflm: bool = Field(
+        True,
+        description="also write <name>_tflm.h: kTensorArenaSize measured on TFLite Micro (plus "
+                    "[target] arena_margin) and a function registering the model's operators; "
+                    "false writes the bare array (for another runtime)",
+    )
 
     @field_validator("name")
     @classmethod
@@ -149,7 +160,17 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: CArrayParams) -> dict[str,
     (ctx.out_dir / f"{ident}.h").write_text(render_header(ident, source.step, len(data), sha256), encoding="utf-8")
     (ctx.out_dir / f"{ident}.cc").write_text(render_source(ident, source.step, data, sha256), encoding="utf-8")
     ctx.log(f"{ident}.h / {ident}.cc: {len(data)} bytes from '{source.step}'")
-    return {"identifier": ident, "bytes": len(data), "files": [f"{ident}.cc", f"{ident}.h"], "sha256": sha256}
+    metrics = {"identifier": ident, "bytes": len(data), "files": [f"{ident}.cc", f"{ident}.h"], "sha256": sha256}
+    if params.tflm:
+        from tinybuild_plugins.tflite import tflm_bundle
+
+        header, facts = tflm_bundle.bundle(ctx, source, ident, data)
+        (ctx.out_dir / f"{ident}_tflm.h").write_text(header, encoding="utf-8")
+        metrics["files"].append(f"{ident}_tflm.h")
+        metrics["tflm"] = facts
+        ctx.log(f"{ident}_tflm.h: kTensorArenaSize {facts['tensor_arena_size']:,} B (measured "
+                f"{facts['arena_bytes']:,} B), MicroMutableOpResolver<{len(facts['operators'])}>")
+    return metrics
 
 
 @hookimpl
@@ -157,11 +178,17 @@ def tinybuild_step_types() -> list[StepType]:
     return [
         StepType(
             name="c-array",
-            version="1.0",
+            version="1.1",
             produces=Kind.C_SOURCE,
             consumes=(Kind.TFLITE,),
             params=CArrayParams,
             run=run,
-            description="Embed a .tflite model as an aligned C++ byte array (<name>.h + <name>.cc)",
+            toolchain=("tflite-micro",),
+            uses_target=True,  # [target] arena_margin sizes kTensorArenaSize
+            fingerprint_modules=("tinybuild_plugins.tflite.tflm_bundle", "tinybuild_plugins.tflite.tflm",
+                                 "tinybuild_plugins.tflite.tflm_child", "tinybuild_plugins.tflite.op_resolver",
+                                 "tinybuild_plugins.tflite.arena"),
+            description="Embed a .tflite model as an aligned C++ byte array (<name>.h + <name>.cc) and, "
+                        "for TFLite Micro, <name>_tflm.h (measured kTensorArenaSize, op resolver)",
         )
     ]

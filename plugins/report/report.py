@@ -57,6 +57,7 @@ cache key, so a cached report would show a stale date anyway.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Mapping, Sequence
 
 from pydantic import Field, field_validator

@@ -304,7 +304,9 @@ def _tflm_section(ctx: Any, source: Artifact, x: np.ndarray, y: np.ndarray, outp
         if len(predicted) != len(y) or (len(predicted) and int(predicted.max()) >= len(names)):
             raise StepError(f"step '{ctx.step}': on TFLM, '{source.step}' gives outputs that do not match the "
                             f"{len(y)} samples and {len(names)} classes of the dataset")
-        return classification_metrics(confusion_matrix(y, predicted, len(names)), names)
+        scores = classification_metrics(confusion_matrix(y, predicted, len(names)), names)
+        _classification.add_one_vs_rest_accuracy(scores)  # as for the LiteRT run: per_class[i]["accuracy"]
+        return scores
 
     try:
         section, tflm_outputs = tflm.evaluate_on_tflm(source.file("model.tflite"), x, y, outputs, arena_kb, score)

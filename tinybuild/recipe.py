@@ -22,7 +22,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -67,8 +67,12 @@ class Target(BaseModel):
 
     name: str | None = Field(None, description="Device name, for reports.")
     flash_kb: float | None = Field(None, gt=0, description="Flash budget in KiB: max model file size.")
-    ram_kb: float | None = Field(None, gt=0, description="RAM budget in KiB: max tensor-arena estimate.")
+    ram_kb: float | None = Field(None, gt=0, description="RAM budget in KiB: max tensor arena (measured on TFLM plus arena_margin where measured, else the estimate).")
     min_accuracy: float | None = Field(None, ge=0, le=1, description="Minimum test accuracy of gated variants.")
+    runtime: Literal["tflm", "litert"] | None = Field(None, description="Runtime the budgets mean; default: tflm when a gated variant was evaluated on TFLM.")
+    arena_margin: float | None = Field(None, ge=0, le=10, description="Fraction added to a measured TFLM arena (RAM gate, kTensorArenaSize); default 0.10.")
+    runtime_flash_kb: float | None = Field(None, ge=0, description="Flash the interpreter and kernels take (KiB), added to the model's bytes in the flash gate.")
+    max_arena_kb: float | None = Field(None, gt=0, description="Largest tensor arena the firmware reserves (KiB): gate on the measured arena, without margin.")
 
 
 @dataclass(frozen=True)

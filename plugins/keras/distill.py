@@ -140,13 +140,13 @@ def accuracy(model: Any, x: Any, y: Any) -> float | None:
 
 def run(ctx: StepContext, inputs: Sequence[Artifact], params: DistillParams) -> dict[str, Any]:
     from tinybuild_plugins.keras.fit import fit, make_optimizer, model_outputs_logits, save_output_model
-    from tinybuild_plugins.keras.train import _early_stopping
+    from tinybuild_plugins.keras.train import early_stopping_callbacks
 
     teacher, student, data = load_pair(ctx, inputs)
     student_logits = params.from_logits if params.from_logits is not None else model_outputs_logits(inputs[1])
     distiller = make_distiller(teacher, student, params, model_outputs_logits(inputs[0]), student_logits)
     distiller.compile(optimizer=make_optimizer(params.optimizer, params.learning_rate), metrics=["accuracy"])
-    callbacks = _early_stopping(params, len(data.y["val"]) > 0, f"step '{ctx.step}'")
+    callbacks = early_stopping_callbacks(params, len(data.y["val"]) > 0, f"step '{ctx.step}'")
     ctx.log(f"distilling teacher '{inputs[0].step}' ({teacher.count_params()} params) into student "
             f"'{inputs[1].step}' ({student.count_params()} params), T = {params.temperature}, alpha = {params.alpha}")
     metrics = fit(ctx, distiller, data, params, callbacks=callbacks, verb="distill")

@@ -33,7 +33,7 @@ class TrainParams(TrainingParams):
     )
 
 
-def _early_stopping(params: TrainParams, has_val: bool, where: str) -> list[Any]:
+def early_stopping_callbacks(params: TrainParams, has_val: bool, where: str) -> list[Any]:
     if params.patience is None:
         return []
     if params.monitor.startswith("val_") and not has_val:
@@ -56,7 +56,7 @@ def run(ctx: StepContext, inputs: Sequence[Artifact], params: TrainParams) -> di
     model, data = load_input_model(ctx, inputs)
     from_logits = params.from_logits if params.from_logits is not None else model_outputs_logits(inputs[0])
     compile_model(model, params, from_logits)
-    callbacks = _early_stopping(params, len(data.y["val"]) > 0, f"step '{ctx.step}'")
+    callbacks = early_stopping_callbacks(params, len(data.y["val"]) > 0, f"step '{ctx.step}'")
     metrics = fit(ctx, model, data, params, callbacks=callbacks, verb="train")
     if callbacks and callbacks[0].stopped_epoch:
         metrics["stopped_early"] = True

@@ -52,6 +52,16 @@ class EvaluateParams(Params):
                     "0 skips the latency measurement",
     )
     warmup_runs: int = Field(5, ge=0, le=10_000, description="untimed inferences before timing")
+    tflm: bool = Field(
+        False,
+        description="also run the .tflite model on TensorFlow Lite Micro (in a child process): "
+                    "whether it runs, its measured arena, accuracy, agreement with LiteRT "
+                    "(metrics.json 'tflm')",
+    )
+    tflm_arena_kb: float = Field(
+        1024, gt=0, le=1 << 20,
+        description="arena TFLM is given (KiB); a model that needs more is reported as not running",
+    )
 
 
 # -- pure metric computations (tested against hand computations) --------------------------
@@ -136,12 +146,20 @@ def _evaluate_tflite(ctx: Any, artifact: Artifact, x: np.ndarray, params: Evalua
     from tinybuild_plugins.tflite import litert as _litert
 
     data = artifact.file("model.tflite").read_bytes()
-    runner = _litert.interpreter(data)
-    outputs = _litert.predict(runner, x, on_progress=lambda done, total: ctx.progress(done, total, "inference"))
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise StepError(f"model.tflite of '{artifact.step}' is not a TFLite flatbuffer (no 'TFL3' identifier)")
+    try:
+        runner, litert_error = _litert.interpreter(data), None
+    except StepError as exc:  # e.g. TFLM's DECODE ops (tflm-compress): TFLM scores it instead
+        if not params.tflm:
+            raise
+        runner, litert_error = None, str(exc)
+    outputs = None if runner is None else _litert.predict(
+        runner, x, on_progress=lambda done, total: ctx.progress(done, total, "inference"))
     facts = _litert.describe(data)
     arena = _arena.estimate_arena(data)
     latency = None
-    if params.latency_runs and len(x):
+    if params.latency_runs and len(x) and runner is not None:
         latency = _litert.tflite_latency_ms(runner, x[:1], params.warmup_runs, params.latency_runs)
     info = {
         "param_count": facts["param_count"],
@@ -151,6 +169,7 @@ def _evaluate_tflite(ctx: Any, artifact: Artifact, x: np.ndarray, params: Evalua
         "arena": arena.as_dict(),
         "macs": _macs.tflite_macs(data)["total"],  # multiply-accumulates per inference, see report/macs.py
         "tflite": {k: facts[k] for k in ("input_dtypes", "output_dtypes", "weight_dtypes", "ops")},
+        **({"scored_on": "tflm", "litert_error": litert_error} if runner is None else {}),
     }
     return outputs, info, latency
 
@@ -206,10 +225,21 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[st
         raise StepError(f"step '{ctx.step}': the dataset's {params.split} split is empty")
     _tf_seed(ctx, source)
 
+    if params.tflm and source.kind != Kind.TFLITE:
+        raise StepError(f"step '{ctx.step}': tflm = true runs a .tflite model on TFLite Micro, but "
+                        f"'{source.step}' is a {source.kind}; convert it with a 'tflite' step first")
     if source.kind == Kind.TFLITE:
         outputs, info, latency = _evaluate_tflite(ctx, source, x, params)
     else:
         outputs, info, latency = _evaluate_keras(ctx, source, x, params)
+    names = dataset.meta.get("class_names") or [str(c) for c in range(dataset.num_classes)]
+    if params.tflm:
+        info["tflm"], tflm_outputs = _tflm_section(ctx, source, x, y, outputs, names, params.tflm_arena_kb)
+        if outputs is None:  # LiteRT cannot load it: the scores are TFLM's ("scored_on")
+            if tflm_outputs is None:
+                raise StepError(f"step '{ctx.step}': neither LiteRT ({info['litert_error']}) nor TFLM "
+                                f"({info['tflm']['reason']}) runs '{source.step}'")
+            outputs = tflm_outputs
     if outputs.ndim != 2 or outputs.shape[0] != len(y):
         raise StepError(f"step '{ctx.step}': model '{source.step}' returned outputs of shape "
                         f"{list(outputs.shape)} for {len(y)} samples; expected one score per class")
@@ -220,7 +250,6 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[st
     if y.min() < 0 or y.max() >= num_classes:
         raise StepError(f"step '{ctx.step}': labels of the {params.split} split fall outside 0..{num_classes - 1}")
     predictions = np.argmax(outputs, axis=1)
-    names = dataset.meta.get("class_names") or [str(c) for c in range(num_classes)]
     scores = classification_metrics(confusion_matrix(y, predictions, num_classes), names)
     _classification.add_one_vs_rest_accuracy(scores)  # per_class[i]["accuracy"]
 
@@ -233,6 +262,7 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[st
         "class_names": [str(n) for n in names],
         "upstream": {**upstream_facts(source.metrics), **_lineage.carried_facts(source.metrics)},
         "dataset": _lineage.dataset_facts(dataset.meta),
+        **_compression(source),
         "latency": "not stored here (machine-dependent): see the evaluate step's returned metrics",
     }
     (ctx.out_dir / METRICS_FILE).write_text(
@@ -257,7 +287,41 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[st
         "arena_bytes": arena,
         "latency_ms": latency,
         "latency_runs": params.latency_runs if latency is not None else 0,
+        **({"tflm_runs": info["tflm"]["runs"], "tflm_arena_bytes": info["tflm"]["arena_bytes"]}
+           if "tflm" in info else {}),
     }
+
+
+def _tflm_section(ctx: Any, source: Artifact, x: np.ndarray, y: np.ndarray, outputs: np.ndarray | None,
+                 names: Sequence[str], arena_kb: float) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The same split on TFLite Micro, scored like the LiteRT run (see ``tflm``):
+    (the ``tflm`` section, TFLM's outputs or None)."""
+    from tinybuild_plugins.tflite import tflm
+
+    ctx.progress(0, 1, "TFLM")
+
+    def score(predicted: np.ndarray) -> dict[str, Any]:
+        if len(predicted) != len(y) or (len(predicted) and int(predicted.max()) >= len(names)):
+            raise StepError(f"step '{ctx.step}': on TFLM, '{source.step}' gives outputs that do not match the "
+                            f"{len(y)} samples and {len(names)} classes of the dataset")
+        scores = classification_metrics(confusion_matrix(y, predicted, len(names)), names)
+        _classification.add_one_vs_rest_accuracy(scores)  # as for the LiteRT run: per_class[i]["accuracy"]
+        return scores
+
+    try:
+        section, tflm_outputs = tflm.evaluate_on_tflm(source.file("model.tflite"), x, y, outputs, arena_kb, score)
+    except StepError as exc:
+        raise StepError(f"step '{ctx.step}': '{source.step}' on TFLite Micro: {exc}") from None
+    ctx.log(f"{source.step} on TFLM: " + (
+        f"accuracy {section['accuracy']:.4f}, arena {section['arena_bytes']:,} B, argmax agreement "
+        f"with LiteRT {section['argmax_agreement']}" if section["runs"] else section["reason"]))
+    return section, tflm_outputs
+
+
+def _compression(source: Artifact) -> dict[str, Any]:
+    """A ``tflm-compress`` model's compression facts (flash saved, arena added)."""
+    section = source.metrics.get("compression")
+    return {"compression": section} if isinstance(section, dict) else {}
 
 
 def key_extras(params: EvaluateParams, passes: Mapping[str, Any]) -> dict[str, Any]:
@@ -284,7 +348,7 @@ def tinybuild_step_types() -> list[StepType]:
             params=EvaluateParams,
             run=run,
             uses_dataset=True,
-            toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert"),
+            toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "tflite-micro"),
             uses_input_metrics=True,  # metrics.json records facts from the evaluated step's metrics
             volatile_metrics=("latency_ms",),  # a new timing on every run: kept out of downstream keys
             key_extras=key_extras,
@@ -295,6 +359,8 @@ def tinybuild_step_types() -> list[StepType]:
                 "tinybuild_plugins.tflite.arena", "tinybuild_plugins.sdk.dataset",
                 "tinybuild_plugins.report.classification", "tinybuild_plugins.report.lineage",
                 "tinybuild_plugins.report.macs",
+                "tinybuild_plugins.tflite.tflm", "tinybuild_plugins.tflite.tflm_child",
+                "tinybuild_plugins.tflite.op_resolver",
             ),
         )
     ]

@@ -131,7 +131,7 @@ def _compression_line(row: Mapping[str, Any]) -> str | None:
 
 def _no_gates_line(report: Mapping[str, Any]) -> str:
     """Why the gate list is empty, in words."""
-    if not any(k in report["target"] for k in ("flash_kb", "ram_kb", "min_accuracy")):
+    if not any(k in report["target"] for k in ("flash_kb", "ram_kb", "max_arena_kb", "min_accuracy")):
         return "No [target] budgets."
     if report.get("gates_off"):
         return "No variant is gated (gate = [])."

@@ -22,8 +22,12 @@ Gates. The recipe's ``[target]`` budgets apply to the *gated* variants:
 ``gate`` lists them by name; by default every .tflite variant is gated (a
 Keras model is not what ships to the device). For each gated variant:
 
-* ``flash_kb`` -- .tflite file size (KiB, 1 kB = 1024 B) must not exceed it;
-* ``ram_kb`` -- the tensor-arena estimate must not exceed it;
+* ``flash_kb`` -- .tflite file size (KiB, 1 kB = 1024 B), plus
+  ``runtime_flash_kb``, must not exceed it;
+* ``ram_kb`` -- the arena TFLM measured plus ``arena_margin`` (the estimate
+  only for variants with no TFLM run) must not exceed it; ``max_arena_kb``
+  bounds the measured arena alone; a variant TFLM cannot run fails a
+  ``runtime`` gate (details in ``gates``);
 * ``min_accuracy`` -- accuracy must reach it (also for Keras variants listed
   in ``gate``; flash/RAM budgets are skipped for them: they have no deployed
   size or arena). It is meant for test accuracy: a variant evaluated on the
@@ -60,12 +64,11 @@ from pydantic import Field, field_validator
 
 from tinybuild.api import Artifact, GateFailed, Kind, Params, StepError, StepType, hookimpl
 
-from tinybuild_plugins.report import render
+from tinybuild_plugins.report import gates, render
 from tinybuild_plugins.report import shrinklog as _shrinklog
 
-KIB = 1024
 #: the [target] keys that are budgets (``name`` is only a label)
-BUDGETS = ("flash_kb", "ram_kb", "min_accuracy")
+BUDGETS = ("flash_kb", "ram_kb", "max_arena_kb", "min_accuracy")
 
 
 class ReportParams(Params):
@@ -300,41 +303,9 @@ def gated_variants(rows: Sequence[Mapping[str, Any]], gate: list[str] | None) ->
     return list(gate)
 
 
-def budget_bytes(limit_kb: float) -> int:
-    """The most bytes a ``*_kb`` budget allows: 21.9 KiB = 22,425.6 B, so 22,425.
-    (Multiplying by 1024 is exact in binary floating point, so floor is safe.)"""
-    return math.floor(limit_kb * KIB)
-
-
-def _byte_check(row: Mapping[str, Any], budget: str, what: str, value: int, limit: float) -> dict[str, Any]:
-    allowed = budget_bytes(limit)
-    passed = value <= allowed
-    return {"variant": row["variant"], "budget": budget, "limit": limit, "value": value, "passed": passed,
-            "text": f"{what} {value:,} B ({value / KIB:.2f} KiB) {'<=' if passed else '>'} "
-                    f"{budget} {limit:g} ({allowed:,} B)"}
-
-
 def check_gates(rows: Sequence[Mapping[str, Any]], gated: Sequence[str], target: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every (variant, budget) check, passed or not, in a stable order."""
-    checks = []
-    for row in rows:
-        if row["variant"] not in gated:
-            continue
-        deployed = row["model_kind"] == Kind.TFLITE
-        if target.get("flash_kb") is not None and deployed:
-            checks.append(_byte_check(row, "flash_kb", "size", row["size_bytes"], float(target["flash_kb"])))
-        if target.get("ram_kb") is not None and deployed and row["arena_bytes"] is not None:
-            checks.append(_byte_check(row, "ram_kb", "arena estimate", row["arena_bytes"], float(target["ram_kb"])))
-        if target.get("min_accuracy") is not None:
-            limit = float(target["min_accuracy"])
-            value = row["accuracy"]
-            split = row.get("split", "test")
-            what = "accuracy" if split == "test" else f"{split} accuracy"
-            checks.append({"variant": row["variant"], "budget": "min_accuracy", "limit": limit, "value": value,
-                           "passed": value >= limit, "split": split,
-                           "text": f"{what} {value:.4f} {'>=' if value >= limit else '<'} min_accuracy {limit:g}"
-                                   + ("" if split == "test" else f" (on the {split} split, not test)")})
-    return checks
+    """Every (variant, budget) check, passed or not, in a stable order (see ``gates``)."""
+    return gates.check_gates(rows, gated, target)
 
 
 def gate_warnings(rows: Sequence[Mapping[str, Any]], gated: Sequence[str], gate: list[str] | None,
@@ -344,7 +315,7 @@ def gate_warnings(rows: Sequence[Mapping[str, Any]], gated: Sequence[str], gate:
     gated on the val split. ``gate = []`` means "check nothing" and is silent."""
     if gate == []:
         return []
-    warnings = []
+    warnings = gates.estimate_warnings(rows, gated, target)
     checked = {c["budget"] for c in checks}
     unchecked = [b for b in BUDGETS if target.get(b) is not None and b not in checked]
     if unchecked:
@@ -443,7 +414,8 @@ def tinybuild_step_types() -> list[StepType]:
             description="Compare evaluated variants (report.md/.json/.html, build.log) and enforce "
                         "the [target] budgets (exit code 3)",
             fingerprint_modules=("tinybuild_plugins.report.render", "tinybuild_plugins.report.plots",
-                                 "tinybuild_plugins.report.shrinklog"),
+                                 "tinybuild_plugins.report.shrinklog", "tinybuild_plugins.report.gates",
+                                 "tinybuild_plugins.tflite.tflm"),
             input_files=render.template_files,  # the templates shape the files: their content is in the key
             uses_target=True,
             uses_input_metrics=True,  # latency comes from the evaluations' step metrics (volatile: not keyed)

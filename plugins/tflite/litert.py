@@ -129,6 +129,39 @@ def _zero_count(data: np.ndarray, tensor) -> tuple[int, int]:
     return int(np.count_nonzero(values == zero)), int(values.size)
 
 
+_NUMPY_TYPES = {0: np.float32, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
+
+
+def decode_lut(model, op, model_bytes: bytes) -> np.ndarray | None:
+    """The weights a TFLM_DECODE operator of LUT type expands, or None.
+
+    Layout (TFLM's compression module, ``lut.py``): the ancillary tensor is a
+    16-byte header -- byte 0 the decode type (0: LUT), byte 5 the channel
+    axis (high nibble, 15: one table) and the index width in bits (low
+    bits), byte 6 the table stride -- then the value tables; the encoded
+    tensor holds the indices, packed most significant bit first."""
+    graph = model.subgraphs[0]
+    ins = [int(i) for i in op.inputs if i >= 0]
+    if len(ins) != 2 or not op.outputs:
+        return None
+    out = graph.tensors[int(op.outputs[0])]
+    packed = _arena.constant_data(model, graph.tensors[ins[0]], model_bytes)
+    ancillary = _arena.constant_data(model, graph.tensors[ins[1]], model_bytes)
+    dtype = _NUMPY_TYPES.get(int(out.type))
+    if packed is None or ancillary is None or dtype is None or len(ancillary) < 16 or ancillary[0] != 0:
+        return None
+    shape = [max(int(d), 1) for d in out.shape]
+    axis, bits, stride = int(ancillary[5]) >> 4, int(ancillary[5]) & 0x7, int(ancillary[6])
+    count = int(np.prod(shape))
+    unpacked = np.unpackbits(np.asarray(packed, np.uint8))[: count * bits].reshape(count, bits)
+    indices = unpacked.dot(1 << np.arange(bits - 1, -1, -1)).reshape(shape)
+    tables = np.frombuffer(np.asarray(ancillary[16:], np.uint8).tobytes(), dtype=np.dtype(dtype).newbyteorder("<"))
+    tables = tables[: len(tables) // max(stride, 1) * stride].reshape(-1, max(stride, 1))
+    if axis == 15:
+        return tables[0][indices]
+    return tables[np.indices(shape)[axis], indices]
+
+
 def describe(model_bytes: bytes) -> dict[str, Any]:
     """Facts about a .tflite model read from its flatbuffer."""
     model = _arena.read_model(model_bytes)
@@ -138,9 +171,22 @@ def describe(model_bytes: bytes) -> dict[str, Any]:
     params = 0
     kernel_zeros = kernel_total = 0
     weight_types: Counter[str] = Counter()
-    for tensor in tensors:
+    # LUT-compressed weights (tflm-compress): the encoded indices and value tables are not
+    # parameters; the tensor a TFLM_DECODE operator outputs is (its zeros are not counted)
+    encoded: set[int] = set()
+    for op in graph.operators or []:
+        if _arena.operator_name(model, op) == "TFLM_DECODE":
+            encoded.update(int(i) for i in op.inputs if i >= 0)
+            decoded = tensors[int(op.outputs[0])]
+            values = decode_lut(model, op, model_bytes)
+            params += int(values.size) if values is not None else 0
+            weight_types[_arena.type_name(decoded.type)] += int(values.size) if values is not None else 0
+            if values is not None and values.ndim >= 2:
+                kernel_zeros += _zero_count(np.ascontiguousarray(values).view(np.uint8), decoded)[0]
+                kernel_total += int(values.size)
+    for index, tensor in enumerate(tensors):
         data = _arena.constant_data(model, tensor, model_bytes)
-        if data is None or not _is_parameter(tensor):
+        if data is None or not _is_parameter(tensor) or index in encoded:
             continue
         elements = int(np.prod([max(int(d), 1) for d in (tensor.shape if tensor.shape is not None else [])]))
         params += elements

@@ -40,7 +40,7 @@ def parse_array(source: str, ident: str) -> bytes:
 
 
 def test_array_decodes_to_exactly_the_tflite_bytes(tflite_artifact):
-    out = run_step(STEP, [tflite_artifact], step="int8-model")
+    out = run_step(STEP, [tflite_artifact], {"tflm": False}, step="int8-model")  # the bare array
     ident = "int8_model"
     assert sorted(out.files) == [f"{ident}.cc", f"{ident}.h"]
     data = tflite_artifact.file("model.tflite").read_bytes()

@@ -233,5 +233,7 @@ def sweep_lines(specs: Iterable[Any]) -> list[str]:
         what = f"matrix over {', '.join(own)}" if own else "fans out with its input"
         if own and len(group[0].coordinates) > len(own):
             what += ", fans out with its input"
-        lines.append(f"sweep {table}: {len(group)} steps ({what}): " + ", ".join(s.name for s in group))
+        names = [s.name for s in group]
+        shown = ", ".join(names) if len(names) <= 4 else f"{names[0]}, ..., {names[-1]}"
+        lines.append(f"sweep {table}: {len(group)} steps ({what}): {shown}")
     return lines

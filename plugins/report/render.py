@@ -405,7 +405,8 @@ def _chart_points(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         accuracy = tflm.get("accuracy") if tflm.get("runs") and tflm.get("accuracy") is not None else row["accuracy"]
         points.append({"index": index, "variant": row["variant"], "label": row["label"],
                        "flash": row["size_bytes"], "ram": row.get("ram_bytes"),
-                       "ram_measured": row.get("ram_source") == "tflm", "accuracy": _number(accuracy)})
+                       "ram_measured": row.get("ram_source") == "tflm", "accuracy": _number(accuracy),
+                       "front": row.get("pareto") == "front"})
     return points
 
 

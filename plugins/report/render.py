@@ -538,6 +538,33 @@ def _print(renderable: Any, width: int) -> list[str]:
     return [line.rstrip() for line in buffer.getvalue().splitlines()]
 
 
+def sweep_short_names(names: Sequence[str]) -> tuple[list[str], str | None]:
+    """Sweep members are named ``<step>-<param>_<value>-...`` (tinybuild.matrix);
+    in a narrow terminal show only the values that differ (``0p5-8-int8``) and
+    the pattern once (``tfl-final_sparsity_*-clusters_*-quantize_*``). Names
+    of another shape, or of different lengths, stay as they are: (names, None)."""
+    parts = [name.split("-") for name in names]
+    if len(names) < 2 or len({len(p) for p in parts}) != 1 or len(parts[0]) < 2:
+        return list(names), None
+    short: list[list[str]] = [[] for _ in names]
+    pattern = []
+    for segments in zip(*parts):
+        if len(set(segments)) == 1:
+            pattern.append(segments[0])
+            continue
+        prefix = os.path.commonprefix(list(segments))
+        prefix = prefix[: prefix.rfind("_") + 1]
+        if not prefix:
+            return list(names), None
+        pattern.append(prefix + "*")
+        for i, segment in enumerate(segments):
+            short[i].append(segment[len(prefix):])
+    out = ["-".join(s) for s in short]
+    if len(set(out)) != len(out):
+        return list(names), None
+    return out, "-".join(pattern)
+
+
 def text_table(report: Mapping[str, Any], latency: Mapping[str, Any] | None = None, width: int = 80) -> str:
     """The comparison table as plain text for a terminal ``width`` columns wide:
     one line per variant, never wrapped. Columns are dropped, least important
@@ -545,6 +572,12 @@ def text_table(report: Mapping[str, Any], latency: Mapping[str, Any] | None = No
     say what "est" means and why a variant does not run on TFLite Micro."""
     measured = dict(latency) if latency and any(v is not None for v in latency.values()) else None
     cells = [summary_cells(report, row, measured) for row in report["variants"]]
+    pattern = None
+    full = _print(_rich_table(report, TERMINAL_COLUMNS[:6], cells, False), 10_000)
+    if max(len(line) for line in full) > width:  # sweep members' long names: show their values only
+        short, pattern = sweep_short_names([c["variant"] for c in cells])
+        if pattern:
+            cells = [{**c, "variant": name} for c, name in zip(cells, short)]
     available = [k for k in TERMINAL_COLUMNS
                  if not (k == "latency" and measured is None and not _has_latency(report))
                  and not (k == "tflm" and not _has_tflm(report))
@@ -554,7 +587,8 @@ def text_table(report: Mapping[str, Any], latency: Mapping[str, Any] | None = No
     while len(keys) > 5 and max(len(line) for line in _print(_rich_table(report, keys, cells, False), 10_000)) > width:
         keys.pop()
     lines = _print(_rich_table(report, keys, cells), width)
-    notes = [line for line in (front_line(report), answer_line(report)) if line]
+    notes = [f"Variant: {pattern}" if pattern else None, front_line(report), answer_line(report)]
+    notes = [line for line in notes if line]
     if any(r.get("ram_source") == "estimate" for r in report["variants"]):
         notes.append("RAM: \"est\" = estimate (no TFLite Micro measurement)")
     if "latency" in keys:
@@ -564,7 +598,7 @@ def text_table(report: Mapping[str, Any], latency: Mapping[str, Any] | None = No
     if len(keys) < len(available):
         notes.append("more columns in report.md / report.html")
     for note in notes:
-        lines += textwrap.wrap(note, width=max(width, 20), subsequent_indent="  ")
+        lines += textwrap.wrap(note, width=max(width, 20), subsequent_indent="  ", break_on_hyphens=False)
     return "\n".join(lines)
 
 

@@ -182,3 +182,26 @@ def test_require_all_still_fails_on_any_failed_budget(sweep_variants):
 def test_require_any_fails_when_no_variant_passes(sweep_variants):
     with pytest.raises(GateFailed):
         build(sweep_variants, {"require": "any"}, target={"flash_kb": 4})
+
+
+def test_terminal_shows_sweep_members_by_their_values_when_names_do_not_fit(tmp_path):
+    from tinybuild_plugins.report import render
+
+    src = tmp_path / "src"
+    src.mkdir()
+    combos = list(itertools.product(["0p5", "0p9"], [8, 16], ["int8", "float16"]))
+    names = [f"tfl-final_sparsity_{s}-clusters_{c}-quantize_{q}" for s, c, q in combos]
+    variants = [metrics_artifact(src, name, size=20_000 if name.endswith("int8") else 40_000, accuracy=0.9 + 0.01 * i)
+                for i, name in enumerate(names)]
+    logs: list[str] = []
+    build(variants, {"require": "any"}, target={"flash_kb": 32, "min_accuracy": 0.92}, out=tmp_path / "out", logs=logs)
+    lines = logs[0].splitlines()
+    assert max(len(line) for line in lines) <= 76
+    for (s, c, q) in combos:
+        assert sum(line.startswith(f"| {s}-{c}-{q} ") for line in lines) == 1
+    assert "Variant: tfl-final_sparsity_*-clusters_*-quantize_*" in lines
+    # the answer keeps its full name, unbroken: the int8 variant with the highest accuracy
+    assert any(line.startswith(f"Answer: {names[6]}: ") for line in lines)
+    # names that are not a sweep's stay whole
+    assert render.sweep_short_names(["train", "int8"]) == (["train", "int8"], None)
+    assert render.sweep_short_names(["a-x_1", "a-y_1"]) == (["a-x_1", "a-y_1"], None)

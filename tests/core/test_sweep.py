@@ -162,3 +162,11 @@ def test_gathering_into_a_single_input_step_says_how_many_it_got(sweep):
     assert result.code == 2
     assert "steps.one.inputs: step type 'toy-convert' takes exactly 1 input" in result.err
     assert "got 4" in result.err
+
+
+def test_member_name_taken_by_another_step_is_an_error(sweep):
+    taken = train_name(1, 0.1)
+    sweep.write(SWEEP_RECIPE + f'\n[steps.{taken}]\nuse = "toy-train"\n')
+    result = sweep.run("plan", str(sweep.recipe))
+    assert result.code == 2
+    assert f"steps.train: the sweep member '{taken}' has the name of another step" in result.err

@@ -92,6 +92,12 @@ def test_members_build_cache_and_rerun_only_the_changed_member(sweep):
     assert again.code == 0, again.err
     changed = [train_name(e, 0.02) for e in EPOCHS]
     assert built_steps(again) == changed + [conv_name(e, 0.02, m) for e in EPOCHS for m in MODES] + ["report"]
+    # a value added to a list: only the new members (and the gathering report) build
+    sweep.edit("epochs = [1, 2]", "epochs = [1, 2, 3]")
+    grown = sweep.build()
+    assert grown.code == 0, grown.err
+    new_trains = [train_name(3, r) for r in (0.1, 0.02)]
+    assert built_steps(grown) == new_trains + [conv_name(3, r, m) for r in (0.1, 0.02) for m in MODES] + ["report"]
 
 
 def test_member_has_the_key_of_the_same_hand_written_step(sweep):

@@ -4,7 +4,8 @@ Loading happens in two phases so that errors can be precise:
 
 1. :func:`load_recipe` parses TOML, expands environment variables and
    validates the sections the core owns (``[recipe]``, ``[target]``, the
-   ``use``/``input``/``inputs`` keys of every step).
+   ``use``/``input``/``inputs``/``matrix`` keys of every step), then expands
+   sweeps (:mod:`tinybuild.matrix`) so that later phases see ordinary steps.
 2. :func:`tinybuild.resolve.resolve_recipe` validates each step's own
    parameters with the params model of the plugin that implements it.
 

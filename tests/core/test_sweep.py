@@ -176,3 +176,16 @@ def test_member_name_taken_by_another_step_is_an_error(sweep):
     result = sweep.run("plan", str(sweep.recipe))
     assert result.code == 2
     assert f"steps.train: the sweep member '{taken}' has the name of another step" in result.err
+
+
+@pytest.mark.parametrize("value, written", [
+    (0.75, "0p75"), (-1, "m1"), (1e-05, "1em05"), (8, "8"), (True, "true"), ("int8-only", "int8_only"), ("a b.c", "a_b_c"),
+])
+def test_member_names_follow_the_step_name_rules(value, written):
+    from tinybuild.matrix import encode, suffix
+    from tinybuild.recipe import STEP_NAME
+
+    assert encode(value) == written
+    name = "step" + suffix([("param", value), ("other", "x")])
+    assert name == f"step-param_{written}-other_x"
+    assert STEP_NAME.match(name)

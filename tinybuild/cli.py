@@ -266,13 +266,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = make_plan(project, project.select(args.only), read_lock(project.lock_path), args.force)
     project.cache.memo.save()
     if args.json:
-        print(json.dumps([{"step": i.name, "step_type": i.step_type, "status": i.status, "reasons": i.reasons, "key": i.key} for i in plan], indent=2))
+        print(json.dumps([{"step": i.name, "step_type": i.step_type, "status": i.status, "reasons": i.reasons, "key": i.key,
+                           **_sweep_json(project.steps[i.name].spec)} for i in plan], indent=2))
     else:
+        from .matrix import sweep_lines
+
+        for line in sweep_lines(project.steps[i.name].spec for i in plan):
+            print(line)
         for line in plan_lines(plan):
             print(line)
         todo = sum(1 for i in plan if i.status != "cached")
         print(f"{len(plan) - todo} cached, {todo} to run")
     return 0
+
+
+def _sweep_json(spec: Any) -> dict[str, Any]:
+    """A sweep member's table and coordinates, for ``plan --json``."""
+    return {"sweep": {"table": spec.table, "coordinates": dict(spec.coordinates)}} if spec.table else {}
 
 
 def cmd_graph(args: argparse.Namespace) -> int:

@@ -54,6 +54,10 @@ class Project:
     def check_names(self, names: Iterable[str], flag: str) -> None:
         for name in names:
             if name not in self.steps:
+                members = [n for n, s in self.steps.items() if s.spec.table == name]
+                if members:  # a swept table's name: say which steps it became
+                    raise UsageError(f"{flag} {name}: '{name}' is a sweep in {self.recipe.path.name}; name one of its "
+                                     f"steps: {', '.join(members)}")
                 hint = did_you_mean(name, self.steps)
                 raise UsageError(f"{flag} {name}: no step named '{name}' in {self.recipe.path.name}; "
                                  + (hint or f"steps: {', '.join(self.order)}"))

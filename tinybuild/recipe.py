@@ -4,7 +4,8 @@ Loading happens in two phases so that errors can be precise:
 
 1. :func:`load_recipe` parses TOML, expands environment variables and
    validates the sections the core owns (``[recipe]``, ``[target]``, the
-   ``use``/``input``/``inputs`` keys of every step).
+   ``use``/``input``/``inputs``/``matrix`` keys of every step), then expands
+   sweeps (:mod:`tinybuild.matrix`) so that later phases see ordinary steps.
 2. :func:`tinybuild.resolve.resolve_recipe` validates each step's own
    parameters with the params model of the plugin that implements it.
 
@@ -29,12 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import Problem, RecipeError, did_you_mean
 from .hashing import bytes_digest, stat_signature
 from .safeio import BadPath, FileTooLarge, NotRegularFile, open_regular, stat_of
+from . import matrix
 
 #: Sections of the recipe that become steps with a fixed name.
 SECTION_STEPS = ("dataset", "model")
 TOP_LEVEL_KEYS = ("recipe", "target", "dataset", "model", "steps")
 #: Keys of a step table that belong to the core, not to the plugin's params.
-CORE_STEP_KEYS = ("use", "input", "inputs")
+CORE_STEP_KEYS = ("use", "input", "inputs", "matrix")
 #: matched with ``fullmatch``: ``$`` alone would accept a trailing newline
 STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 #: Longest recipe or step name: each names a folder (file systems stop at 255 bytes).
@@ -85,6 +87,13 @@ class StepSpec:
     inputs: tuple[str, ...] | None  # None: not given, use the step type's default
     inputs_key: str  # "input" or "inputs", for error messages
     raw_params: dict[str, Any]
+    #: sweeps (tinybuild.matrix): the table's matrix as written (None once expanded);
+    #: for a member, the table it came from, its (param, value) coordinates
+    #: (inherited from its input's member first) and its own (param, index) entries
+    matrix: Any = None
+    table: str | None = None
+    coordinates: tuple[tuple[str, Any], ...] = ()
+    combination: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,7 @@ def load_recipe(path: str | Path, environ: dict[str, str] | None = None) -> Reci
         spec = _step_spec(name, key, table, problems)
         if spec:
             steps[name] = spec
+    steps = matrix.expand(steps, problems)
     if not steps and not problems:
         problems.append(Problem("steps", "the recipe declares no steps", "add a [dataset], a [model] and [steps.<name>] tables"))
 
@@ -260,7 +270,8 @@ def _step_spec(name: str, key: str, table: Any, problems: list[Problem]) -> Step
         else:
             inputs = tuple(value)
     params = {k: v for k, v in table.items() if k not in CORE_STEP_KEYS}
-    return StepSpec(name=name, key=key, use=use, inputs=inputs, inputs_key=inputs_key, raw_params=params)
+    return StepSpec(name=name, key=key, use=use, inputs=inputs, inputs_key=inputs_key, raw_params=params,
+                    matrix=table.get(matrix.KEY))
 
 
 def _validate(model: type[BaseModel], value: Any, key: str, problems: list[Problem], required: bool = False) -> Any:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from .api import Kind, ParamProblem, Params, StepType
 from .errors import Problem, RecipeError, did_you_mean
 from .plugins import Registry
+from . import matrix
 from .recipe import Recipe, StepSpec, validation_problems
 
 
@@ -45,9 +46,11 @@ def resolve_recipe(recipe: Recipe, registry: Registry) -> dict[str, ResolvedStep
             hint = registry.missing_hint("step type", spec.use, registry.step_types)
             problems.append(Problem(f"{spec.key}.use", f"unknown step type '{spec.use}'", hint))
             continue
-        params = _validate_params(spec, step_type, recipe, problems)
+        own: list[Problem] = []
+        params = _validate_params(spec, step_type, recipe, own)
         if params is not None and step_type.check is not None:
-            params = _check_params(spec, step_type, params, registry, problems)
+            params = _check_params(spec, step_type, params, registry, own)
+        problems.extend(matrix.locate(spec, own))  # a sweep member's problem names its matrix entry
         inputs = _inputs(spec, step_type, recipe, problems)
         dataset = None
         if step_type.uses_dataset and name != "dataset":
@@ -62,9 +65,22 @@ def resolve_recipe(recipe: Recipe, registry: Registry) -> dict[str, ResolvedStep
         st = resolved["dataset"].step_type
         problems.append(Problem("dataset.use", f"step type '{st.name}' produces {st.produces}, not a dataset",
                                 "use a dataset step type (e.g. \"idx\" or \"npz\")"))
-    if problems:
-        raise RecipeError(str(recipe.path), problems)
+    if problems:  # sweep members share their table: report each problem once
+        raise RecipeError(str(recipe.path), _once(problems))
     return resolved
+
+
+def _once(problems: list[Problem]) -> list[Problem]:
+    """Problems without repeats: the first of those with the same key and
+    message (without the combination a sweep member adds) is kept."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for p in problems:
+        ident = (p.key, p.message.split(", in combination ")[0])
+        if ident not in seen:
+            seen.add(ident)
+            out.append(p)
+    return out
 
 
 def _validate_params(spec: StepSpec, step_type: StepType, recipe: Recipe, problems: list[Problem]) -> Params | None:
@@ -74,7 +90,7 @@ def _validate_params(spec: StepSpec, step_type: StepType, recipe: Recipe, proble
         found = validation_problems(exc, spec.key, step_type.params)
         for p in found:
             if p.message.startswith("unknown key") and not p.hint.startswith("did you mean") and p.key.count(".") == spec.key.count(".") + 1:
-                p = Problem(p.key, p.message, p.hint + "; a step's own keys are use, input, inputs")
+                p = Problem(p.key, p.message, p.hint + "; a step's own keys are use, input, inputs, matrix")
             problems.append(p)
         return None
     except (TypeError, ValueError) as exc:  # raised by a plugin's validator outside pydantic's wrapping

@@ -116,11 +116,29 @@ def _step_schema(st: StepType, defs: dict[str, Any], with_inputs: bool) -> dict[
         roles = f", in this order: {', '.join(st.input_names)}" if st.input_names else ""
         props["inputs"] = {"type": "array", "items": {"type": "string", "pattern": STEP_NAME.pattern},
                            "description": f"several input steps, in the order the step type reads them ({kinds}){roles}"}
+    required = list(params.get("required", []))
+    if with_inputs:
+        props["matrix"] = _matrix_schema(params.get("properties", {}))
     schema = {"type": "object", "title": st.name, "description": st.description or f"step type {st.name}",
-              "properties": props, "required": ["use", *params.get("required", [])], "additionalProperties": False}
+              "properties": props, "required": ["use", *required], "additionalProperties": False}
     if with_inputs:
         schema["not"] = {"required": ["input", "inputs"]}  # one or the other, as the loader says
+        if required:  # a required parameter may be given by the matrix instead
+            schema["required"] = ["use"]
+            schema["if"] = {"not": {"required": ["matrix"]}}
+            schema["then"] = {"required": required}
     return schema
+
+
+def _matrix_schema(param_props: dict[str, Any]) -> dict[str, Any]:
+    """A sweep: each key a parameter of the step type, each value a non-empty
+    list of values that parameter accepts (see tinybuild.matrix)."""
+    return {"type": "object", "minProperties": 1, "additionalProperties": False,
+            "description": "a sweep: one step per combination of these parameter values (cartesian product), "
+                           "named <step>-<param>_<value>...; see the README's Sweeps section",
+            "properties": {name: {"type": "array", "minItems": 1, "items": sub,
+                                  "description": f"values of {name} to sweep"}
+                           for name, sub in param_props.items()}}
 
 
 def _discriminated(types: list[StepType], defs: dict[str, Any], with_inputs: bool, description: str) -> dict[str, Any]:

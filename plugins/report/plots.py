@@ -112,6 +112,16 @@ def _size_axis(ax: Any, values: Sequence[float]) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def _front_line(ax: Any, front: Sequence[Mapping[str, Any]]) -> None:
+    """The Pareto front (report's ``pareto``) as a staircase through its
+    variants, in increasing flash: nothing above-left of it exists."""
+    if len(front) < 2:
+        return
+    ordered = sorted(front, key=lambda p: (p["flash"], -p["accuracy"]))
+    ax.step([p["flash"] for p in ordered], [p["accuracy"] for p in ordered], where="post",
+            color="#777777", linewidth=1.0, zorder=2)
+
+
 def _budget_lines(ax: Any, x_budget: float | None, x_name: str, min_accuracy: float | None) -> None:
     if x_budget is not None:
         ax.axvline(x_budget, color=BUDGET_COLOR, linestyle="--", linewidth=1.2, zorder=1)
@@ -158,6 +168,8 @@ def size_accuracy_svg(points: Sequence[Mapping[str, Any]], target: Mapping[str, 
             ax.scatter([p[key]], [p["accuracy"]], s=110, marker=marker, zorder=3, linewidths=1.6,
                        facecolors="none" if hollow else _translucent(colour), edgecolors=colour)
         _budget_lines(ax, budget, budget_name, min_accuracy)
+        if key == "flash":
+            _front_line(ax, [p for p in shown if p.get("front")])
         ax.set_ylim(y_low, y_high)
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
         ax.set_xlabel(xlabel)

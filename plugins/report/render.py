@@ -141,6 +141,10 @@ def _no_gates_line(report: Mapping[str, Any]) -> str:
 def _verdict(report: Mapping[str, Any]) -> str:
     if not report["passed"]:
         return "GATE FAILED"
+    failed = {c["variant"] for c in report["gates"] if not c["passed"]}
+    if failed:  # require = "any": a sweep passes on its answer
+        return (f"passed on its answer, {report['answer']['variant']} (require = \"any\"; "
+                f"{len(failed)} of {len(report['gated'])} gated variants fail a budget)")
     return "no gate failed (see the warnings)" if report.get("warnings") else "all gates passed"
 
 
@@ -174,7 +178,10 @@ def summary_columns(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     columns = [("variant", "Variant"), ("label", "Kind"), ("flash", "Flash (B)"), ("ram", "RAM (B)")]
     if _has_tflm(report):
         columns.append(("tflm", "On TFLM"))
-    columns += [("accuracy", "Accuracy"), ("gate", "Gate"), ("change", "Δ acc (pts)"), ("gzip", "gzip (B)"),
+    columns += [("accuracy", "Accuracy"), ("gate", "Gate")]
+    if report.get("pareto"):
+        columns.append(("pareto", "Pareto"))
+    columns += [("change", "Δ acc (pts)"), ("gzip", "gzip (B)"),
                 ("gzip_ratio", "gzip ×smaller"), ("macro_f1", "Macro-F1"), ("params", "Params"),
                 ("sparsity", "Sparsity")]
     if any(r.get("macs") is not None for r in report["variants"]):
@@ -186,7 +193,7 @@ def summary_columns(report: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 #: report.md's compact table, in reading order
 MARKDOWN_COLUMNS = ["variant", "label", "accuracy", "change", "flash", "gzip", "gzip_ratio", "ram", "tflm",
-                    "latency", "gate"]
+                    "latency", "gate", "pareto"]
 
 
 def summary_cells(report: Mapping[str, Any], row: Mapping[str, Any],
@@ -209,7 +216,35 @@ def summary_cells(report: Mapping[str, Any], row: Mapping[str, Any],
         "macs": _int(row.get("macs")),
         "latency": _ms(measured),
         "gate": _gate_status(report, row["variant"]),
+        "pareto": _pareto_cell(report, row),
     }
+
+
+# -- the Pareto front and the answer (computed in pareto.py) -----------------------------
+
+
+def _pareto_cell(report: Mapping[str, Any], row: Mapping[str, Any]) -> str:
+    """"front" / "no" / "—" (not a candidate), with "answer" on the answer."""
+    mark = {"front": "front", "dominated": "no"}.get(row.get("pareto") or "", DASH)
+    return mark + (", answer" if (report.get("answer") or {}).get("variant") == row["variant"] else "")
+
+
+def front_line(report: Mapping[str, Any]) -> str | None:
+    """"Pareto front (flash, RAM, accuracy): a, b" -- None for a report without one."""
+    result = report.get("pareto")
+    if not result or not result.get("front"):
+        return None
+    objectives = ", ".join("RAM" if o == "ram" else o for o in result["objectives"])
+    return f"Pareto front ({objectives}): {', '.join(result['front'])}"
+
+
+def answer_line(report: Mapping[str, Any]) -> str | None:
+    """"Answer: X: the smallest ... " -- only where [target] has budgets."""
+    answer = report.get("answer")
+    if not answer or (answer["variant"] is None and not any(
+            k in report["target"] for k in ("flash_kb", "ram_kb", "min_accuracy"))):
+        return None
+    return f"Answer: {answer['text']}"
 
 
 # -- files --------------------------------------------------------------------------------
@@ -263,6 +298,8 @@ def _page(report: Mapping[str, Any]) -> dict[str, Any]:
         "f1_classes": classes if same_classes else [],
         "f1_rows": [(r["variant"], [_fraction(f) for f in r["per_class_f1"]]) for r in report["variants"]],
         "notes": _notes(report),
+        "front_line": front_line(report),
+        "answer_line": answer_line(report),
     }
 
 
@@ -368,7 +405,8 @@ def _chart_points(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         accuracy = tflm.get("accuracy") if tflm.get("runs") and tflm.get("accuracy") is not None else row["accuracy"]
         points.append({"index": index, "variant": row["variant"], "label": row["label"],
                        "flash": row["size_bytes"], "ram": row.get("ram_bytes"),
-                       "ram_measured": row.get("ram_source") == "tflm", "accuracy": _number(accuracy)})
+                       "ram_measured": row.get("ram_source") == "tflm", "accuracy": _number(accuracy),
+                       "front": row.get("pareto") == "front"})
     return points
 
 
@@ -430,6 +468,9 @@ def lab_log(report: Mapping[str, Any]) -> str:
         lines.append(f"    none: {_no_gates_line(report)}")
     for warning in report.get("warnings") or []:
         lines.append(f"warning: {warning}")
+    for line in (front_line(report), answer_line(report)):
+        if line:
+            lines.append(line)
     lines.append(f"result: {_verdict(report)}")
     lines.append("")
     return "\n".join(lines)
@@ -445,11 +486,11 @@ def _plain(value: Any) -> str:
 
 #: the terminal's columns, most important first: the first five always stay;
 #: the others are dropped, last first, until the table fits
-TERMINAL_COLUMNS = ["variant", "flash", "ram", "accuracy", "gate",
+TERMINAL_COLUMNS = ["variant", "flash", "ram", "accuracy", "gate", "pareto",
                     "latency", "tflm", "label", "change", "gzip", "params", "sparsity"]
 TERMINAL_HEADERS = {"variant": "Variant", "flash": "Flash B", "ram": "RAM B", "accuracy": "Accuracy",
                     "gate": "Gate", "latency": "Lat. ms", "tflm": "TFLM", "label": "Kind", "change": "Δ pts",
-                    "gzip": "gzip B", "params": "Params", "sparsity": "Sparsity"}
+                    "gzip": "gzip B", "params": "Params", "sparsity": "Sparsity", "pareto": "Pareto"}
 
 
 def terminal_width(default: int = 80) -> int:
@@ -497,6 +538,33 @@ def _print(renderable: Any, width: int) -> list[str]:
     return [line.rstrip() for line in buffer.getvalue().splitlines()]
 
 
+def sweep_short_names(names: Sequence[str]) -> tuple[list[str], str | None]:
+    """Sweep members are named ``<step>-<param>_<value>-...`` (tinybuild.matrix);
+    in a narrow terminal show only the values that differ (``0p5-8-int8``) and
+    the pattern once (``tfl-final_sparsity_*-clusters_*-quantize_*``). Names
+    of another shape, or of different lengths, stay as they are: (names, None)."""
+    parts = [name.split("-") for name in names]
+    if len(names) < 2 or len({len(p) for p in parts}) != 1 or len(parts[0]) < 2:
+        return list(names), None
+    short: list[list[str]] = [[] for _ in names]
+    pattern = []
+    for segments in zip(*parts):
+        if len(set(segments)) == 1:
+            pattern.append(segments[0])
+            continue
+        prefix = os.path.commonprefix(list(segments))
+        prefix = prefix[: prefix.rfind("_") + 1]
+        if not prefix:
+            return list(names), None
+        pattern.append(prefix + "*")
+        for i, segment in enumerate(segments):
+            short[i].append(segment[len(prefix):])
+    out = ["-".join(s) for s in short]
+    if len(set(out)) != len(out):
+        return list(names), None
+    return out, "-".join(pattern)
+
+
 def text_table(report: Mapping[str, Any], latency: Mapping[str, Any] | None = None, width: int = 80) -> str:
     """The comparison table as plain text for a terminal ``width`` columns wide:
     one line per variant, never wrapped. Columns are dropped, least important
@@ -504,15 +572,23 @@ def text_table(report: Mapping[str, Any], latency: Mapping[str, Any] | None = No
     say what "est" means and why a variant does not run on TFLite Micro."""
     measured = dict(latency) if latency and any(v is not None for v in latency.values()) else None
     cells = [summary_cells(report, row, measured) for row in report["variants"]]
+    pattern = None
+    full = _print(_rich_table(report, TERMINAL_COLUMNS[:6], cells, False), 10_000)
+    if max(len(line) for line in full) > width:  # sweep members' long names: show their values only
+        short, pattern = sweep_short_names([c["variant"] for c in cells])
+        if pattern:
+            cells = [{**c, "variant": name} for c, name in zip(cells, short)]
     available = [k for k in TERMINAL_COLUMNS
                  if not (k == "latency" and measured is None and not _has_latency(report))
-                 and not (k == "tflm" and not _has_tflm(report))]
+                 and not (k == "tflm" and not _has_tflm(report))
+                 and not (k == "pareto" and not report.get("pareto"))]
     keys = list(available)
     # measured without the title: a long title wraps, a row must not
     while len(keys) > 5 and max(len(line) for line in _print(_rich_table(report, keys, cells, False), 10_000)) > width:
         keys.pop()
     lines = _print(_rich_table(report, keys, cells), width)
-    notes = []
+    notes = [f"Variant: {pattern}" if pattern else None, front_line(report), answer_line(report)]
+    notes = [line for line in notes if line]
     if any(r.get("ram_source") == "estimate" for r in report["variants"]):
         notes.append("RAM: \"est\" = estimate (no TFLite Micro measurement)")
     if "latency" in keys:
@@ -522,7 +598,7 @@ def text_table(report: Mapping[str, Any], latency: Mapping[str, Any] | None = No
     if len(keys) < len(available):
         notes.append("more columns in report.md / report.html")
     for note in notes:
-        lines += textwrap.wrap(note, width=max(width, 20), subsequent_indent="  ")
+        lines += textwrap.wrap(note, width=max(width, 20), subsequent_indent="  ", break_on_hyphens=False)
     return "\n".join(lines)
 
 

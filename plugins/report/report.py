@@ -58,13 +58,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field, field_validator
 
 from tinybuild.api import Artifact, GateFailed, Kind, Params, StepError, StepType, hookimpl
 
-from tinybuild_plugins.report import gates, render
+from tinybuild_plugins.report import gates, pareto, render
 from tinybuild_plugins.report import shrinklog as _shrinklog
 
 #: the [target] keys that are budgets (``name`` is only a label)
@@ -92,6 +92,12 @@ class ReportParams(Params):
         description="groups of variants whose confusion matrices are shown next to each other, e.g. "
                     "[[\"train\", \"int8\"]] (an original model and its conversion); the others "
                     "follow in the recipe's order",
+    )
+    require: Literal["all", "any"] = Field(
+        "all",
+        description="\"all\": every gated variant must pass every budget (exit code 3 otherwise); "
+                    "\"any\": for a sweep, the build passes when at least one gated variant passes "
+                    "every budget (the report's answer), and the failures are listed, not fatal",
     )
     latency: bool = Field(
         False,
@@ -359,6 +365,11 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str,
     target = {k: v for k, v in dict(ctx.target or {}).items() if v is not None}
     gated, checks, warnings = evaluate_gates(rows, params.gate, target)
     failures = [c for c in checks if not c["passed"]]
+    # the Pareto front and the sweep's answer (pareto.py); require = "any" passes on an answer
+    front = pareto.front(rows)
+    pareto.mark(rows, front)
+    answer = pareto.answer(rows, gated, checks, target)
+    fatal = failures if params.require == "all" or answer["variant"] is None else []
     title = params.title or ctx.recipe_name or "tinybuild report"
     report = {
         "title": title,
@@ -369,7 +380,10 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str,
         "gates": checks,
         "gates_off": params.gate == [],
         "warnings": warnings,
-        "passed": not failures,
+        "passed": not fatal,
+        "require": params.require,
+        "pareto": front,
+        "answer": answer,
         "side_by_side": params.side_by_side,
         "variants": rows,
     }
@@ -384,7 +398,7 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str,
     ctx.log(table)
     for warning in warnings:
         ctx.log(f"warning: {warning}")
-    if failures:
+    if fatal:
         summary = "; ".join(f"variant {c['variant']}: {c['text']}" for c in failures)
         raise GateFailed(f"budget gate failed: {summary}\n{table}")
     return {
@@ -396,6 +410,9 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str,
         "best_accuracy": max(rows, key=lambda r: r["accuracy"])["variant"],
         "smallest": min(rows, key=lambda r: r["size_bytes"])["variant"],
         "latency_ms": latencies,
+        "pareto_front": front["front"],
+        "answer": answer["variant"],
+        "gates_failed": len(failures),
     }
 
 
@@ -415,7 +432,7 @@ def tinybuild_step_types() -> list[StepType]:
                         "the [target] budgets (exit code 3)",
             fingerprint_modules=("tinybuild_plugins.report.render", "tinybuild_plugins.report.plots",
                                  "tinybuild_plugins.report.shrinklog", "tinybuild_plugins.report.gates",
-                                 "tinybuild_plugins.tflite.tflm"),
+                                 "tinybuild_plugins.report.pareto", "tinybuild_plugins.tflite.tflm"),
             input_files=render.template_files,  # the templates shape the files: their content is in the key
             uses_target=True,
             uses_input_metrics=True,  # latency comes from the evaluations' step metrics (volatile: not keyed)

@@ -124,3 +124,34 @@ def test_the_loader_rejects_what_the_schema_rejects(name, registry, tmp_path):
 def test_a_step_table_takes_input_or_inputs_not_both(validator):
     data = broken(("[steps.train]\nuse = \"train\"\n", "[steps.train]\nuse = \"train\"\ninput = \"model\"\ninputs = [\"model\"]\n"))
     assert list(validator.iter_errors(data))
+
+
+SWEEP_CASES = {
+    # a matrix of values the params accept is valid; a bad one is an error at the matrix entry
+    "ok": ("matrix = { final_sparsity = [0.5, 0.7] }", None),
+    "unknown-param": ("matrix = { final_sparsty = [0.5] }", ["steps", "pruned", "matrix"]),
+    "empty-list": ("matrix = { final_sparsity = [] }", ["steps", "pruned", "matrix", "final_sparsity"]),
+    "not-a-list": ("matrix = { final_sparsity = 0.5 }", ["steps", "pruned", "matrix", "final_sparsity"]),
+    "value-out-of-range": ("matrix = { final_sparsity = [0.5, 1.5] }", ["steps", "pruned", "matrix", "final_sparsity", 1]),
+}
+
+
+@pytest.mark.parametrize("name", SWEEP_CASES)
+def test_a_step_table_may_declare_a_matrix(name, validator, registry, tmp_path):
+    line, path = SWEEP_CASES[name]
+    text = MNIST_CNN.read_text()
+    assert "final_sparsity = 0.8\n" in text
+    text = text.replace("final_sparsity = 0.8\n", line + "\n", 1)
+    errors = list(validator.iter_errors(tomllib.loads(text)))
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(text)
+    if path is None:
+        assert not errors, [e.message for e in errors]
+        assert "pruned-final_sparsity_0p7" in resolve_recipe(load_recipe(recipe), registry)
+        return
+    error = jsonschema.exceptions.best_match(errors)
+    assert error is not None and list(error.absolute_path) == path, (error and list(error.absolute_path))
+    with pytest.raises(RecipeError) as info:  # the loader agrees
+        resolve_recipe(load_recipe(recipe), registry)
+    where = ".".join(str(p) for p in path[:4]) + (f"[{path[4]}]" if len(path) > 4 else "")
+    assert f"{where}" in str(info.value)

@@ -97,7 +97,8 @@ def _fold_into(editor: GraphEditor, layer: Any, shapes: dict[str, Any]) -> None:
     if bias_node is not None:
         bias_ref = tensor_ref(*editor.data_inputs(bias_node)[1])
         bias = editor.constant(bias_ref)
-        delta = _shift_through(layer, new_weights.astype(np.float64), shift.astype(np.float64))
+        # the shift comes after the scale (x * s + t): it meets the original weights
+        delta = _shift_through(layer, weights.astype(np.float64), shift.astype(np.float64))
         _set_constant_input(editor, bias_node, 1, (bias.astype(np.float64) + delta).astype(bias.dtype), "folded_bias")
     _set_constant_input(editor, layer, 1, new_weights.astype(weights.dtype), "folded_weights")
     controls = [control_ref(c) for c in editor.control_inputs(producer)]

@@ -107,3 +107,48 @@ def test_it_runs_only_where_a_recipe_names_it(passes):
 
     assert "fold-input-affine" not in default_pass_names(passes)
     assert "simplify-arithmetic" in default_pass_names(passes)
+
+
+def test_a_normalized_dense_model_ships_smaller_than_direct_conversion(tf, passes, tmp_path):
+    """Keras ``Normalization`` -> Dense: converted directly from Keras the
+    .tflite keeps SUB and MUL in front of FULLY_CONNECTED; through
+    graph-optimize with fold-input-affine (verified under its tolerance) it
+    is the FULLY_CONNECTED ops alone, smaller, with the same predictions."""
+    from tinybuild.api import Kind
+    from tinybuild.testing import artifact_from_dir, run_step
+    from tinybuild_plugins.graph.steps import tinybuild_step_types as graph_steps
+    from tinybuild_plugins.sdk import tf as _tf
+    from tinybuild_plugins.sdk.keras_model import save_keras_model
+    from tinybuild_plugins.tflite import litert
+    from tinybuild_plugins.tflite.convert import tinybuild_step_types as tflite_steps
+
+    keras = _tf.keras()
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    rng = np.random.default_rng(1)
+    inputs = layers.Input((20,))
+    x = layers.Normalization(mean=rng.normal(0, 1, 20), variance=rng.uniform(0.5, 2, 20))(inputs)
+    x = layers.Dense(8, activation="relu", bias_initializer="ones")(x)
+    model = keras.Model(inputs, layers.Dense(3)(x))
+    save_keras_model(model, tmp_path / "model")
+    keras_model = artifact_from_dir("model", Kind.KERAS_MODEL, tmp_path / "model")
+
+    steps = {s.name: s for s in graph_steps()}
+    frozen = run_step(steps["graph-freeze"], [keras_model], step="frozen")
+    names = ["remove-identity", "remove-noop", "fold-constants", "simplify-arithmetic", "fold-input-affine",
+             "remove-dead"]
+    optimized = run_step(steps["graph-optimize"], [frozen], {"passes": names, "tolerance": 1e-5},
+                         passes=passes, step="optimized")
+    assert "fold-input-affine" in optimized.metrics["applied"]
+    assert optimized.metrics["verification"]["passed"] and not optimized.metrics["verification"]["exact"]
+
+    tflite = tflite_steps()[0]
+    direct = run_step(tflite, [keras_model], step="direct")
+    folded = run_step(tflite, [optimized], step="folded")
+    assert direct.metrics["ops"] == {"FULLY_CONNECTED": 2, "MUL": 1, "SUB": 1}
+    assert folded.metrics["ops"] == {"FULLY_CONNECTED": 2}
+    assert folded.metrics["size_bytes"] < direct.metrics["size_bytes"]
+    sample = rng.normal(size=(4, 20)).astype(np.float32)
+    outputs = [litert.predict(litert.interpreter((a.path / "model.tflite").read_bytes()), sample)
+               for a in (direct, folded)]
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from tinybuild_plugins.sdk.graph_edit import GraphEditor, control_ref, graph_pass, parse_ref, repeat_until_stable, tensor_name, tensor_ref
 
 _SCALES = {"Mul": (0, 1), "RealDiv": (1,)}  # op -> positions the constant may take
@@ -71,6 +69,7 @@ def _is_layer(node: Any) -> bool:
 
 
 def _fold_into(editor: GraphEditor, layer: Any, shapes: dict[str, Any]) -> None:
+    import numpy as np
     data = [tensor_ref(*d) for d in editor.data_inputs(layer)]
     weights = editor.constant(data[1])
     name, index = parse_ref(data[0])
@@ -115,6 +114,7 @@ def _input_features(layer: Any, weights: np.ndarray) -> int:
 def _affine(editor: GraphEditor, node: Any, features: int, shapes: dict[str, Any]) -> tuple[str, Any, Any] | None:
     """``(x, scale, shift)`` such that ``node`` computes ``x * scale + shift``
     per input feature (either may be None), or None if it does not."""
+    import numpy as np
     data = [tensor_ref(*d) for d in editor.data_inputs(node)]
     if node.op in _BATCH_NORMS:
         return _batch_norm(editor, node, data, features, shapes)
@@ -135,6 +135,7 @@ def _affine(editor: GraphEditor, node: Any, features: int, shapes: dict[str, Any
 
 
 def _batch_norm(editor: GraphEditor, node: Any, data: list[str], features: int, shapes: dict[str, Any]) -> Any:
+    import numpy as np
     if node.attr["is_training"].b or node.attr["data_format"].s not in (b"", b"NHWC") or len(data) < 5:
         return None
     if any(editor.uses_output(node.name, i) for i in range(1, 6)):
@@ -155,6 +156,7 @@ def _shape(shapes: dict[str, Any], ref: str) -> Any:
 def _per_feature(constant: Any, features: int, x_shape: Any) -> np.ndarray | None:
     """``constant`` as a length-``features`` vector if it varies at most along
     the last axis and cannot broadcast ``x`` larger, else None."""
+    import numpy as np
     if constant is None or constant.dtype.kind != "f" or x_shape is None or not x_shape:
         return None
     if x_shape[-1] != features or constant.ndim > len(x_shape):
@@ -184,6 +186,7 @@ def _add_bias(editor: GraphEditor, layer: Any, weights: np.ndarray) -> Any:
     """A zero-bias ``BiasAdd`` inserted after ``layer`` (its readers moved
     to it), for a shift to land in: a freshly initialized Dense has an
     all-zero bias, which ``simplify-arithmetic`` removes."""
+    import numpy as np
     from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
     readers = editor.consumers(layer.name)
@@ -197,6 +200,7 @@ def _add_bias(editor: GraphEditor, layer: Any, weights: np.ndarray) -> Any:
 
 
 def _scaled(layer: Any, weights: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    import numpy as np
     if layer.op == "MatMul":
         axis_shape = (1, -1) if layer.attr["transpose_b"].b else (-1, 1)
     else:
@@ -206,6 +210,7 @@ def _scaled(layer: Any, weights: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 def _shift_through(layer: Any, weights: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """What a constant input ``shift`` contributes to each output."""
+    import numpy as np
     if layer.op == "MatMul":
         return weights @ shift if layer.attr["transpose_b"].b else shift @ weights
     return np.einsum("hwkn,k->n", weights, shift)

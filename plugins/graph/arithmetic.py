@@ -38,8 +38,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import numpy as np
-
 from tinybuild_plugins.sdk.graph_edit import GraphEditor, control_ref, graph_pass, parse_ref, repeat_until_stable, tensor_name, tensor_ref
 
 _NEUTRAL = {  # op -> (neutral value, operand positions the constant may take)
@@ -82,6 +80,7 @@ def _sweep_once(editor: GraphEditor, shape_of: Shapes) -> bool:
 
 
 def _simplify(editor: GraphEditor, node: Any, shape_of: Shapes) -> None:
+    import numpy as np
     op = node.op
     data = [tensor_ref(*d) for d in editor.data_inputs(node)]
     if op in _NEUTRAL and len(data) == 2:
@@ -123,6 +122,7 @@ def _replace(editor: GraphEditor, node: Any, replacement: str) -> None:
 
 
 def _neutral_operand(editor: GraphEditor, node: Any, data: list[str], shape_of: Shapes) -> None:
+    import numpy as np
     neutral, positions = _NEUTRAL[node.op]
     for position in positions:
         other = data[1 - position]
@@ -146,6 +146,7 @@ def _computed_neutral(editor: GraphEditor, node: Any, ref: str, other: str, neut
     ``OnesLike``, ``Fill`` of a constant) that leaves ``other`` unchanged
     under ``node``: same dtype, and a shape that cannot broadcast ``other``
     larger -- trivially so for ``zeros_like(other)`` itself."""
+    import numpy as np
     producer = _producer(editor, ref)
     if producer is None or "T" not in producer.attr or producer.attr["T"].type != node.attr["T"].type:
         return False
@@ -200,6 +201,7 @@ def _same_shape(shape: tuple[int | None, ...] | None, target: list[int]) -> bool
 
 
 def _transpose(editor: GraphEditor, node: Any, data: list[str]) -> None:
+    import numpy as np
     from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
     perm = editor.constant(data[1])

@@ -24,6 +24,11 @@ float32 and int8 (calibrated on 4 seeded random inputs: enough for sizes
 and op counts, not for accuracy). Goal: tinybuild <= direct in bytes and
 ops on every model.
 
+Table 3: small patterns, each a traced ``tf.function`` at batch 1: the ops
+the converter keeps when it converts the function directly, and when it
+converts the function's graph after tinybuild's passes -- which patterns
+the converter already removes by itself.
+
 Batch-norm statistics are randomized (seeded) so that folding them is not a
 no-op, as in a trained model.
 
@@ -272,6 +277,61 @@ def print_shipped(shipped: list[tuple[str, str, dict[str, tuple[int, int]]]]) ->
           f"strictly smaller on {better} of {len(shipped)} rows")
 
 
+def patterns() -> list[tuple[str, Callable[[Any], Any], list[int]]]:
+    tf = _tf.tensorflow()
+    rng = np.random.default_rng(SEED)
+    kernel = rng.normal(size=(3, 3, 8, 8)).astype(np.float32)
+    weights = rng.normal(size=(16, 4)).astype(np.float32)
+    mean, std = rng.normal(size=(1, 16)).astype(np.float32), rng.uniform(0.5, 2, (1, 16)).astype(np.float32)
+    bias = rng.normal(size=4).astype(np.float32)
+    image = [1, 8, 8, 8]
+    return [
+        ("relu(x + zeros_like(x))", lambda x: tf.nn.relu(x + tf.zeros_like(x)), image),
+        ("relu(x * ones_like(x))", lambda x: tf.nn.relu(x * tf.ones_like(x)), image),
+        ("relu(x - fill(0))", lambda x: tf.nn.relu(x - tf.fill([8], 0.0)), image),
+        ("transpose NHWC->NCHW->NHWC", lambda x: tf.nn.relu(tf.transpose(tf.transpose(x, [0, 3, 1, 2]), [0, 2, 3, 1])),
+         image),
+        ("relu(tile(x, 1))", lambda x: tf.nn.relu(tf.tile(x, [1, 1, 1, 1])), image),
+        ("reshape chain to same shape", lambda x: tf.nn.relu(tf.reshape(tf.reshape(x, [1, 512]), [1, 8, 8, 8])), image),
+        ("pad 1 + VALID 3x3 conv", lambda x: tf.nn.conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), kernel, 1, "VALID"),
+         image),
+        ("concat of x's two halves", lambda x: tf.nn.relu(tf.concat([x[..., :4], x[..., 4:]], -1)), image),
+        ("(x - mean) / std -> dense", lambda x: tf.nn.bias_add(tf.matmul((x - mean) / std, weights), bias), [1, 16]),
+    ]
+
+
+def pattern_ops(function: Callable[[Any], Any], shape: list[int]) -> tuple[dict[str, int], dict[str, int]]:
+    """Ops after converting ``function`` directly, and after tinybuild's passes."""
+    tf = _tf.tensorflow()
+    concrete = tf.function(function).get_concrete_function(tf.TensorSpec(shape, tf.float32, name="x"))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+    _convert._configure(converter, _convert.TFLiteParams(), None)
+    direct = _litert.describe(bytes(converter.convert()))["ops"]
+    inputs, outputs = [t.name for t in concrete.inputs], [t.name for t in concrete.outputs]
+    graph = tinybuild(Graph(concrete.graph.as_graph_def(), tuple(inputs), tuple(outputs)))
+    signature = {"inputs": [{"name": "x", "tensor": inputs[0], "shape": shape, "dtype": "float32"}],
+                 "outputs": [{"name": "y", "tensor": outputs[0], "shape": None, "dtype": "float32"}]}
+    with tempfile.TemporaryDirectory() as folder:
+        from tinybuild.api import Kind
+        from tinybuild.testing import artifact_from_dir
+
+        save_graphdef(folder, graph.graph_def, signature)
+        artifact = artifact_from_dir("graph", Kind.GRAPHDEF, Path(folder))
+        converter, _, _, _ = _convert._graphdef_converter(_context(), artifact, "benchmark")
+        _convert._configure(converter, _convert.TFLiteParams(), None)
+        ours = _litert.describe(bytes(converter.convert()))["ops"]
+    return direct, ours
+
+
+def print_patterns() -> None:
+    print("\nsmall patterns (float32): ops the converter keeps, direct vs after tinybuild's passes")
+    print(f"{'pattern':<30} {'direct':<42} tinybuild")
+    describe = lambda ops: ", ".join(f"{op} x{n}" if n > 1 else op for op, n in ops.items()) or "-"  # noqa: E731
+    for name, function, shape in patterns():
+        direct, ours = pattern_ops(function, shape)
+        print(f"{name:<30} {describe(direct):<42} {describe(ours)}")
+
+
 # -- main -----------------------------------------------------------------------
 
 
@@ -316,6 +376,7 @@ def main() -> int:
     for graph_pass in DEFAULT_ORDER:
         print(f"{graph_pass:<22}" + "".join(f"{removed[graph_pass]:>25}" for _, removed in per_pass))
     print_shipped(shipped)
+    print_patterns()
     return 0
 
 

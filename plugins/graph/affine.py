@@ -54,9 +54,7 @@ _BIAS_OPS = frozenset({"BiasAdd", "Add", "AddV2"})
 
 @graph_pass
 def fold_input_affine(editor: GraphEditor) -> None:
-    from tinybuild_plugins.sdk import tfgraph as _tfgraph
-
-    shapes = _tfgraph.static_shapes(editor.graph_def())  # rewrites keep every surviving tensor's shape
+    shapes = _LazyShapes(editor)
 
     def sweep() -> bool:
         before = editor.edits
@@ -68,6 +66,24 @@ def fold_input_affine(editor: GraphEditor) -> None:
     repeat_until_stable(sweep)
 
 
+class _LazyShapes:
+    """Static shapes by tensor name, computed (by importing the graph into
+    TensorFlow) only once a candidate needs them: most graphs have none, and
+    importing MobileNetV2 costs more than the rest of the pass. Computed
+    once per application: rewrites keep every surviving tensor's shape."""
+
+    def __init__(self, editor: GraphEditor) -> None:
+        self._editor = editor
+        self._shapes: dict[str, Any] | None = None
+
+    def get(self, name: str) -> Any:
+        if self._shapes is None:
+            from tinybuild_plugins.sdk import tfgraph as _tfgraph
+
+            self._shapes = _tfgraph.static_shapes(self._editor.graph_def())
+        return self._shapes.get(name)
+
+
 def _is_layer(node: Any) -> bool:
     if node.op == "MatMul":
         return not node.attr["transpose_a"].b
@@ -76,7 +92,7 @@ def _is_layer(node: Any) -> bool:
     return False
 
 
-def _fold_into(editor: GraphEditor, layer: Any, shapes: dict[str, Any]) -> None:
+def _fold_into(editor: GraphEditor, layer: Any, shapes: _LazyShapes) -> None:
     import numpy as np
     data = [tensor_ref(*d) for d in editor.data_inputs(layer)]
     weights = editor.constant(data[1])
@@ -117,7 +133,7 @@ def _input_features(layer: Any, weights: np.ndarray) -> int:
     return int(weights.shape[2])
 
 
-def _affine(editor: GraphEditor, node: Any, features: int, shapes: dict[str, Any]) -> tuple[str, Any, Any] | None:
+def _affine(editor: GraphEditor, node: Any, features: int, shapes: _LazyShapes) -> tuple[str, Any, Any] | None:
     """``(x, scale, shift)`` such that ``node`` computes ``x * scale + shift``
     per input feature (either may be None), or None if it does not."""
     import numpy as np
@@ -140,7 +156,7 @@ def _affine(editor: GraphEditor, node: Any, features: int, shapes: dict[str, Any
     return None
 
 
-def _batch_norm(editor: GraphEditor, node: Any, data: list[str], features: int, shapes: dict[str, Any]) -> Any:
+def _batch_norm(editor: GraphEditor, node: Any, data: list[str], features: int, shapes: _LazyShapes) -> Any:
     import numpy as np
     if node.attr["is_training"].b or node.attr["data_format"].s not in (b"", b"NHWC") or len(data) < 5:
         return None
@@ -155,7 +171,7 @@ def _batch_norm(editor: GraphEditor, node: Any, data: list[str], features: int, 
     return data[0], scale, beta.astype(np.float64) - mean.astype(np.float64) * scale
 
 
-def _shape(shapes: dict[str, Any], ref: str) -> Any:
+def _shape(shapes: _LazyShapes, ref: str) -> Any:
     return shapes.get(tensor_name(ref))
 
 

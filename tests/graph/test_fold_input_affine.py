@@ -93,11 +93,12 @@ def test_what_would_change_the_result_is_left_alone(case, make_graph, passes):
         elif case == "per-row":  # varies along the batch axis: not per input feature
             tf.nn.bias_add(tf.matmul(tf.compat.v1.placeholder(tf.float32, [5, 3], name="y")
                                      * RNG.normal(size=(5, 1)).astype(np.float32), W), B, name="out")
-        else:
-            tf.nn.bias_add(tf.matmul(x * STD, W.T.copy(), transpose_a=True), np.zeros(4, np.float32)[:3], name="out")
+        else:  # x is [4, 3] and contracted over its first axis: STD is not per input feature
+            x4 = tf.compat.v1.placeholder(tf.float32, [4, 3], name="y")
+            tf.nn.bias_add(tf.matmul(x4 * STD, np.eye(4, dtype=np.float32), transpose_a=True), B, name="out")
 
     outputs = ("out:0", "normalized:0") if case == "read-twice" else ("out:0",)
-    inputs = ("x:0", "y:0") if case == "per-row" else ("x:0",)
+    inputs = ("x:0", "y:0") if case in ("per-row", "matmul-transposed-a") else ("x:0",)
     graph = make_graph(build, outputs, inputs)
     assert _fold(passes, graph).graph_def is graph.graph_def
 

@@ -68,9 +68,9 @@ def fold_input_affine(editor: GraphEditor) -> None:
 
 class _LazyShapes:
     """Static shapes by tensor name, computed (by importing the graph into
-    TensorFlow) only once a candidate needs them: most graphs have none, and
-    importing MobileNetV2 costs more than the rest of the pass. Computed
-    once per application: rewrites keep every surviving tensor's shape."""
+    TensorFlow) only once a candidate needs them: most graphs have none.
+    Computed once per application: rewrites keep every surviving tensor's
+    shape."""
 
     def __init__(self, editor: GraphEditor) -> None:
         self._editor = editor

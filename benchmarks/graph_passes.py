@@ -284,6 +284,8 @@ def patterns() -> list[tuple[str, Callable[[Any], Any], list[int]]]:
     weights = rng.normal(size=(16, 4)).astype(np.float32)
     mean, std = rng.normal(size=(1, 16)).astype(np.float32), rng.uniform(0.5, 2, (1, 16)).astype(np.float32)
     bias = rng.normal(size=4).astype(np.float32)
+    gamma, beta, mean8, bias8 = (rng.normal(size=8).astype(np.float32) for _ in range(4))
+    variance = rng.uniform(0.5, 2, 8).astype(np.float32)
     image = [1, 8, 8, 8]
     return [
         ("relu(x + zeros_like(x))", lambda x: tf.nn.relu(x + tf.zeros_like(x)), image),
@@ -297,6 +299,8 @@ def patterns() -> list[tuple[str, Callable[[Any], Any], list[int]]]:
          image),
         ("concat of x's two halves", lambda x: tf.nn.relu(tf.concat([x[..., :4], x[..., 4:]], -1)), image),
         ("(x - mean) / std -> dense", lambda x: tf.nn.bias_add(tf.matmul((x - mean) / std, weights), bias), [1, 16]),
+        ("batch norm -> VALID conv", lambda x: tf.nn.bias_add(tf.nn.conv2d(tf.compat.v1.nn.fused_batch_norm(
+            x, gamma, beta, mean8, variance, is_training=False)[0], kernel, 1, "VALID"), bias8), image),
     ]
 
 

@@ -42,7 +42,7 @@ it only when a recipe names it and verifies with ``tolerance``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from tinybuild_plugins.sdk.graph_edit import GraphEditor, control_ref, graph_pass, parse_ref, repeat_until_stable, tensor_name, tensor_ref
 
@@ -139,13 +139,14 @@ def _affine(editor: GraphEditor, node: Any, features: int, shapes: _LazyShapes) 
     import numpy as np
     data = [tensor_ref(*d) for d in editor.data_inputs(node)]
     if node.op in _BATCH_NORMS:
-        return _batch_norm(editor, node, data, features, shapes)
+        return _batch_norm(editor, node, data, features)
     positions = _SCALES.get(node.op) or _SHIFTS.get(node.op)
     if positions is None or len(data) != 2:
         return None
     for position in positions:
         x = data[1 - position]
-        vector = _per_feature(editor.constant(data[position]), features, _shape(shapes, x))
+        vector = _per_feature(editor.constant(data[position]), features, lambda: _shape(shapes, x),
+                              node.op == "BiasAdd")
         if vector is None:
             continue
         if node.op == "Mul":
@@ -156,16 +157,15 @@ def _affine(editor: GraphEditor, node: Any, features: int, shapes: _LazyShapes) 
     return None
 
 
-def _batch_norm(editor: GraphEditor, node: Any, data: list[str], features: int, shapes: _LazyShapes) -> Any:
+def _batch_norm(editor: GraphEditor, node: Any, data: list[str], features: int) -> Any:
     import numpy as np
     if node.attr["is_training"].b or node.attr["data_format"].s not in (b"", b"NHWC") or len(data) < 5:
         return None
     if any(editor.uses_output(node.name, i) for i in range(1, 6)):
         return None
     gamma, beta, mean, variance = (editor.constant(r) for r in data[1:5])
+    # the op requires x's channels to match these vectors: no broadcasting, no shape needed
     if any(v is None or v.shape != (features,) for v in (gamma, beta, mean, variance)):
-        return None
-    if _shape(shapes, data[0]) is None or _shape(shapes, data[0])[-1] != features:
         return None
     scale = gamma.astype(np.float64) / np.sqrt(variance.astype(np.float64) + node.attr["epsilon"].f)
     return data[0], scale, beta.astype(np.float64) - mean.astype(np.float64) * scale
@@ -175,16 +175,20 @@ def _shape(shapes: _LazyShapes, ref: str) -> Any:
     return shapes.get(tensor_name(ref))
 
 
-def _per_feature(constant: Any, features: int, x_shape: Any) -> np.ndarray | None:
+def _per_feature(constant: Any, features: int, x_shape: Callable[[], Any], bias: bool) -> np.ndarray | None:
     """``constant`` as a length-``features`` vector if it varies at most along
-    the last axis and cannot broadcast ``x`` larger, else None."""
+    the last axis and cannot broadcast ``x`` larger, else None. ``x_shape``
+    is only asked when needed: a ``BiasAdd``'s bias always matches x's last
+    axis (the op checks it), and static shapes cost a graph import."""
     import numpy as np
-    if constant is None or constant.dtype.kind != "f" or x_shape is None or not x_shape:
-        return None
-    if x_shape[-1] != features or constant.ndim > len(x_shape):
+    if constant is None or constant.dtype.kind != "f":
         return None
     if any(d != 1 for d in constant.shape[:-1]) or (constant.ndim and constant.shape[-1] not in (1, features)):
         return None
+    if not (bias and constant.shape == (features,)):
+        shape = x_shape()
+        if not shape or shape[-1] != features or constant.ndim > len(shape):
+            return None
     return np.broadcast_to(constant.reshape(-1), (features,)).astype(np.float64)
 
 

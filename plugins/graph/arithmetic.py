@@ -6,7 +6,14 @@ included):
 * ``x*1``, ``1*x``, ``x+0``, ``0+x``, ``x-0``, ``x/1`` when the constant
   cannot broadcast ``x`` to a larger shape (a scalar always qualifies; a
   tensor constant needs ``x``'s static shape), and ``BiasAdd`` of an
-  all-zero bias (what a freshly initialized layer holds);
+  all-zero bias (what a freshly initialized layer holds). The neutral
+  operand may also be computed rather than stored: ``ZerosLike``/``OnesLike``
+  of any tensor, or ``Fill`` of a constant value. ``x + zeros_like(x)`` is
+  always removable (same tensor, same shape, even when it is only known at
+  run time); ``zeros_like(y)`` or a ``Fill`` of another shape only when that
+  shape is fully known and cannot broadcast ``x`` larger. The TFLite
+  converter keeps ``ZEROS_LIKE`` + ``ADD`` from a frozen graph, so this one
+  changes the shipped model;
 * ``Reshape(Reshape(x, a), b)`` -> ``Reshape(x, b)``, and ``Reshape(x, s)``
   where ``s`` is ``x``'s own shape (``-1`` standing for the unknown batch);
 * ``Transpose`` by the identity permutation, and ``Transpose(Transpose(x,
@@ -30,8 +37,6 @@ shape of a surviving tensor, so they stay valid throughout.
 from __future__ import annotations
 
 from typing import Any, Callable
-
-import numpy as np
 
 from tinybuild_plugins.sdk.graph_edit import GraphEditor, control_ref, graph_pass, parse_ref, repeat_until_stable, tensor_name, tensor_ref
 
@@ -75,6 +80,7 @@ def _sweep_once(editor: GraphEditor, shape_of: Shapes) -> bool:
 
 
 def _simplify(editor: GraphEditor, node: Any, shape_of: Shapes) -> None:
+    import numpy as np
     op = node.op
     data = [tensor_ref(*d) for d in editor.data_inputs(node)]
     if op in _NEUTRAL and len(data) == 2:
@@ -116,15 +122,52 @@ def _replace(editor: GraphEditor, node: Any, replacement: str) -> None:
 
 
 def _neutral_operand(editor: GraphEditor, node: Any, data: list[str], shape_of: Shapes) -> None:
+    import numpy as np
     neutral, positions = _NEUTRAL[node.op]
     for position in positions:
-        constant = editor.constant(data[position])
-        if constant is None or constant.dtype.kind not in "biufc" or not np.all(constant == neutral):
-            continue
         other = data[1 - position]
-        if node.op == "BiasAdd" or _broadcast_keeps_shape(shape_of(other) if constant.ndim else (), constant.shape):
+        constant = editor.constant(data[position])
+        if constant is not None:
+            if constant.dtype.kind not in "biufc" or not np.all(constant == neutral):
+                continue
+            if node.op == "BiasAdd" or _broadcast_keeps_shape(shape_of(other) if constant.ndim else (), constant.shape):
+                _replace(editor, node, other)
+                return
+        elif _computed_neutral(editor, node, data[position], other, neutral, shape_of):
             _replace(editor, node, other)
             return
+
+
+_FILLED_LIKE = {"ZerosLike": 0, "OnesLike": 1}  # op -> the value every element holds
+
+
+def _computed_neutral(editor: GraphEditor, node: Any, ref: str, other: str, neutral: int, shape_of: Shapes) -> bool:
+    """Whether ``ref`` is a computed tensor of ``neutral`` values (``ZerosLike``,
+    ``OnesLike``, ``Fill`` of a constant) that leaves ``other`` unchanged
+    under ``node``: same dtype, and a shape that cannot broadcast ``other``
+    larger -- trivially so for ``zeros_like(other)`` itself."""
+    import numpy as np
+    producer = _producer(editor, ref)
+    if producer is None or "T" not in producer.attr or producer.attr["T"].type != node.attr["T"].type:
+        return False
+    if producer.op in _FILLED_LIKE:
+        if _FILLED_LIKE[producer.op] != neutral:
+            return False
+        source = tensor_ref(*editor.data_inputs(producer)[0])
+        if tensor_name(source) == tensor_name(other):
+            return True
+    elif producer.op == "Fill":
+        value = editor.constant(tensor_ref(*editor.data_inputs(producer)[1]))
+        if value is None or value.dtype.kind not in "biufc" or not np.all(value == neutral):
+            return False
+    else:
+        return False
+    shape = shape_of(ref)
+    if node.op == "BiasAdd":  # a bias is one vector over x's channels: it never broadcasts x larger
+        return shape is not None and len(shape) == 1
+    if shape is None or any(d is None for d in shape):
+        return False  # an unknown dimension could be n > 1 where x has 1
+    return _broadcast_keeps_shape(shape_of(other), tuple(int(d) for d in shape))
 
 
 def _broadcast_keeps_shape(shape: tuple[int | None, ...] | None, constant: tuple[int, ...]) -> bool:
@@ -158,6 +201,7 @@ def _same_shape(shape: tuple[int | None, ...] | None, target: list[int]) -> bool
 
 
 def _transpose(editor: GraphEditor, node: Any, data: list[str]) -> None:
+    import numpy as np
     from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
     perm = editor.constant(data[1])

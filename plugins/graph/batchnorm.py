@@ -31,14 +31,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from tinybuild_plugins.sdk.graph_edit import GraphEditor, control_ref, graph_pass, parse_ref, repeat_until_stable
 
 FUSED_BATCH_NORM_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
 LINEAR_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative", "MatMul"})
 _SHIFT_OPS = frozenset({"Add", "AddV2", "Sub", "BiasAdd"})
-_FLOAT_TYPES = (np.float32, np.float64)
+_FLOAT_TYPES = ("float32", "float64")  # dtype names: numpy is imported only when a pass runs
 
 
 @dataclass
@@ -86,6 +84,7 @@ def _only_reader(editor: GraphEditor, name: str, reader: str) -> bool:
 
 def _linear_feeding(editor: GraphEditor, ref: str, reader: str) -> _Linear | None:
     """The linear op (and BiasAdd) producing ``ref``, if ``reader`` may fold into it."""
+    import numpy as np
     name, index = parse_ref(ref)
     if index != 0 or name not in editor or not _only_reader(editor, name, reader):
         return None
@@ -100,7 +99,7 @@ def _linear_feeding(editor: GraphEditor, ref: str, reader: str) -> _Linear | Non
     if node.op not in LINEAR_OPS or len(editor.data_inputs(node)) != 2:
         return None
     weights = editor.constant(node.input[1])
-    if weights is None or weights.dtype not in _FLOAT_TYPES:
+    if weights is None or weights.dtype.name not in _FLOAT_TYPES:
         return None
     if node.op == "MatMul":
         data_format = "NHWC"
@@ -131,6 +130,7 @@ def _channels(node: Any, weights: np.ndarray) -> int:
 def _per_channel(value: np.ndarray, linear: _Linear) -> np.ndarray | None:
     """``value`` as a [C] vector if broadcasting it over the linear op's output
     only varies along the channel axis and never enlarges the output."""
+    import numpy as np
     channels = len(linear.bias)
     if value.size == 1 and value.ndim <= linear.rank:
         return np.full(channels, value.reshape(()), dtype=np.float64)
@@ -146,6 +146,7 @@ def _per_channel(value: np.ndarray, linear: _Linear) -> np.ndarray | None:
 
 
 def _fold_fused(editor: GraphEditor, bn: Any) -> None:
+    import numpy as np
     if "is_training" not in bn.attr or bn.attr["is_training"].b:
         return  # the attr defaults to training mode
     if any(editor.uses_output(bn.name, i) for i in range(1, 6)):
@@ -167,6 +168,7 @@ def _fold_fused(editor: GraphEditor, bn: Any) -> None:
 
 
 def _fold_mul(editor: GraphEditor, mul: Any) -> None:
+    import numpy as np
     for position in (0, 1):
         factor = editor.constant(mul.input[1 - position])
         if factor is None:
@@ -179,6 +181,7 @@ def _fold_mul(editor: GraphEditor, mul: Any) -> None:
 
 
 def _fold_shift(editor: GraphEditor, node: Any) -> None:
+    import numpy as np
     positions = (0, 1) if node.op in ("Add", "AddV2") else (0,)
     sign = -1.0 if node.op == "Sub" else 1.0
     for position in positions:
@@ -205,6 +208,7 @@ def _fold_shift(editor: GraphEditor, node: Any) -> None:
 
 def _fold_affine(editor: GraphEditor, target: Any, linear: _Linear, multiplier: np.ndarray, shift: np.ndarray) -> None:
     """Turn ``target`` into ``BiasAdd(linear', b')`` where ``target(z) = z*multiplier + shift``."""
+    import numpy as np
     from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
     node, weights = linear.node, linear.weights

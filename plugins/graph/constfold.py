@@ -28,8 +28,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from tinybuild_plugins.sdk.graph_edit import GraphEditor, control_ref, graph_pass, repeat_until_stable, tensor_name
 
 #: a folded result this small is always kept, even if larger than its inputs
@@ -70,6 +68,7 @@ def fold_constants(editor: GraphEditor) -> None:
 
 
 def _materialize_shapes(editor: GraphEditor) -> bool:
+    import numpy as np
     from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
     candidates = [n for n in editor.nodes() if n.op in _SHAPE_OPS and len(editor.data_inputs(n)) == 1]
@@ -95,6 +94,7 @@ def _materialize_shapes(editor: GraphEditor) -> bool:
 
 
 def _out_type(node: Any) -> Any:
+    import numpy as np
     from tinybuild_plugins.sdk import tfgraph as _tfgraph
 
     if "out_type" in node.attr:
@@ -178,6 +178,7 @@ def _evaluate(editor: GraphEditor, foldable: dict[str, Any]) -> tuple[dict[str, 
     integer division by zero) each node is retried alone so the rest still
     folds and the failing node stays an op, failing at run time as before.
     """
+    import numpy as np
     from tinybuild_plugins.sdk import tf as _tf
 
     from tinybuild_plugins.sdk import tfgraph as _tfgraph

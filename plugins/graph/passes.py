@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from tinybuild.api import GraphPass, hookimpl
 
-from tinybuild_plugins.graph import arithmetic, batchnorm, constfold, control_edges, dead, identity, noop
+from tinybuild_plugins.graph import affine, arithmetic, batchnorm, constfold, control_edges, dead, identity, noop
 
 _SHARED = ("tinybuild_plugins.sdk.graph_edit", "tinybuild_plugins.sdk.tfgraph", "tinybuild_plugins.sdk.tf")
 
@@ -40,6 +40,7 @@ DEFAULT_ORDER = (
     "fold-constants",
     "simplify-arithmetic",
     "fold-batchnorm",
+    "fold-input-affine",
     "remove-dead",
 )
 
@@ -61,10 +62,14 @@ def builtin_passes() -> list[GraphPass]:
                     "drop redundant control edges (transitive reduction with networkx)"),
         _graph_pass("fold-constants", "1.0", True, constfold, constfold.fold_constants,
                     "evaluate constant subgraphs (and fully known shapes) into Const nodes, size-limited"),
-        _graph_pass("simplify-arithmetic", "1.0", True, arithmetic, arithmetic.simplify_arithmetic,
-                    "drop x*1, x+0, x-0, x/1, reshape/transpose chains, no-op casts/pads and similar"),
+        _graph_pass("simplify-arithmetic", "1.1", True, arithmetic, arithmetic.simplify_arithmetic,
+                    "drop x*1, x+0, x-0, x/1 (also x+zeros_like(x), x*ones_like(x), Fill), "
+                    "reshape/transpose chains, no-op casts/pads and similar"),
         _graph_pass("fold-batchnorm", "1.0", False, batchnorm, batchnorm.fold_batchnorm,
                     "fold inference batch norm into Conv2D/DepthwiseConv2dNative/MatMul weights and bias"),
+        _graph_pass("fold-input-affine", "1.0", False, affine, affine.fold_input_affine,
+                    "fold a per-feature scale/shift in front of MatMul/Conv2D (Normalization, "
+                    "input batch norm) into its weights and bias"),
         _graph_pass("remove-dead", "1.0", True, dead, dead.remove_dead,
                     "delete nodes no signature output depends on"),
     ]

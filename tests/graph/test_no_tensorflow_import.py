@@ -8,7 +8,7 @@ import textwrap
 
 MODULES = ["graph.steps", "graph.passes", "sdk.graph_edit", "sdk.graphdef", "sdk.tfgraph", "graph.freeze",
            "graph.optimize", "graph.verify", "graph.identity", "graph.noop", "graph.constfold", "graph.dead",
-           "graph.control_edges", "graph.batchnorm", "graph.arithmetic"]
+           "graph.control_edges", "graph.batchnorm", "graph.arithmetic", "graph.affine"]
 
 
 def test_importing_and_registering_graph_plugins_does_not_import_tensorflow():
@@ -25,4 +25,4 @@ def test_importing_and_registering_graph_plugins_does_not_import_tensorflow():
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "7 2 6 []"
+    assert done.stdout.strip() == "8 2 6 []"

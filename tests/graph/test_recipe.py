@@ -24,6 +24,6 @@ def test_graph_optimize_recipe_builds_and_both_branches_agree(tmp_path, capsys):
     report = json.loads((out / "report" / "report.json").read_text())
     assert "graph_fp32" in json.dumps(report) and "keras_fp32" in json.dumps(report)
     extras = json.loads((tmp_path / "lock.json").read_text())["steps"]["optimized"]["material"]["extras"]
-    assert [name for name, *_ in extras["graph_passes"]][-2:] == ["fold-batchnorm", "remove-dead"]
+    assert [name for name, *_ in extras["graph_passes"]][-3:] == ["fold-batchnorm", "fold-input-affine", "remove-dead"]
     assert cli.main(args) == 0  # a second build is fully cached
     assert "10 cached" in capsys.readouterr().err

@@ -256,7 +256,31 @@ def model_from_config_safely(architecture: Any, where: str, builder_layers: Mapp
         except StepError:
             raise
         except Exception as exc:  # Keras raises ValueError/TypeError/KeyError...
+            unknown = _unknown_layers(architecture)
+            if unknown:
+                raise StepError(
+                    f"{where}: cannot rebuild the model: layer(s) {', '.join(unknown)} are not tf_keras or tfmot "
+                    "layers; custom layer classes load only from artifacts made by a builder "
+                    "(builder = \"file.py:function\" in [model]), which records how to make them"
+                ) from exc
             raise StepError(f"{where}: cannot rebuild the model from its architecture: {exc}") from exc
+
+
+def _unknown_layers(architecture: Any) -> list[str]:
+    """"'scale' (Scale)" for each layer config whose class tf_keras and tfmot
+    do not define (for the error message only)."""
+    from tinybuild_plugins.sdk.keras_builder import PLACEHOLDER
+
+    keras = _tf.keras()
+    known = {*dir(keras.layers), "Functional", "Sequential", "Model", PLACEHOLDER,
+             *_QUANTIZE_CLASSES, *_PRUNE_CLASSES, *_CLUSTER_CLASSES}
+    found = []
+    for node in _walk_configs(architecture):
+        inner = node.get("config")
+        if "class_name" in node and isinstance(inner, Mapping) and "name" in inner and "trainable" in inner:
+            if str(node["class_name"]) not in known:
+                found.append(f"'{inner['name']}' ({node['class_name']})")
+    return found
 
 
 def load_keras_model(artifact_dir: Path) -> Any:

@@ -205,3 +205,15 @@ epochs = 1
         assert second[step][0] != first[step][0] and second[step][1] != first[step][1], step
     stored = (tmp_path / "out" / "edit" / "model" / "builder.py").read_text()
     assert "t - 0.25" in stored
+
+
+def test_distilling_between_two_custom_layer_models_of_one_builder(trained_custom, custom_model, mnist_dataset,
+                                                                     tmp_path):
+    from tinybuild_plugins.keras.distill import DISTILL
+
+    # teacher and student are both rebuilt from the same builder in one process: each gets its own layers
+    art = run_step(DISTILL, [trained_custom, custom_model], FIT, dataset=mnist_dataset, out_dir=tmp_path / "d")
+    student = load_keras_model(art.path)
+    assert layer_types(student)["scale"] == "Scale" and (art.path / "builder.py").read_bytes() == EXAMPLE.read_bytes()
+    before = load_keras_model(custom_model.path).get_layer("scale").factor.numpy()
+    assert not np.array_equal(student.get_layer("scale").factor.numpy(), before)  # the student's Scale trained

@@ -111,6 +111,25 @@ def test_pruning_keeps_the_custom_layers(trained_custom, mnist_dataset, tmp_path
     assert (pruned.path / "builder.py").read_bytes() == EXAMPLE.read_bytes()
 
 
+@pytest.mark.parametrize("step, params", [("cluster", {"clusters": 4}), ("separable", {})])
+def test_clustering_and_the_separable_rewrite_keep_the_custom_layers(trained_custom, mnist_dataset, tmp_path, step,
+                                                                      params):
+    from tinybuild_plugins.keras.cluster import CLUSTER
+    from tinybuild_plugins.keras.separable import SEPARABLE
+
+    art = run_step({"cluster": CLUSTER, "separable": SEPARABLE}[step], [trained_custom], {**params, **FIT},
+                   dataset=mnist_dataset, out_dir=tmp_path / step)
+    model = load_keras_model(art.path)
+    types = layer_types(model)
+    assert types["scale"] == "Scale" and types["center"] == "Lambda"
+    if step == "cluster":
+        assert np.unique(model.get_layer("dense").kernel.numpy()).size <= 4
+    else:
+        assert types["conv2d_depthwise"] == "DepthwiseConv2D" and "conv2d" not in types
+    trained = load_keras_model(trained_custom.path).get_layer("scale").factor.numpy()
+    assert model.get_layer("scale").factor.shape == trained.shape
+
+
 def test_graph_freeze_of_a_custom_layer_model_matches_keras(trained_custom, mnist_dataset, tmp_path):
     from tinybuild_plugins.graph.steps import tinybuild_step_types as graph_types
     from tinybuild_plugins.sdk.graphdef import load_graph

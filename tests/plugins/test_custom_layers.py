@@ -185,30 +185,20 @@ def test_custom_layers_saved_outside_a_builder_fail_to_load_and_the_error_says_w
         load_keras_model(tmp_path)
 
 
-def test_editing_the_builder_reruns_the_model_and_what_follows(tmp_path):
+def test_the_example_recipe_builds_and_editing_the_builder_reruns_the_model_and_what_follows(tmp_path):
+    """recipes/custom_layers.toml itself, on 200 digits and one epoch."""
     from tinybuild.cli import main
 
     (tmp_path / "models").mkdir()
     builder = tmp_path / "models" / "custom_layers.py"
     shutil.copyfile(EXAMPLE, builder)
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(f"""
-[recipe]
-name = "edit"
-[dataset]
-use = "idx"
-images = "{REPO / 'data/mnist/t10k-images-idx3-ubyte.gz'}"
-labels = "{REPO / 'data/mnist/t10k-labels-idx1-ubyte.gz'}"
-limit = 120
-split = {{ train = 0.8, val = 0.1, test = 0.1 }}
-[model]
-use = "keras"
-builder = "models/custom_layers.py:build"
-options = {{ filters = 2 }}
-[steps.train]
-use = "train"
-epochs = 1
-""")
+    text = (REPO / "recipes" / "custom_layers.toml").read_text()
+    for old, new in (("../data/mnist", str(REPO / "data" / "mnist")), ("limit = 2000", "limit = 200"),
+                     ("epochs = 2", "epochs = 1")):
+        assert old in text
+        text = text.replace(old, new)
+    recipe = tmp_path / "custom_layers.toml"
+    recipe.write_text(text)
 
     def build() -> dict:
         lock = tmp_path / "lock.json"
@@ -217,13 +207,15 @@ epochs = 1
         return {step: (e["key"], e["output"]["digest"]) for step, e in json.loads(lock.read_text())["steps"].items()}
 
     first = build()
+    assert set(first) == {"dataset", "model", "train", "int8", "eval_train", "eval_int8", "report"}
+    out = tmp_path / "out" / "custom-layers"
+    assert json.loads((out / "eval_int8" / "metrics.json").read_text())["accuracy"] > 0
     builder.write_text(builder.read_text().replace("t - 0.5", "t - 0.25"))  # what the Lambda computes
     second = build()
     assert second["dataset"] == first["dataset"]
-    for step in ("model", "train"):  # new key, new bytes: the step reran and its output changed
+    for step in ("model", "train", "int8", "eval_int8"):  # new key, new bytes: the step reran, its output changed
         assert second[step][0] != first[step][0] and second[step][1] != first[step][1], step
-    stored = (tmp_path / "out" / "edit" / "model" / "builder.py").read_text()
-    assert "t - 0.25" in stored
+    assert "t - 0.25" in (out / "model" / "builder.py").read_text()
 
 
 def test_distilling_between_two_custom_layer_models_of_one_builder(trained_custom, custom_model, mnist_dataset,

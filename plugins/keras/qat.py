@@ -227,7 +227,8 @@ QAT = StepType(
     toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy"),
     description="Quantization-aware training (tfmot) of the whole model or selected layers.",
     uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder", "tinybuild_plugins.keras.fit",
+    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder",
+                         "tinybuild_plugins.keras.fit",
                          "tinybuild_plugins.keras.tfmot_layers", "tinybuild_plugins.sdk.dataset"),
 )
 

@@ -135,11 +135,9 @@ def save_keras_model(model: Any, out_dir: Path, *, meta: Mapping[str, Any] | Non
     (out_dir / WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
 
     call = keras_builder.builder_of(model)
+    architecture = _architecture(model, builder=call is not None)
     if call is not None:  # custom/Lambda layers from a builder: "call this builder"
         keras_builder.write_builder(call, out_dir)
-        architecture = keras_builder.architecture_with_placeholders(model)
-    else:
-        architecture = _plain_architecture(model)
     (out_dir / ARCHITECTURE_FILE).write_text(_dump_json(architecture), encoding="utf-8")
 
     # Variables are read and written directly: some wrappers (tfmot's
@@ -164,21 +162,24 @@ def save_keras_model(model: Any, out_dir: Path, *, meta: Mapping[str, Any] | Non
     (out_dir / META_FILE).write_text(_dump_json(full_meta), encoding="utf-8")
 
 
-def _plain_architecture(model: Any) -> Any:
+def _architecture(model: Any, *, builder: bool) -> Any:
+    """The model's config, with builder layers as placeholders when ``builder``."""
+    from tinybuild_plugins.sdk import keras_builder
+
+    keras = _tf.keras()
     try:
+        if builder:
+            return keras_builder.architecture_with_placeholders(model)
         return json.loads(model.to_json())
-    except NotImplementedError as exc:  # a custom layer without get_config
-        names = [f"{layer.name} ({type(layer).__name__})" for layer in _unsafe_layers(model)]
+    except NotImplementedError as exc:
+        if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
+            raise StepError(f"cannot save a subclassed {type(model).__name__} model's architecture: build a "
+                            "functional or Sequential model (custom layer classes inside it are fine)") from None
+        names = [f"{layer.name} ({type(layer).__name__})" for layer in keras_builder.code_layers(model)]
         raise StepError(
             f"cannot save the model's architecture: {exc}. Custom layers ({', '.join(names) or '?'}) are "
             "supported in models made by a builder (builder = \"file.py:function\" in [model])"
         ) from None
-
-
-def _unsafe_layers(model: Any) -> list[Any]:
-    from tinybuild_plugins.sdk import keras_builder
-
-    return keras_builder.code_layers(model)
 
 
 def _weight_name(variable: Any) -> str:

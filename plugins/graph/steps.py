@@ -262,7 +262,8 @@ def tinybuild_step_types() -> list[StepType]:
             toolchain=("tensorflow", "tf-keras"),
             description="freeze a Keras model into a GraphDef (variables folded to constants) + signature",
             uses_names=False,
-            fingerprint_modules=(*_FINGERPRINT, "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.graph.freeze"),
+            fingerprint_modules=(*_FINGERPRINT, "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder",
+                                 "tinybuild_plugins.graph.freeze"),
         ),
         StepType(
             name="graph-optimize",

@@ -140,7 +140,8 @@ CLUSTER = StepType(
     toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy"),
     description="Weight clustering (tfmot) with fine-tuning; optionally sparsity-preserving.",
     uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.keras.fit",
+    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder",
+                         "tinybuild_plugins.keras.fit",
                          "tinybuild_plugins.keras.tfmot_layers", "tinybuild_plugins.sdk.dataset"),
 )
 

@@ -178,7 +178,8 @@ DISTILL = StepType(
     toolchain=("tensorflow", "tf-keras", "numpy"),
     description="Knowledge distillation: train the student (2nd input) on the teacher's (1st input) soft labels.",
     uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.keras.fit",
+    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder",
+                         "tinybuild_plugins.keras.fit",
                          "tinybuild_plugins.keras.train", "tinybuild_plugins.sdk.dataset"),
 )
 

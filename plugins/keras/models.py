@@ -7,7 +7,12 @@ Exactly one source per recipe:
   ``build(input_shape, num_classes, **options)``; the file's bytes enter the
   cache key (``StepType.input_files``), so editing it rebuilds the model;
 * ``file = "model.keras"`` / ``"model.h5"`` -- an existing model, loaded in
-  safe mode (no Python lambdas).
+  safe mode (no Python lambdas, no custom layer classes).
+
+A builder's model may use custom layer classes and ``Lambda`` layers: its
+artifact then records "call this builder" (the source, verbatim, and the
+arguments) and later steps rebuild those layers by calling it again, never
+by deserializing code (:mod:`tinybuild_plugins.sdk.keras_builder`).
 
 Input shape and class count come from the dataset artifact; weights are
 initialized from the recipe seed, so the same recipe gives the same bytes.
@@ -15,10 +20,7 @@ initialized from the recipe seed, so the same recipe gives the same bytes.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import re
-import sys
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, get_args
 
@@ -29,7 +31,7 @@ from tinybuild.api import InputFile, Kind, Params, StepContext, StepError, StepT
 from tinybuild_plugins.sdk import tf as _tf
 from tinybuild_plugins.sdk.dataset import load_meta
 
-VERSION = "1.0"
+VERSION = "1.1"  # 1.1: builder models may hold custom and Lambda layers
 Architecture = Literal["basic-cnn", "mlp", "ds-cnn", "squeezenet"]
 BUILT_INS: tuple[str, ...] = get_args(Architecture)
 #: used with ``fullmatch``: ``$`` would accept a trailing newline
@@ -116,9 +118,8 @@ def builder_input_files(params: KerasModelParams) -> Mapping[str, Path]:
 # -- the three sources ---------------------------------------------------------
 
 
-def _import_builder(path: Path, where: str) -> Any:
-    """Execute the user's builder file as a throwaway module (in the child
-    process of :mod:`tinybuild_plugins.keras.builder_process`)."""
+def read_builder_source(path: Path, where: str) -> bytes:
+    """The builder file's bytes, read once: what runs is what is stored."""
     from tinybuild.safeio import check_regular
 
     try:
@@ -127,43 +128,22 @@ def _import_builder(path: Path, where: str) -> Any:
         raise StepError(f"{where}: builder file not found: {path}") from None
     except OSError as exc:
         raise StepError(f"{where}: builder file {path} {exc.strerror}") from None
-    source = path.read_bytes()
-    name = f"tinybuild_builder_{hashlib.sha256(source).hexdigest()[:16]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses & co. look their module up while executing
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        raise StepError(f"{where}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        sys.modules.pop(name, None)
-    return module
+    return path.read_bytes()
 
 
 def from_builder(path: Path, function: str, options: Mapping[str, Any], input_shape: Sequence[int],
                  num_classes: int, where: str) -> Any:
-    module = _import_builder(path, where)
-    fn = getattr(module, function, None)
-    if not callable(fn):
-        defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
-                         and getattr(v, "__module__", None) == module.__name__)
-        raise StepError(
-            f"{where}: {path} defines no function '{function}'"
-            + (f"; it defines: {', '.join(defined)}" if defined else "")
-        )
-    try:
-        model = fn(tuple(input_shape), num_classes, **options)
-    except StepError:
-        raise
-    except Exception as exc:
-        raise StepError(f"{where}: {path.name}:{function}(input_shape={tuple(input_shape)}, num_classes={num_classes}"
-                        f"{''.join(f', {k}={v!r}' for k, v in options.items())}) raised "
-                        f"{type(exc).__name__}: {exc}") from exc
-    if not isinstance(model, _tf.keras().Model):
-        kind = f"{type(model).__module__}.{type(model).__name__}"
-        hint = " (a Keras 3 model? build it with `import tf_keras as keras`)" if "keras" in kind else ""
-        raise StepError(f"{where}: {path.name}:{function} returned {kind}, not a tf_keras Model{hint}")
+    """Call the user's builder (in the child process of
+    :mod:`tinybuild_plugins.keras.builder_process`). The model's custom and
+    Lambda layers are registered with this call, so the artifact records
+    "call this builder" for them (see :mod:`tinybuild_plugins.sdk.keras_builder`)."""
+    from tinybuild_plugins.sdk import keras_builder
+
+    source = read_builder_source(path, where)
+    call = keras_builder.BuilderCall.make(path.name, function, source, input_shape, num_classes, options)
+    module = keras_builder.load_module(source, str(path), where)
+    model = keras_builder.call_builder(module, call, where)
+    keras_builder.register(model, call)
     return model
 
 
@@ -260,8 +240,9 @@ def finish(model: Any, out_dir: Path, where: str, input_shape: Sequence[int], nu
         load_keras_model(out_dir)
     except StepError as exc:
         raise StepError(
-            f"{where}: the model cannot be rebuilt from its saved architecture ({exc}); build it from "
-            "built-in tf_keras layers (custom layer classes are not registered in later steps)"
+            f"{where}: the model cannot be rebuilt from its saved architecture ({exc}); custom and Lambda "
+            "layers are supported in models made by a builder (builder = \"file.py:function\"), not in "
+            "model files"
         ) from None
     facts = model_meta(model)
     return {"params": facts["params"]["total"], "trainable_params": facts["params"]["trainable"],
@@ -309,6 +290,7 @@ KERAS = StepType(
     fingerprint_modules=(
         "tinybuild_plugins.sdk.tf",
         "tinybuild_plugins.sdk.keras_model",
+        "tinybuild_plugins.sdk.keras_builder",
         "tinybuild_plugins.keras.architectures",
         "tinybuild_plugins.sdk.dataset",
         "tinybuild_plugins.keras.fit",

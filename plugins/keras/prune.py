@@ -187,7 +187,8 @@ PRUNE = StepType(
     toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy"),
     description="Magnitude pruning (tfmot) with fine-tuning; outputs a stripped model with exact zeros.",
     uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.keras.fit",
+    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder",
+                         "tinybuild_plugins.keras.fit",
                          "tinybuild_plugins.keras.tfmot_layers", "tinybuild_plugins.sdk.dataset"),
 )
 

@@ -83,6 +83,7 @@ def quantize(model: Any, layers: Sequence[str] | None, where: str, scheme: Any =
     from tinybuild_plugins.keras.tfmot_layers import check_selection, clone_wrapping
 
     qkeras = _tf.tfmot().quantization.keras
+    refuse_builder_layers(model, where)
     check_selection(model, layers, _quantizable, "quantization-aware training", where)
     try:
         if layers is None:
@@ -97,6 +98,26 @@ def quantize(model: Any, layers: Sequence[str] | None, where: str, scheme: Any =
     wrapper = qkeras.QuantizeWrapperV2
     names = [layer.layer.name for layer in quantized.layers if isinstance(layer, wrapper)]
     return quantized, names
+
+
+def refuse_builder_layers(model: Any, where: str) -> None:
+    """QAT of a model with custom or Lambda layers is refused before tfmot
+    sees it: ``quantize_apply`` copies *every* layer through
+    ``get_config``/``from_config`` (even with ``layers`` set), which for a
+    Lambda means unmarshalling its Python bytecode, and its 8-bit scheme
+    has no quantization for a layer class it does not know."""
+    from tinybuild_plugins.sdk import keras_builder
+
+    found = keras_builder.code_layers(model)
+    if found:
+        names = ", ".join(f"'{layer.name}' ({type(layer).__name__})" for layer in found)
+        raise StepError(
+            f"{where}: quantization-aware training cannot handle the custom/Lambda layer(s) {names}: tfmot "
+            "copies every layer of the model through its config, which a Lambda layer survives only by "
+            "unmarshalling Python bytecode and a custom layer class only with get_config and a QuantizeConfig. "
+            'Fix: quantize after training instead (a tflite step with quantize = "int8" on this step\'s input '
+            "handles these layers), or build the model from built-in tf_keras layers"
+        )
 
 
 def kernel_structure(model: Any, names: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -206,7 +227,8 @@ QAT = StepType(
     toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy"),
     description="Quantization-aware training (tfmot) of the whole model or selected layers.",
     uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.keras.fit",
+    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder",
+                         "tinybuild_plugins.keras.fit",
                          "tinybuild_plugins.keras.tfmot_layers", "tinybuild_plugins.sdk.dataset"),
 )
 

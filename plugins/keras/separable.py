@@ -162,12 +162,13 @@ def rewrite(model: Any, layers: Sequence[str] | None, multiplier: int, where: st
         clash = [c["config"]["name"] for c in (dw, pw) if c["config"]["name"] in taken]
         if clash:
             raise StepError(f"{where}: cannot name the new layers of '{name}': {', '.join(clash)} already exists")
+    from tinybuild_plugins.sdk import keras_builder
     from tinybuild_plugins.sdk.keras_model import model_from_config_safely
 
-    import json
-
-    architecture = json.loads(model.to_json())
-    rewritten = model_from_config_safely({**architecture, "config": _rewire(architecture["config"], pairs)}, where)
+    # a builder's custom/Lambda layers stay placeholders, filled with the same live layers
+    architecture = keras_builder.architecture_with_placeholders(model)
+    rewritten = model_from_config_safely({**architecture, "config": _rewire(architecture["config"], pairs)}, where,
+                                         builder_layers=keras_builder.builder_layers(model))
     assignments, errors = [], {}
     for layer in model.layers:
         if layer.name in pairs:
@@ -235,7 +236,7 @@ SEPARABLE = StepType(
     uses_names=False,  # output depends on content only: renames rerun nothing
     fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.keras.fit",
                          "tinybuild_plugins.keras.tfmot_layers", "tinybuild_plugins.sdk.dataset",
-                         "tinybuild_plugins.report.macs"),
+                         "tinybuild_plugins.report.macs", "tinybuild_plugins.sdk.keras_builder"),
 )
 
 

@@ -77,7 +77,8 @@ TRAIN = StepType(
     toolchain=("tensorflow", "tf-keras", "numpy"),
     description="Train a Keras model on the dataset's train split (seeded, deterministic).",
     uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.keras.fit",
+    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder",
+                         "tinybuild_plugins.keras.fit",
                          "tinybuild_plugins.sdk.dataset"),
 )
 

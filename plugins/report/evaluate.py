@@ -355,7 +355,8 @@ def tinybuild_step_types() -> list[StepType]:
             description="Accuracy, per-class scores, size, gzip size, arena estimate and latency "
                         "of a Keras or .tflite model (metrics.json)",
             fingerprint_modules=(
-                "tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.tflite.litert",
+                "tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder",
+                "tinybuild_plugins.tflite.litert",
                 "tinybuild_plugins.tflite.arena", "tinybuild_plugins.sdk.dataset",
                 "tinybuild_plugins.report.classification", "tinybuild_plugins.report.lineage",
                 "tinybuild_plugins.report.macs",

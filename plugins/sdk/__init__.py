@@ -25,6 +25,11 @@ module             names
                    ``save_keras_model(model, out, meta=...)``
                    (byte-deterministic), ``read_model_meta(a)`` (no TF),
                    ``model_meta(model)``
+``sdk.keras_builder`` models made by a user builder (custom and Lambda
+                   layers): ``BuilderCall``, ``register(model, call)``,
+                   ``builder_of(model)``, ``builder_layers(model)``,
+                   ``architecture_with_placeholders(model)`` -- for a
+                   plugin that rewrites a model's config (see separable)
 ``sdk.graphdef``   ``load_graphdef(a) -> (GraphDef, signature)``,
                    ``load_graph(a) -> Graph``, ``save_graphdef(out, gd, sig)``,
                    ``load_signature(a)``; file names ``GRAPH_FILE``,
@@ -59,11 +64,12 @@ import importlib
 from typing import Any
 
 #: version of the SDK's public names (semantic versioning)
-SDK_VERSION = "1.0.0"
+SDK_VERSION = "1.1.0"  # 1.1: sdk.keras_builder
 
 _EXPORTS = {
     "dataset": ("Dataset", "SPLITS", "load_dataset", "load_meta", "save_dataset"),
     "keras_model": ("load_keras_model", "model_meta", "read_model_meta", "save_keras_model"),
+    "keras_builder": ("BuilderCall", "architecture_with_placeholders", "builder_layers", "builder_of", "register"),
     "graphdef": ("GRAPH_FILE", "SIGNATURE_FILE", "load_graph", "load_graphdef", "load_signature", "save_graphdef"),
     "graph_edit": ("Graph", "GraphEditor", "graph_pass", "op_counts", "parse_ref", "repeat_until_stable", "tensor_ref"),
     "tflite": ("MODEL_FILE", "describe", "dequantize", "interpreter", "predict", "quantize", "read_model_bytes",

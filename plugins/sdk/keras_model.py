@@ -11,11 +11,15 @@ byte-deterministic::
     weights/00000.npy one .npy per weight, in model.get_weights() order
     meta.json         input/output shapes, parameter counts, output type
                       ("logits" or "probabilities"), which optimization made it
+    builder.json      only for models with custom or Lambda layers made by a
+    builder.py        builder: "call this builder" (see sdk.keras_builder)
 
 Loading rebuilds the architecture from JSON (never pickle, never bytecode:
 ``Lambda`` layers holding a Python lambda are refused) under the tfmot
 custom-object scopes it needs, so plain models, stripped pruned/clustered
-models and quantization-aware (quantize-wrapped) models all round-trip.
+models and quantization-aware (quantize-wrapped) models all round-trip. In
+an artifact with ``builder.json`` the layers that need code come from
+calling the stored builder again (:mod:`tinybuild_plugins.sdk.keras_builder`).
 
 TensorFlow is imported inside the functions only (through ``_tf``).
 """
@@ -125,10 +129,15 @@ def save_keras_model(model: Any, out_dir: Path, *, meta: Mapping[str, Any] | Non
     ``{"optimization": "pruned", "from": "<input digest>"}``; keep it
     JSON-serializable and free of timestamps or absolute paths.
     """
+    from tinybuild_plugins.sdk import keras_builder
+
     out_dir = Path(out_dir)
     (out_dir / WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
 
-    architecture = json.loads(model.to_json())
+    call = keras_builder.builder_of(model)
+    architecture = _architecture(model, builder=call is not None)
+    if call is not None:  # custom/Lambda layers from a builder: "call this builder"
+        keras_builder.write_builder(call, out_dir)
     (out_dir / ARCHITECTURE_FILE).write_text(_dump_json(architecture), encoding="utf-8")
 
     # Variables are read and written directly: some wrappers (tfmot's
@@ -151,6 +160,26 @@ def save_keras_model(model: Any, out_dir: Path, *, meta: Mapping[str, Any] | Non
 
     full_meta = {"optimization": "none", **model_meta(model), **dict(meta or {})}
     (out_dir / META_FILE).write_text(_dump_json(full_meta), encoding="utf-8")
+
+
+def _architecture(model: Any, *, builder: bool) -> Any:
+    """The model's config, with builder layers as placeholders when ``builder``."""
+    from tinybuild_plugins.sdk import keras_builder
+
+    keras = _tf.keras()
+    try:
+        if builder:
+            return keras_builder.architecture_with_placeholders(model)
+        return json.loads(model.to_json())
+    except NotImplementedError as exc:
+        if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
+            raise StepError(f"cannot save a subclassed {type(model).__name__} model's architecture: build a "
+                            "functional or Sequential model (custom layer classes inside it are fine)") from None
+        names = [f"{layer.name} ({type(layer).__name__})" for layer in keras_builder.code_layers(model)]
+        raise StepError(
+            f"cannot save the model's architecture: {exc}. Custom layers ({', '.join(names) or '?'}) are "
+            "supported in models made by a builder (builder = \"file.py:function\" in [model])"
+        ) from None
 
 
 def _weight_name(variable: Any) -> str:
@@ -201,24 +230,58 @@ def custom_object_scopes(class_names: set[str]) -> list[Any]:
     return scopes
 
 
-def model_from_config_safely(architecture: Any, where: str) -> Any:
-    """Rebuild a model from its JSON config in safe mode, with tfmot scopes."""
+def model_from_config_safely(architecture: Any, where: str, builder_layers: Mapping[str, Any] | None = None) -> Any:
+    """Rebuild a model from its JSON config in safe mode, with tfmot scopes.
+
+    ``builder_layers`` (name -> live layer) fills the config's builder-layer
+    placeholders (see :mod:`tinybuild_plugins.sdk.keras_builder`)."""
     import contextlib
+
+    from tinybuild_plugins.sdk import keras_builder
 
     keras = _tf.keras()
     from tf_keras.src.saving import serialization_lib  # SafeModeScope is not public API
 
     _refuse_unsafe(architecture, where)
+    if builder_layers is None and keras_builder.placeholder_names(architecture):
+        raise StepError(f"{where}: the architecture names builder layers "
+                        f"({', '.join(keras_builder.placeholder_names(architecture))}) but no builder was given")
     with contextlib.ExitStack() as stack:
         for scope in custom_object_scopes(_class_names(architecture)):
             stack.enter_context(scope)
+        if builder_layers is not None:
+            stack.enter_context(keras_builder.placeholder_scope(builder_layers, where))
         stack.enter_context(serialization_lib.SafeModeScope(True))
         try:
             return keras.models.model_from_json(json.dumps(_without_build_configs(architecture)))
         except StepError:
             raise
         except Exception as exc:  # Keras raises ValueError/TypeError/KeyError...
+            unknown = _unknown_layers(architecture)
+            if unknown:
+                raise StepError(
+                    f"{where}: cannot rebuild the model: layer(s) {', '.join(unknown)} are not tf_keras or tfmot "
+                    "layers; custom layer classes load only from artifacts made by a builder "
+                    "(builder = \"file.py:function\" in [model]), which records how to make them"
+                ) from exc
             raise StepError(f"{where}: cannot rebuild the model from its architecture: {exc}") from exc
+
+
+def _unknown_layers(architecture: Any) -> list[str]:
+    """"'scale' (Scale)" for each layer config whose class tf_keras and tfmot
+    do not define (for the error message only)."""
+    from tinybuild_plugins.sdk.keras_builder import PLACEHOLDER
+
+    keras = _tf.keras()
+    known = {*dir(keras.layers), "Functional", "Sequential", "Model", PLACEHOLDER,
+             *_QUANTIZE_CLASSES, *_PRUNE_CLASSES, *_CLUSTER_CLASSES}
+    found = []
+    for node in _walk_configs(architecture):
+        inner = node.get("config")
+        if "class_name" in node and isinstance(inner, Mapping) and "name" in inner and "trainable" in inner:
+            if str(node["class_name"]) not in known:
+                found.append(f"'{inner['name']}' ({node['class_name']})")
+    return found
 
 
 def load_keras_model(artifact_dir: Path) -> Any:
@@ -230,7 +293,12 @@ def load_keras_model(artifact_dir: Path) -> Any:
         manifest = json.loads((artifact_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise StepError(f"{where} is incomplete: {exc.filename} is missing") from None
-    model = model_from_config_safely(architecture, where)
+    from tinybuild_plugins.sdk import keras_builder
+
+    call = keras_builder.read_builder(artifact_dir, where)
+    live = (keras_builder.rebuild_layers(call, artifact_dir / keras_builder.BUILDER_SOURCE, where)
+            if call is not None else None)
+    model = model_from_config_safely(architecture, where, builder_layers=live)
 
     by_layer: dict[str, list[Mapping[str, Any]]] = {}
     for entry in manifest:

@@ -394,7 +394,8 @@ def tinybuild_step_types() -> list[StepType]:
             description="Convert a Keras model or frozen GraphDef to .tflite (float32, float16, "
                         "dynamic, int8, int8-only)",
             fingerprint_modules=(
-                "tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.tflite.litert",
+                "tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder",
+                "tinybuild_plugins.tflite.litert",
                 "tinybuild_plugins.tflite.arena", "tinybuild_plugins.sdk.dataset",
             ),
         )

@@ -77,6 +77,7 @@ def test_child_build_is_byte_identical_to_an_in_process_build(mnist_dataset, bui
     metrics = models.finish(model, out, where, [28, 28, 1], 10, {"builder": "net.py:build", "options": options})
     here = artifact_from_dir("model", child.kind, out, metrics)
     assert child.files == here.files and child.digest == here.digest
+    assert "builder.py" not in child.files  # no custom or Lambda layer: the plain layout, as before
     assert dict(child.metrics) == metrics
 
 

@@ -250,9 +250,11 @@ def _environ() -> dict[str, str]:
 def _print_noop(summary: dict[str, Any], plain: bool) -> None:
     steps = summary["steps"]
     width = max((len(name) for name, _ in steps), default=0)
-    if plain:
-        for i, (name, digest) in enumerate(steps, 1):
-            print(f"[{i}/{len(steps)}] {name:<{width}} cached {digest[:12]}", file=sys.stderr)
+    if plain and len(steps) == 1:
+        print(f"[1/1] {steps[0][0]:<{width}} cached {steps[0][1][:12]}", file=sys.stderr)
+    elif plain and steps:  # one line, as the normal path prints a run of cached steps (-v lists each)
+        print(f"[1-{len(steps)}/{len(steps)}] {len(steps)} steps cached ({steps[0][0]} … {steps[-1][0]}; -v lists each)",
+              file=sys.stderr)
     print(f"ok: 0 built, {len(steps)} cached (nothing changed since the last build)", file=sys.stderr)
     print(f"outputs: {summary.get('out', '')}", file=sys.stderr)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-import numpy as np
+from tinybuild_plugins.sdk.lazy import lazy_module
 from pydantic import Field, field_validator, model_validator
 
 from tinybuild.api import InputFile, Kind, Params, StepContext, StepError, StepType, hookimpl
@@ -29,6 +29,8 @@ from tinybuild_plugins.sdk.dataset import MAX_CLASSES, SPLITS, save_dataset
 from tinybuild_plugins.data import splits as _splits
 from tinybuild_plugins.data.idx import read_idx
 from tinybuild_plugins.data.npz import load_npz_arrays
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 VERSION = "1.0"
 Scale = Literal["none", "unit", "standardize"]

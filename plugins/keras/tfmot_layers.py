@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-import numpy as np
+from tinybuild_plugins.sdk.lazy import lazy_module
 
 from tinybuild.api import StepError
 
 from tinybuild_plugins.sdk import tf as _tf
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 
 def layer_names(model: Any) -> list[str]:

@@ -1,5 +1,7 @@
 """Planning and cached builds must never import TensorFlow (it costs ~4 s), nor
-the report's matplotlib and jinja2.
+the report's matplotlib and jinja2, nor NumPy (plugin modules name it at their
+top through a lazy stand-in, ``tinybuild_plugins.sdk.lazy``); a cached build
+and ``plan`` do not import networkx either (the run order comes from graphlib).
 
 Runs in a fresh interpreter with every installed plugin enabled, built-ins
 included, so a plugin that imports TensorFlow at module top fails here.
@@ -15,7 +17,10 @@ import sys
 
 from toyenv import HERE, TOY_RECIPE
 
-HEAVY = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "ai_edge_litert", "matplotlib", "jinja2")
+HEAVY = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "ai_edge_litert", "matplotlib", "jinja2",
+         "numpy", "scipy")
+#: only walking the DAG needs networkx (``graph``, ``--only``, a failure's downstream)
+GRAPH = ("networkx",)
 
 SCRIPT = """
 import json, sys
@@ -23,11 +28,13 @@ from tinybuild.cli import main
 recipe, cache, mode = sys.argv[1:4]
 if mode == "cached":
     codes = [main(["build", recipe, "--plain", "--cache-dir", cache]), main(["plan", recipe, "--cache-dir", cache])]
+    heavy = HEAVY + GRAPH
 else:
     codes = [main(["plugins"]), main(["schema"]), main(["graph", recipe, "--cache-dir", cache])]
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
-print(json.dumps({"codes": codes, "heavy": heavy}), file=sys.stderr)
-""".replace("HEAVY", repr(HEAVY))
+    heavy = HEAVY
+loaded = sorted({m.split(".")[0] for m in sys.modules} & set(heavy))
+print(json.dumps({"codes": codes, "heavy": loaded}), file=sys.stderr)
+""".replace("HEAVY", repr(HEAVY)).replace("GRAPH", repr(GRAPH))
 
 
 def run_cli(tmp_path, mode: str, fast: bool) -> dict:

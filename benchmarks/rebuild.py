@@ -18,7 +18,12 @@ hits every column alike):
 
 With ``--example`` the example recipe (recipes/mnist_cnn.toml, all built-in
 plugins) is built once (this trains the model: minutes) and its no-op and
-``plan`` are timed too. Prints medians and exits 0.
+``plan`` are timed too. ``--pythonpath DIR`` puts DIR first on every
+command's import path: time another checkout (e.g. ``git archive`` of the
+commit before a change) with the same interpreter, for a before/after table.
+Python writes bytecode caches as users' installs do (PYTHONDONTWRITEBYTECODE
+is dropped: without them every run recompiles the sources, ~0.3 s).
+Prints medians and exits 0.
 """
 
 from __future__ import annotations
@@ -63,13 +68,14 @@ def built_seconds(stderr: str) -> float:
     return sum(float(s) for s in found)
 
 
-def bench_toy(steps: int, runs: int, tinybuild: list[str], base_env: dict[str, str], work: Path) -> dict[str, list[float]]:
+def bench_toy(steps: int, runs: int, tinybuild: list[str], base_env: dict[str, str], work: Path,
+              pythonpath: str = "") -> dict[str, list[float]]:
     folder = work / f"toy{steps}"
     folder.mkdir()
     (folder / "numbers.txt").write_text("1 2 3\n")
     recipe = folder / "recipe.toml"
     recipe.write_text(toy_recipe(steps))
-    env = {**base_env, "TINYBUILD_PLUGINS": "toy=toy_quiet", "PYTHONPATH": str(TOY),
+    env = {**base_env, "TINYBUILD_PLUGINS": "toy=toy_quiet", "PYTHONPATH": os.pathsep.join(filter(None, [pythonpath, str(TOY)])),
            "TINYBUILD_DISABLE_PLUGINS": ",".join(builtin_plugins())}
     slow_env = {**env, "TINYBUILD_NO_FASTPATH": "1"}
     build = [*tinybuild, "build", str(recipe), "--plain"]
@@ -124,22 +130,26 @@ def main() -> int:
     parser.add_argument("--steps", default="10,1000,5000", help="comma-separated toy recipe sizes")
     parser.add_argument("--runs", type=int, default=5, help="rounds per size (medians reported)")
     parser.add_argument("--example", action="store_true", help="also time the example recipe (builds it: minutes)")
+    parser.add_argument("--pythonpath", default="", metavar="DIR", help="import tinybuild from DIR (another checkout)")
     args = parser.parse_args()
 
     script = Path(sys.executable).with_name("tinybuild")
     tinybuild = [str(script)] if script.exists() else [sys.executable, "-m", "tinybuild"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBUILD_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBUILD_") and k != "PYTHONDONTWRITEBYTECODE"}
+    if args.pythonpath:
+        env["PYTHONPATH"] = args.pythonpath
     work = Path(tempfile.mkdtemp(prefix="tinybuild-rebuild-"))
     rows: list[tuple[str, dict[str, list[float]]]] = []
     try:
         for n in (int(s) for s in args.steps.split(",") if s):
-            rows.append((f"toy {n} steps", bench_toy(n, args.runs, tinybuild, env, work)))
+            rows.append((f"toy {n} steps", bench_toy(n, args.runs, tinybuild, env, work, args.pythonpath)))
         if args.example:
             rows.append(("mnist_cnn.toml", bench_example(args.runs, tinybuild, env, work)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"runs: {args.runs} (interleaved; medians in seconds)   cores: {os.cpu_count()}   command: {' '.join(tinybuild)}")
+    print(f"runs: {args.runs} (interleaved; medians in seconds)   cores: {os.cpu_count()}   command: {' '.join(tinybuild)}"
+          + (f"   tinybuild from: {args.pythonpath}" if args.pythonpath else ""))
     columns = ["python -c pass", "no-op fast", "no-op normal", "plan", "one leaf changed", "  of which the step"]
     print(f"{'recipe':<16}" + "".join(f"{c.strip():>20}" for c in columns) + f"{'fast / python':>15}")
     for label, values in rows:

@@ -212,7 +212,7 @@ def module_names(folder: str) -> list[str]:
 Observation = tuple[list[int], str, int]
 
 
-def observe(path: Path, digest: str | None = None) -> Observation:
+def observe(path: Path | str, digest: str | None = None) -> Observation:
     """Signature and digest of a file as it is now (for the build's products)."""
     st = os.stat(path)
     if digest is None:
@@ -290,10 +290,14 @@ def record_build(project: Any, result: Any, stamp: Path, reporter_name: str) -> 
                 return False
             seen[str(path)] = observed
         entry = lock[name]
-        seen[str(cache.action_path(entry["key"]))] = observe(cache.action_path(entry["key"]))
+        action = str(cache.action_path(entry["key"]))  # each path built once: thousands of steps, three files each
+        seen[action] = observe(action)
+        out_dir = str(project.step_out_dir(name))
         for rel, digest in entry["output"]["files"].items():
-            seen[str(cache.object_path(digest))] = observe(cache.object_path(digest), digest)
-            seen[str(project.step_out_dir(name) / rel)] = observe(project.step_out_dir(name) / rel, digest)
+            stored = str(cache.object_path(digest))
+            seen[stored] = observe(stored, digest)
+            product = os.path.join(out_dir, rel)  # rel is a normalized relative path (list_files)
+            seen[product] = observe(product, digest)
     for source in source_files(project.steps.values(), project.registry):
         seen[source] = SOURCE_READS.get(source) or observe(Path(source))
     for source in _core_sources():

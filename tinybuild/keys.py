@@ -254,7 +254,7 @@ class KeyMemo:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[Any, ...], tuple[dict[str, Any], str, tuple[tuple[Path, str], ...]]] = {}
+        self._entries: dict[tuple[Any, ...], tuple[dict[str, Any], str, tuple[tuple[Path, str], ...] | None]] = {}
         self.computed = 0  # how many materials were computed (not looked up): tests count it
 
     def lookup(self, ident: tuple[Any, ...], digest: Digester) -> tuple[dict[str, Any], str] | None:
@@ -262,6 +262,8 @@ class KeyMemo:
         if hit is None:
             return None
         material, key, files = hit
+        if files is None:
+            return None
         try:
             if all(digest(path) == seen for path, seen in files):
                 return material, key
@@ -269,7 +271,9 @@ class KeyMemo:
             pass  # gone or unreadable now: recomputing says so properly
         return None
 
-    def store(self, ident: tuple[Any, ...], material: dict[str, Any], files: tuple[tuple[Path, str], ...]) -> str:
+    def store(self, ident: tuple[Any, ...], material: dict[str, Any], files: tuple[tuple[Path, str], ...] | None) -> str:
+        """Remember ``material`` (and return its key); ``files``: (path, digest) of
+        each file the step reads, as the material used them (None: never reuse)."""
         key = step_key(material)
         self._entries[ident] = (material, key, files)
         self.computed += 1

@@ -73,11 +73,11 @@ def keyed_material(project: Project, step: ResolvedStep, digests: Mapping[str, s
     hit = project.keys.lookup(ident, digest)
     if hit is not None:
         return hit
-    material = _compute_material(project, step, digests, stable)
-    try:
-        files = tuple((path, digest(path)) for path in step_input_paths(step))
+    try:  # digested before the material: an edit in between makes the entry stale, never wrong
+        files: tuple[tuple[Path, str], ...] | None = tuple((path, digest(path)) for path in step_input_paths(step))
     except OSError:
-        files = ((Path(step.name), "unreadable"),)  # never reused: recomputed (and reported) next time
+        files = None  # unreadable: the material below reports it; never reused
+    material = _compute_material(project, step, digests, stable)
     return material, project.keys.store(ident, material, files)
 
 

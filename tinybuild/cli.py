@@ -232,8 +232,7 @@ REPORTER = "tinybuild.console"
 
 def _is_regular_file(path: Path) -> bool:
     """Whether the no-op fast path may read ``path`` (a FIFO would hang it)."""
-    from .recipe import MAX_RECIPE_BYTES
-    from .safeio import check_regular
+    from .safeio import MAX_RECIPE_BYTES, check_regular  # not from .recipe: that imports pydantic
 
     try:
         return check_regular(path).st_size <= MAX_RECIPE_BYTES

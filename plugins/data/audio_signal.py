@@ -19,9 +19,9 @@ import os
 import stat
 from pathlib import Path
 
-from tinybuild_plugins.sdk.lazy import lazy_module
-
 from tinybuild.api import StepError
+
+from tinybuild_plugins.sdk.lazy import lazy_module
 
 np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 

@@ -21,11 +21,10 @@ import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
-from tinybuild_plugins.sdk.lazy import lazy_module
-
 from tinybuild.api import StepError, open_input_file
 
 from tinybuild_plugins.sdk import dataset as _dataset
+from tinybuild_plugins.sdk.lazy import lazy_module
 
 np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 

@@ -31,9 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tinybuild_plugins.sdk.lazy import lazy_module
-
 from tinybuild_plugins.sdk.graph_edit import GraphEditor, control_ref, graph_pass, parse_ref, repeat_until_stable
+from tinybuild_plugins.sdk.lazy import lazy_module
 
 np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 

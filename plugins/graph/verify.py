@@ -13,11 +13,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from tinybuild_plugins.sdk.lazy import lazy_module
-
 from tinybuild.api import Artifact, StepError
 
 from tinybuild_plugins.sdk.graph_edit import Graph
+from tinybuild_plugins.sdk.lazy import lazy_module
 
 np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 

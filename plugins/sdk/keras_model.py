@@ -26,11 +26,10 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from tinybuild_plugins.sdk.lazy import lazy_module
-
 from tinybuild.api import StepError
 
 from tinybuild_plugins.sdk import tf as _tf
+from tinybuild_plugins.sdk.lazy import lazy_module
 
 np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 

@@ -18,11 +18,10 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
-from tinybuild_plugins.sdk.lazy import lazy_module
-
 from tinybuild.api import StepError
 
 from tinybuild_plugins.tflite import arena as _arena
+from tinybuild_plugins.sdk.lazy import lazy_module
 
 np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 

@@ -57,3 +57,18 @@ def test_cached_build_plan_and_listings_import_no_tensorflow(tmp_path):
         result = run_cli(tmp_path, "cached", fast=fast)
         assert result == {"codes": [0, 0], "heavy": []}
     assert run_cli(tmp_path, "listings", fast=False) == {"codes": [0, 0, 0], "heavy": []}
+
+
+def test_every_plugin_module_imports_without_numpy():
+    """Not only the registration modules: every module under plugins/ names
+    NumPy lazily, so whatever a registration module comes to import stays free."""
+    script = (
+        "import importlib, json, pkgutil, sys, tinybuild_plugins\n"
+        "names = [m.name for m in pkgutil.walk_packages(tinybuild_plugins.__path__, 'tinybuild_plugins.')]\n"
+        "for name in names: importlib.import_module(name)\n"
+        f"print(json.dumps([len(names), sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    count, heavy = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert count > 40 and heavy == []

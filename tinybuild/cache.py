@@ -238,6 +238,11 @@ class Cache:
         self.actions = self.root / "actions"
         self.tmp = self.root / "tmp"
         self._memo: StatMemo | None = None
+        #: entries this process already read and found whole: a build looks each
+        #: key up twice (plan, then executor), and parsing it again is a fifth of
+        #: a no-op build at thousands of steps. Entries are immutable once
+        #: written; a quarantine forgets them all.
+        self._read: dict[str, ActionEntry] = {}
 
     @property
     def memo(self) -> StatMemo:
@@ -349,6 +354,7 @@ class Cache:
         """Move a damaged object or entry (file, folder or link: never followed)
         out of the store into ``quarantine/``; False when it cannot be moved
         (read-only cache), in which case it is merely never served."""
+        self._read.clear()
         try:
             folder = self.root / "quarantine"
             folder.mkdir(parents=True, exist_ok=True)
@@ -415,11 +421,12 @@ class Cache:
         under each of its objects' names. What is stored there is checked when
         it is copied out (:meth:`materialize`): a damaged object is then
         quarantined with a warning, rather than silently treated as missing."""
-        entry = self.read_action(key)
+        entry = self._read.get(key) or self.read_action(key)
         if entry is None or (kind is not None and entry.kind != kind):
             return None
         if not all(self._occupied(d) for d in entry.files.values()):
             return None
+        self._read[key] = entry
         return entry
 
     def _occupied(self, digest: str) -> bool:

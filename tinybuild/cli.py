@@ -232,8 +232,7 @@ REPORTER = "tinybuild.console"
 
 def _is_regular_file(path: Path) -> bool:
     """Whether the no-op fast path may read ``path`` (a FIFO would hang it)."""
-    from .recipe import MAX_RECIPE_BYTES
-    from .safeio import check_regular
+    from .safeio import MAX_RECIPE_BYTES, check_regular  # not from .recipe: that imports pydantic
 
     try:
         return check_regular(path).st_size <= MAX_RECIPE_BYTES
@@ -250,9 +249,11 @@ def _environ() -> dict[str, str]:
 def _print_noop(summary: dict[str, Any], plain: bool) -> None:
     steps = summary["steps"]
     width = max((len(name) for name, _ in steps), default=0)
-    if plain:
-        for i, (name, digest) in enumerate(steps, 1):
-            print(f"[{i}/{len(steps)}] {name:<{width}} cached {digest[:12]}", file=sys.stderr)
+    if plain and len(steps) == 1:
+        print(f"[1/1] {steps[0][0]:<{width}} cached {steps[0][1][:12]}", file=sys.stderr)
+    elif plain and steps:  # one line, as the normal path prints a run of cached steps (-v lists each)
+        print(f"[1-{len(steps)}/{len(steps)}] {len(steps)} steps cached ({steps[0][0]} … {steps[-1][0]}; -v lists each)",
+              file=sys.stderr)
     print(f"ok: 0 built, {len(steps)} cached (nothing changed since the last build)", file=sys.stderr)
     print(f"outputs: {summary.get('out', '')}", file=sys.stderr)
 

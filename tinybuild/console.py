@@ -52,17 +52,35 @@ class ConsoleReporter:
         self._progress: Any = None
         self._task: Any = None
         self._last_plain = 0.0
+        self._cached_run: list[tuple[int, str, str]] = []  # (index, step, digest) not printed yet
 
     # -- helpers ---------------------------------------------------------------
 
     def _line(self, text: str) -> None:
+        if self._cached_run:
+            self._flush_cached()
+        self._print(text)
+
+    def _print(self, text: str) -> None:
         if self._progress is not None:
             self._progress.console.print(text)
         else:
             self.console.print(text)
 
-    def _head(self, step: str) -> str:
-        return _e(f"[{self._index}/{self._total}] {step:<{self._width}}")
+    def _flush_cached(self) -> None:
+        """One line for a run of consecutive local cache hits: a line per
+        cached step was a fifth of a 5,000-step rebuild, and says nothing
+        the summary does not (``-v`` lists each)."""
+        run, self._cached_run = self._cached_run, []
+        if len(run) == 1:
+            index, step, digest = run[0]
+            self._print(f"{self._head(step, index)} [dim]cached[/dim] {digest[:12]}")
+        else:
+            self._print(f"[{run[0][0]}-{run[-1][0]}/{self._total}] [dim]{len(run)} steps cached[/dim] "
+                        f"({_e(run[0][1])} … {_e(run[-1][1])}; -v lists each)")
+
+    def _head(self, step: str, index: int | None = None) -> str:
+        return _e(f"[{self._index if index is None else index}/{self._total}] {step:<{self._width}}")
 
     def _pad(self, step: str) -> int:
         return len(f"[{self._index}/{self._total}] {step:<{self._width}}")
@@ -80,6 +98,7 @@ class ConsoleReporter:
         self._total = len(steps)
         self._index = 0
         self._width = max((len(s) for s in steps), default=10)
+        self._cached_run = []
 
     @hookimpl
     def tinybuild_step_cached(self, step: str, step_type: str, digest: str, source: str,
@@ -88,8 +107,10 @@ class ConsoleReporter:
         if source == "remote":  # always shown: a pull is news, a local hit is not
             detail = f" ({_bytes(transfer['bytes'])} in {_brief(transfer['seconds'])})" if self.verbose and transfer else ""
             self._line(f"{self._head(step)} [cyan]pulled[/cyan] {digest[:12]}{detail}")
-        elif self.verbose or not self.live:
+        elif self.verbose:
             self._line(f"{self._head(step)} [dim]cached[/dim] {digest[:12]}")
+        else:
+            self._cached_run.append((self._index, step, digest))
 
     @hookimpl
     def tinybuild_step_started(self, step: str, step_type: str, reasons: Sequence[str]) -> None:

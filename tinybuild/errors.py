@@ -7,9 +7,7 @@ else raises.
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 
 class TinybuildError(Exception):
@@ -32,9 +30,11 @@ class CacheError(TinybuildError):
     exit_code = 1
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a recipe, located by a dotted key path."""
+class Problem(NamedTuple):
+    """One thing wrong with a recipe, located by a dotted key path.
+
+    A NamedTuple, not a dataclass: the CLI imports this module on the no-op
+    fast path, and ``dataclasses`` pulls in ``inspect`` and ``ast``."""
 
     key: str
     message: str
@@ -68,5 +68,7 @@ class RecipeError(TinybuildError):
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' — did you mean 'x'?' when a close match exists, else ''."""
+    import difflib
+
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean '{match[0]}'?" if match else ""

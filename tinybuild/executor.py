@@ -24,9 +24,9 @@ from .capture import output_to, tail
 from .context import RunContext
 from .graph import downstream
 from .hashing import artifact_digest, canonical_json, list_files
-from .keys import step_input_paths, step_key
+from .keys import step_input_paths
 from .lockfile import lock_entry, read_lock, write_lock
-from .plan import make_plan, material_for, run_reasons
+from .plan import keyed_material, make_plan, run_reasons
 from .plugins import Hooks
 from .project import Project
 from .resolve import ResolvedStep
@@ -141,8 +141,7 @@ class Executor:
     def _step(self, step: ResolvedStep, result: BuildResult, lock: Mapping[str, Any], forced: bool) -> tuple[Artifact, dict[str, Any] | None]:
         artifacts = result.artifacts
         digests = {d: artifacts[d].digest for d in step.dependencies}
-        material = material_for(self.project, step, digests, {d: artifacts[d].metrics for d in step.dependencies})
-        key = step_key(material)
+        material, key = keyed_material(self.project, step, digests, {d: artifacts[d].metrics for d in step.dependencies})
         entry = None if forced else self.cache.get_action(key, step.step_type.produces)
         source = "local"
         if entry is None and not forced and self.project.remote is not None:

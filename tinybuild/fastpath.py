@@ -5,7 +5,9 @@ rich and every plugin just to conclude that every key is unchanged. After a
 successful full build, this module records a *stamp*: the stat signature of
 every file the keys were computed from (recipe, lock file, data files,
 plugin and core sources, cached objects, materialized outputs), the mtimes of
-the ``sys.path`` folders (a ``pip install`` changes them), and the values of
+the ``sys.path`` folders (a ``pip install`` changes them; the current folder,
+which ``python -m`` and ``python -c`` put on the path, is stamped by the
+module names it holds instead, see :func:`module_names`), and the values of
 the environment variables the recipe interpolates. The next ``build`` with
 the same arguments checks those with ``stat`` alone; any difference, or any
 doubt, falls back to the normal path, which is always correct on its own.
@@ -32,7 +34,7 @@ from typing import Any, Iterable, Mapping
 
 from .hashing import stat_signature
 
-FORMAT = 3
+FORMAT = 4
 ENV_DISABLE = "TINYBUILD_NO_FASTPATH"
 RACY_NS = 50_000_000
 STAMP_LIMIT = 64 << 20
@@ -136,7 +138,10 @@ def _check(data: Any, recipe_text: str, environ: Mapping[str, str]) -> dict[str,
         return None
     for folder, mtime in data["folders"]:
         try:
-            if os.stat(folder or ".").st_mtime_ns != mtime:  # "" (python -c) is the current folder, as recorded
+            if mtime is None:  # the current folder: only what could be imported from it counts
+                if data["modules"].get(folder) != module_names(folder):
+                    return None
+            elif os.stat(folder or ".").st_mtime_ns != mtime:  # "" (python -c) is the current folder, as recorded
                 return None
         except OSError:
             return None
@@ -172,12 +177,42 @@ def invalidate(stamp: Path) -> None:
         pass
 
 
+def _is_cwd(folder: str) -> bool:
+    try:
+        return os.path.samefile(folder or ".", ".")
+    except OSError:
+        return False
+
+
+def module_names(folder: str) -> list[str]:
+    """What in ``folder`` an import could find: files with an importable
+    suffix (``.py``, ``.pyc``, extension modules) and folders holding an
+    ``__init__`` (a plain folder is at most a namespace portion, which never
+    shadows a module found later on the path).
+
+    Why: ``python -m tinybuild`` and ``python -c`` put the current folder on
+    ``sys.path``. Its mtime changes whenever any file is created there (a log,
+    an editor's backup, the build folder), which cost the fast path for no
+    reason; only a new module there can change what a build imports."""
+    from importlib.machinery import all_suffixes
+
+    suffixes = tuple(all_suffixes())
+    names = []
+    with os.scandir(folder or ".") as entries:
+        for entry in entries:
+            if entry.name.endswith(suffixes):
+                names.append(entry.name)
+            elif entry.is_dir() and any(os.path.exists(os.path.join(entry.path, "__init__" + s)) for s in suffixes):
+                names.append(entry.name + "/")
+    return sorted(names)
+
+
 # -- recording ----------------------------------------------------------------
 
 Observation = tuple[list[int], str, int]
 
 
-def observe(path: Path, digest: str | None = None) -> Observation:
+def observe(path: Path | str, digest: str | None = None) -> Observation:
     """Signature and digest of a file as it is now (for the build's products)."""
     st = os.stat(path)
     if digest is None:
@@ -197,14 +232,19 @@ def record(stamp: Path, *, recipe_text: str, observations: Mapping[str, Observat
 
     env = os.environ if environ is None else environ
     entries = [[path, list(sig), digest, seen] for path, (sig, digest, seen) in sorted(observations.items())]
-    folders = []
+    folders: list[list[Any]] = []
+    modules: dict[str, list[str]] = {}
     for folder in sys.path:
         try:
-            folders.append([folder, os.stat(folder or ".").st_mtime_ns])
+            if _is_cwd(folder):
+                modules[folder] = module_names(folder)
+                folders.append([folder, None])
+            else:
+                folders.append([folder, os.stat(folder or ".").st_mtime_ns])
         except OSError:
             continue
     atomic_write_json(stamp, {"format": FORMAT, "env": env_refs(recipe_text, env), "folders": folders,
-                              "files": entries, "summary": dict(summary)}, root=root)
+                              "modules": modules, "files": entries, "summary": dict(summary)}, root=root)
 
 
 LIFECYCLE_HOOKS = (
@@ -250,10 +290,14 @@ def record_build(project: Any, result: Any, stamp: Path, reporter_name: str) -> 
                 return False
             seen[str(path)] = observed
         entry = lock[name]
-        seen[str(cache.action_path(entry["key"]))] = observe(cache.action_path(entry["key"]))
+        action = str(cache.action_path(entry["key"]))  # each path built once: thousands of steps, three files each
+        seen[action] = observe(action)
+        out_dir = str(project.step_out_dir(name))
         for rel, digest in entry["output"]["files"].items():
-            seen[str(cache.object_path(digest))] = observe(cache.object_path(digest), digest)
-            seen[str(project.step_out_dir(name) / rel)] = observe(project.step_out_dir(name) / rel, digest)
+            stored = str(cache.object_path(digest))
+            seen[stored] = observe(stored, digest)
+            product = os.path.join(out_dir, rel)  # rel is a normalized relative path (list_files)
+            seen[product] = observe(product, digest)
     for source in source_files(project.steps.values(), project.registry):
         seen[source] = SOURCE_READS.get(source) or observe(Path(source))
     for source in _core_sources():

@@ -4,19 +4,54 @@ Nodes are step names (attribute ``step``: the :class:`ResolvedStep`); an edge
 ``a → b`` means b reads a's artifact. Checks run here, before anything
 executes: cycles (naming the steps in them) and artifact kinds (a ``.tflite``
 wired into ``prune`` is an error at plan time, not after an hour of training).
+
+A build or ``plan`` only needs the checks and the run order: :func:`checked_order`
+gives both with the standard library's ``graphlib``, so the common path
+does not pay networkx's import (~0.1 s); the networkx DAG is built when
+something walks it (``--only``, a failure's downstream, ``graph``).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
-
-import networkx as nx
+import graphlib
+import heapq
+from typing import TYPE_CHECKING, Iterable
 
 from .errors import Problem, RecipeError
 from .resolve import ResolvedStep
 
+if TYPE_CHECKING:
+    import networkx as nx
+
+
+def checked_order(steps: dict[str, ResolvedStep], file: str) -> list[str]:
+    """The run order (topological, ties broken by recipe order, as
+    :func:`run_order`) after the plan-time checks of :func:`build_dag`."""
+    position = {name: i for i, name in enumerate(steps)}
+    sorter = graphlib.TopologicalSorter({name: step.dependencies for name, step in steps.items()})
+    try:
+        sorter.prepare()
+    except graphlib.CycleError:
+        build_dag(steps, file)  # names the cycle exactly as it always has (and raises)
+        raise
+    problems = _kind_problems(steps)
+    if problems:
+        raise RecipeError(file, problems)
+    ready = [(position.get(n, len(position)), n) for n in sorter.get_ready()]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, name = heapq.heappop(ready)
+        order.append(name)
+        sorter.done(name)
+        for n in sorter.get_ready():
+            heapq.heappush(ready, (position.get(n, len(position)), n))
+    return order
+
 
 def build_dag(steps: dict[str, ResolvedStep], file: str) -> nx.DiGraph:
+    import networkx as nx
+
     dag = nx.DiGraph()
     for name, step in steps.items():
         dag.add_node(name, step=step)
@@ -32,6 +67,8 @@ def build_dag(steps: dict[str, ResolvedStep], file: str) -> nx.DiGraph:
 
 
 def _cycle_problems(dag: nx.DiGraph, steps: dict[str, ResolvedStep]) -> list[Problem]:
+    import networkx as nx
+
     try:
         cycle = nx.find_cycle(dag)
     except nx.NetworkXNoCycle:
@@ -65,11 +102,15 @@ def _kind_problems(steps: dict[str, ResolvedStep]) -> list[Problem]:
 
 def run_order(dag: nx.DiGraph) -> list[str]:
     """Deterministic topological order: ties broken by recipe order."""
+    import networkx as nx
+
     position = {name: i for i, name in enumerate(dag.nodes)}
     return list(nx.lexicographical_topological_sort(dag, key=lambda n: position[n]))
 
 
 def with_upstream(dag: nx.DiGraph, names: Iterable[str]) -> set[str]:
+    import networkx as nx
+
     selected: set[str] = set()
     for name in names:
         selected.add(name)
@@ -78,6 +119,8 @@ def with_upstream(dag: nx.DiGraph, names: Iterable[str]) -> set[str]:
 
 
 def downstream(dag: nx.DiGraph, name: str) -> set[str]:
+    import networkx as nx
+
     return set(nx.descendants(dag, name))
 
 

@@ -39,7 +39,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from pydantic import BaseModel
+if typing.TYPE_CHECKING:
+    from pydantic import BaseModel
 
 from .api import INPUT_FILE, GraphPass, Params
 from .hashing import bytes_digest, json_digest, stat_signature
@@ -64,15 +65,17 @@ def _is_input_file(annotation: Any) -> bool:
     return any(_is_input_file(a) for a in typing.get_args(annotation))
 
 
+@lru_cache(maxsize=None)
+def _input_file_names(cls: type) -> tuple[str, ...]:
+    """The ``InputFile`` fields of a params class (annotations never change
+    once a class exists, so this is looked up once per class, not per step)."""
+    return tuple(name for name, info in cls.model_fields.items()
+                 if (info.metadata and INPUT_FILE in info.metadata) or _is_input_file(info.annotation))
+
+
 def input_file_fields(params: BaseModel) -> dict[str, Any]:
     """``{field: value}`` for every field typed (optionally, or as a list) ``InputFile``."""
-    cls = type(params)
-    out = {}
-    for name, info in cls.model_fields.items():
-        annotated = info.metadata and INPUT_FILE in info.metadata
-        if annotated or _is_input_file(info.annotation):
-            out[name] = getattr(params, name)
-    return out
+    return {name: getattr(params, name) for name in _input_file_names(type(params))}
 
 
 def step_input_paths(step: ResolvedStep) -> list[Path]:
@@ -236,3 +239,42 @@ def stable_metrics(metrics: Mapping[str, Any], volatile: tuple[str, ...]) -> dic
 
 def step_key(material: Mapping[str, Any]) -> str:
     return json_digest(dict(material))
+
+
+class KeyMemo:
+    """Each step's key material and key, computed once per build.
+
+    A build keys every step twice: the plan (its plan-time checks) and then
+    the executor as it reaches the step. Both see the same dependency digests
+    for a cached step, so the second time is a lookup here. An entry is keyed
+    by the step and its dependencies' digests (and input metrics, for step
+    types keyed on them); it also remembers the digests of the files the step
+    reads and is only reused while those still match, so a data file edited
+    while earlier steps ran is keyed by its new content, as before.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[Any, ...], tuple[dict[str, Any], str, tuple[tuple[Path, str], ...] | None]] = {}
+        self.computed = 0  # how many materials were computed (not looked up): tests count it
+
+    def lookup(self, ident: tuple[Any, ...], digest: Digester) -> tuple[dict[str, Any], str] | None:
+        hit = self._entries.get(ident)
+        if hit is None:
+            return None
+        material, key, files = hit
+        if files is None:
+            return None
+        try:
+            if all(digest(path) == seen for path, seen in files):
+                return material, key
+        except OSError:
+            pass  # gone or unreadable now: recomputing says so properly
+        return None
+
+    def store(self, ident: tuple[Any, ...], material: dict[str, Any], files: tuple[tuple[Path, str], ...] | None) -> str:
+        """Remember ``material`` (and return its key); ``files``: (path, digest) of
+        each file the step reads, as the material used them (None: never reuse)."""
+        key = step_key(material)
+        self._entries[ident] = (material, key, files)
+        self.computed += 1
+        return key

@@ -1,7 +1,7 @@
 """The lock file beside a recipe: what each step was last built from, and into.
 
 ``mnist_cnn.toml`` → ``mnist_cnn.lock.json``. It is deterministic JSON (sorted
-keys, no timestamps) so it can be committed and diffed; ``plan`` compares the
+keys, no timestamps, one line per step) so it can be committed and diffed; ``plan`` compares the
 current key material against it to explain why a step reruns, and ``gc``
 keeps every object a known lock file references.
 """
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_write_json
+from .cache import atomic_write_bytes
 
 FORMAT = 1
 #: A lock file holds one entry per step: far below this even for big recipes.
@@ -43,8 +43,22 @@ def lock_entry(key: str, material: dict[str, Any], input_names: list[str], kind:
             "output": {"kind": kind, "digest": digest, "files": files}}
 
 
+def lock_text(recipe_name: str, steps: dict[str, dict[str, Any]]) -> str:
+    """The lock file's JSON with one line per step: a rebuild's diff shows
+    exactly the steps that changed, and each line is encoded by the C JSON
+    encoder (indented JSON goes through the pure-Python one: a quarter of a
+    second per thousand steps)."""
+    def dump(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    lines = [f"{dump(name)}:{dump(steps[name])}" for name in sorted(steps)]
+    body = ",\n".join(lines)
+    return (f'{{\n"format":{FORMAT},\n"recipe":{dump(recipe_name)},\n"steps":{{'
+            + (f"\n{body}\n" if lines else "") + "}\n}\n")
+
+
 def write_lock(path: Path, recipe_name: str, steps: dict[str, dict[str, Any]]) -> None:
-    atomic_write_json(path, {"format": FORMAT, "recipe": recipe_name, "steps": steps}, pretty=True)
+    atomic_write_bytes(path, lock_text(recipe_name, steps).encode("utf-8"))
 
 
 def referenced_digests(path: Path, limit: int = 256 << 20) -> tuple[set[str], set[str]]:

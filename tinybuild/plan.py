@@ -9,12 +9,14 @@ yields identical bytes, it stays cached); the plan says so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .cache import ActionEntry
 from .errors import Problem, RecipeError
 from .explain import explain
-from .keys import MissingInputFile, key_material, stable_metrics, step_key
+from .hashing import canonical_json
+from .keys import MissingInputFile, key_material, stable_metrics, step_input_paths
 from .project import Project
 from .resolve import ResolvedStep
 
@@ -33,16 +35,19 @@ class PlanItem:
     entry: ActionEntry | None = None
 
 
-def _stable_input_metrics(project: Project, metrics: Mapping[str, Mapping[str, Any]] | None
+def _stable_input_metrics(project: Project, step: ResolvedStep, metrics: Mapping[str, Mapping[str, Any]] | None
                           ) -> dict[str, dict[str, Any]] | None:
-    """Each dependency's metrics minus those its step type declares volatile."""
-    if metrics is None:
+    """The metrics of ``step``'s inputs minus those their step types declare
+    volatile; None unless the step type is keyed on them (the only reader)."""
+    if metrics is None or not step.step_type.uses_input_metrics:
         return None
     out = {}
-    for name, values in metrics.items():
+    for name in step.inputs:
+        if name not in metrics:
+            continue
         producer = project.steps.get(name)
         volatile = producer.step_type.volatile_metrics if producer is not None else ()
-        out[name] = stable_metrics(values or {}, volatile)
+        out[name] = stable_metrics(metrics[name] or {}, volatile)
     return out
 
 
@@ -53,6 +58,31 @@ def material_for(project: Project, step: ResolvedStep, digests: Mapping[str, str
     Raises :class:`RecipeError` if a file named in the recipe is missing: a
     plan-time error, so nothing runs on a recipe that cannot finish.
     """
+    return keyed_material(project, step, digests, metrics)[0]
+
+
+def keyed_material(project: Project, step: ResolvedStep, digests: Mapping[str, str],
+                   metrics: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[dict[str, Any], str]:
+    """(key material, key) of ``step``, computed once per build: the plan and
+    then the executor ask for the same step with the same dependency digests,
+    and the second answer comes from ``project.keys`` (see :class:`KeyMemo`)."""
+    stable = _stable_input_metrics(project, step, metrics)
+    ident = (step.name, tuple(digests.get(d) for d in step.dependencies),
+             canonical_json(stable) if stable is not None else None)
+    digest = project.cache.memo.digest
+    hit = project.keys.lookup(ident, digest)
+    if hit is not None:
+        return hit
+    try:  # digested before the material: an edit in between makes the entry stale, never wrong
+        files: tuple[tuple[Path, str], ...] | None = tuple((path, digest(path)) for path in step_input_paths(step))
+    except OSError:
+        files = None  # unreadable: the material below reports it; never reused
+    material = _compute_material(project, step, digests, stable)
+    return material, project.keys.store(ident, material, files)
+
+
+def _compute_material(project: Project, step: ResolvedStep, digests: Mapping[str, str],
+                      stable_input_metrics: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
     try:
         return key_material(
             step,
@@ -64,7 +94,7 @@ def material_for(project: Project, step: ResolvedStep, digests: Mapping[str, str
             passes=project.registry.passes,
             recipe_name=project.recipe.meta.name,
             target=project.recipe.target.model_dump(exclude_none=True),
-            input_metrics=_stable_input_metrics(project, metrics),
+            input_metrics=stable_input_metrics,
         )
     except MissingInputFile as exc:
         raise RecipeError(str(project.recipe.path), [Problem(
@@ -102,8 +132,7 @@ def make_plan(project: Project, selected: Sequence[str], lock: Mapping[str, Any]
             upstream = [] if "new step" in own else [f"upstream {dep} reruns" for dep in pending]
             items[name] = PlanItem(name, step.step_type.name, RUN, upstream + own)
             continue
-        material = material_for(project, step, digests, metrics)
-        key = step_key(material)
+        material, key = keyed_material(project, step, digests, metrics)
         entry = None if forced else project.cache.get_action(key, step.step_type.produces)
         remote = None if forced or entry is not None or project.remote is None else project.remote.peek(key, step.step_type.produces)
         if entry is not None or remote is not None:

@@ -111,9 +111,16 @@ def _extra_plugins(environ: Mapping[str, str]) -> list[tuple[str, str]]:
 def _candidates(environ: Mapping[str, str]) -> list[tuple[str, str, str, str, Callable[[], Any]]]:
     """(name, module, version, dist, loader) for every plugin we could load."""
     found = []
+    dists: dict[int, tuple[str, str]] = {}  # name and version parse the METADATA file: once per distribution
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist
-        found.append((ep.name, ep.value, dist.version if dist else "?", dist.name if dist else "?", ep.load))
+        if dist is None:
+            name, version = "?", "?"
+        else:
+            if id(dist) not in dists:
+                dists[id(dist)] = (dist.name, dist.version)
+            name, version = dists[id(dist)]
+        found.append((ep.name, ep.value, version, name, ep.load))
     for name, module in _extra_plugins(environ):
         found.append((name, module, "local", ENV_EXTRA, lambda m=module: importlib.import_module(m)))
     return found

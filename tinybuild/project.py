@@ -7,18 +7,21 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-import networkx as nx
 import pluggy
 
 from .cache import ENV_CACHE_DIR, Cache
-from .graph import build_dag, run_order, with_upstream
+from .keys import KeyMemo
+from .graph import build_dag, checked_order, with_upstream
 from .errors import UsageError, did_you_mean
 from .plugins import Registry, load_plugins
 from .recipe import Recipe, load_recipe
 from .resolve import ResolvedStep, resolve_recipe
 from .safeio import not_regular_message
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 ENV_OUT_DIR = "TINYBUILD_OUT"
 
@@ -29,12 +32,21 @@ class Project:
     registry: Registry
     pm: pluggy.PluginManager
     steps: dict[str, ResolvedStep]
-    dag: nx.DiGraph
     cache: Cache
     out_dir: Path
     order: list[str] = field(default_factory=list)
     lock_file: Path | None = None
     remote: Any = None  # a tinybuild.remote.RemoteCache when configured
+    keys: KeyMemo = field(default_factory=KeyMemo)  # each step keyed once per build (plan, then executor)
+    _dag: Any = field(default=None, repr=False)
+
+    @property
+    def dag(self) -> nx.DiGraph:
+        """The recipe's networkx DAG, built on first use: a build or ``plan``
+        that only runs steps in :attr:`order` never imports networkx."""
+        if self._dag is None:
+            self._dag = build_dag(self.steps, str(self.recipe.path))
+        return self._dag
 
     @property
     def lock_path(self) -> Path:
@@ -80,7 +92,7 @@ def load_project(recipe_path: str | Path, *, cache_dir: str | Path | None = None
     recipe = load_recipe(recipe_path)
     pm, registry = load_plugins(disabled=disabled, extra=extra_plugins)
     steps = resolve_recipe(recipe, registry)
-    dag = build_dag(steps, str(recipe.path))
+    order = checked_order(steps, str(recipe.path))  # cycles and artifact kinds, before anything else
     cache = Cache(Path(cache_dir).expanduser().resolve() if cache_dir else default_cache_dir(recipe))
     out = Path(out_dir).expanduser().resolve() / recipe.meta.name if out_dir else default_out_dir(recipe)
     lock_file = Path(lock).expanduser().resolve() if lock else None
@@ -90,8 +102,8 @@ def load_project(recipe_path: str | Path, *, cache_dir: str | Path | None = None
     if lock_file is not None and lock_file.is_dir():
         raise UsageError(f"--lock {lock_file}: is a folder; give a file path, e.g. {lock_file / 'recipe.lock.json'}")
     _check_lock_file(lock_file or recipe.lock_path, "--lock" if lock_file else "lock file")
-    return Project(recipe=recipe, registry=registry, pm=pm, steps=steps, dag=dag, cache=cache, out_dir=out,
-                   order=run_order(dag), lock_file=lock_file)
+    return Project(recipe=recipe, registry=registry, pm=pm, steps=steps, cache=cache, out_dir=out,
+                   order=order, lock_file=lock_file)
 
 
 def _check_lock_file(path: Path, option: str) -> None:

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from tinybuild.api import InputFile, Kind, Params, StepContext, StepError, StepType, hookimpl
@@ -36,6 +35,9 @@ from tinybuild.api import InputFile, Kind, Params, StepContext, StepError, StepT
 from tinybuild_plugins.data import splits as _splits
 from tinybuild_plugins.data.datasets import Split, scale_features
 from tinybuild_plugins.sdk.dataset import SPLITS, save_dataset
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 VERSION = "1.0"
 WAV_SUFFIXES = (".wav", ".wave")

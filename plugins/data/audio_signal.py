@@ -19,9 +19,11 @@ import os
 import stat
 from pathlib import Path
 
-import numpy as np
-
 from tinybuild.api import StepError
+
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 #: libsndfile major formats that are WAV containers
 WAV_FORMATS = ("WAV", "WAVEX", "RF64", "W64")

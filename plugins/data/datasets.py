@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from tinybuild.api import InputFile, Kind, Params, StepContext, StepError, StepType, hookimpl
@@ -29,6 +28,9 @@ from tinybuild_plugins.sdk.dataset import MAX_CLASSES, SPLITS, save_dataset
 from tinybuild_plugins.data import splits as _splits
 from tinybuild_plugins.data.idx import read_idx
 from tinybuild_plugins.data.npz import load_npz_arrays
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 VERSION = "1.0"
 Scale = Literal["none", "unit", "standardize"]

@@ -16,20 +16,21 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tinybuild.api import StepError, open_input_file
 
 from tinybuild_plugins.sdk import dataset as _dataset
+from tinybuild_plugins.sdk.lazy import lazy_module
 
-#: IDX type code -> big-endian NumPy dtype
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
+
+#: IDX type code -> big-endian NumPy dtype (by name: naming NumPy here would import it)
 IDX_DTYPES = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
+    0x08: ">u1",
+    0x09: ">i1",
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
 }
 _GZIP_MAGIC = b"\x1f\x8b"
 #: Most dimensions an IDX header may declare (MNIST uses 1 and 3; the byte
@@ -84,7 +85,7 @@ def _parse(stream: Any, path: Path, size: int | None) -> np.ndarray:
     if len(packed) < 4 * ndim:
         raise StepError(f"{path}: truncated IDX header ({ndim} dimensions need {header} bytes, file has {4 + len(packed)})")
     dims = struct.unpack(f">{ndim}I", packed)
-    dtype = IDX_DTYPES[type_code]
+    dtype = np.dtype(IDX_DTYPES[type_code])
     expected = math.prod(dims) * dtype.itemsize  # Python ints: no overflow
     limit = _dataset.MAX_ARRAY_BYTES  # read at call time: one documented limit for every format
     if expected > limit:
@@ -111,7 +112,7 @@ def _parse(stream: Any, path: Path, size: int | None) -> np.ndarray:
 def write_idx(path: Path, array: np.ndarray, *, compress: bool = False) -> None:
     """Write ``array`` as IDX (used by tests and to export data)."""
     array = np.asarray(array)
-    codes = {dt.newbyteorder("="): code for code, dt in IDX_DTYPES.items()}
+    codes = {np.dtype(dt).newbyteorder("="): code for code, dt in IDX_DTYPES.items()}
     code = codes.get(array.dtype.newbyteorder("="))
     if code is None:
         raise ValueError(f"IDX cannot store dtype {array.dtype}")

@@ -21,12 +21,12 @@ import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-from numpy.lib import format as npy_format
-
 from tinybuild.api import StepError, open_input_file
 
 from tinybuild_plugins.sdk import dataset as _dataset
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 
 def load_npz_arrays(path: Path, required: Sequence[str], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
@@ -64,6 +64,8 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, na
     if info.compress_type not in SAFE_METHODS:
         raise StepError(f"{where} is compressed with zip method {info.compress_type}; only stored and deflate "
                         "members are read (what np.savez and np.savez_compressed write): save it again with one")
+    from numpy.lib import format as npy_format
+
     with archive.open(info) as member:
         try:
             version = npy_format.read_magic(member)

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Protocol, Sequence
 
-import numpy as np
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 SPLITS = ("train", "val", "test")
 

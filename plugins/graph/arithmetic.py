@@ -39,6 +39,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from tinybuild_plugins.sdk.graph_edit import GraphEditor, control_ref, graph_pass, parse_ref, repeat_until_stable, tensor_name, tensor_ref
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 _NEUTRAL = {  # op -> (neutral value, operand positions the constant may take)
     "Mul": (1, (0, 1)),

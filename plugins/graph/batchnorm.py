@@ -32,11 +32,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from tinybuild_plugins.sdk.graph_edit import GraphEditor, control_ref, graph_pass, parse_ref, repeat_until_stable
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 FUSED_BATCH_NORM_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
 LINEAR_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative", "MatMul"})
 _SHIFT_OPS = frozenset({"Add", "AddV2", "Sub", "BiasAdd"})
-_FLOAT_TYPES = ("float32", "float64")  # dtype names: numpy is imported only when a pass runs
+_FLOAT_TYPES = ("float32", "float64")  # dtype names (a NumPy dtype equals its name): NumPy loads lazily
 
 
 @dataclass

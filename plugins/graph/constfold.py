@@ -29,6 +29,9 @@ from __future__ import annotations
 from typing import Any
 
 from tinybuild_plugins.sdk.graph_edit import GraphEditor, control_ref, graph_pass, repeat_until_stable, tensor_name
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 #: a folded result this small is always kept, even if larger than its inputs
 SMALL_RESULT_BYTES = 1024

@@ -13,18 +13,19 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
 from tinybuild.api import Artifact, StepError
 
 from tinybuild_plugins.sdk.graph_edit import Graph
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 #: exact passes must agree with the original to this absolute difference
 EXACT_TOLERANCE = 1e-6
 #: stand-in for unknown non-batch dimensions when inventing random inputs
 _UNKNOWN_DIM = 32
 
-Feeds = list[dict[str, np.ndarray]]  # one feed dict per batch
+Feeds = "list[dict[str, np.ndarray]]"  # one feed dict per batch (a string: NumPy loads lazily)
 
 
 @dataclass(frozen=True)

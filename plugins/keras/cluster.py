@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from typing import Any, Literal, Sequence
 
-import numpy as np
 from pydantic import Field, field_validator
 
 from tinybuild.api import Artifact, Kind, StepContext, StepError, StepType, hookimpl
 
 from tinybuild_plugins.keras.fit import TrainingParams
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 VERSION = "1.0"
 CentroidInit = Literal["linear", "kmeans_plus_plus", "density_based", "random"]

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from tinybuild.api import StepError
 
 from tinybuild_plugins.sdk import tf as _tf
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 
 def layer_names(model: Any) -> list[str]:

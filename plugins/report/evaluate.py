@@ -29,7 +29,6 @@ import re
 import zlib
 from typing import Any, Literal, Mapping, Sequence
 
-import numpy as np
 from pydantic import Field
 
 from tinybuild.api import Artifact, Kind, Params, StepError, StepType, hookimpl
@@ -37,6 +36,9 @@ from tinybuild.api import Artifact, Kind, Params, StepError, StepType, hookimpl
 from tinybuild_plugins.report import classification as _classification
 from tinybuild_plugins.report import lineage as _lineage
 from tinybuild_plugins.sdk import tf as _tf
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 METRICS_FILE = "metrics.json"
 

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 
 def _prod(values: Sequence[Any]) -> int:

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 SPLITS = ("train", "val", "test")
 

@@ -30,11 +30,12 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import numpy as np
-
 from tinybuild.api import StepError
 
 from tinybuild_plugins.sdk import tf as _tf
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 ARCHITECTURE_FILE = "model.json"
 MANIFEST_FILE = "weights.json"

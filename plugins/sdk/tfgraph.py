@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
 from tinybuild_plugins.sdk import tf as _tf
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 
 def const_array(node: Any) -> np.ndarray:

@@ -43,7 +43,6 @@ import warnings
 from collections import Counter
 from typing import Any, Literal, Sequence
 
-import numpy as np
 from pydantic import Field
 
 from tinybuild.api import Artifact, Kind, Params, StepError, StepType, hookimpl
@@ -51,6 +50,9 @@ from tinybuild.api import Artifact, Kind, Params, StepError, StepType, hookimpl
 from tinybuild_plugins.tflite import arena as _arena
 from tinybuild_plugins.tflite import litert as _litert
 from tinybuild_plugins.sdk import tf as _tf
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 MODEL_FILE = "model.tflite"
 

@@ -18,11 +18,12 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
-import numpy as np
-
 from tinybuild.api import StepError
 
 from tinybuild_plugins.tflite import arena as _arena
+from tinybuild_plugins.sdk.lazy import lazy_module
+
+np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
 
 
 def interpreter(model_bytes: bytes):
@@ -129,7 +130,7 @@ def _zero_count(data: np.ndarray, tensor) -> tuple[int, int]:
     return int(np.count_nonzero(values == zero)), int(values.size)
 
 
-_NUMPY_TYPES = {0: np.float32, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
+_NUMPY_TYPES = {0: "float32", 2: "int32", 3: "uint8", 4: "int64", 7: "int16", 9: "int8"}  # by name: NumPy loads lazily
 
 
 def decode_lut(model, op, model_bytes: bytes) -> np.ndarray | None:

@@ -28,9 +28,32 @@ def test_first_build_runs_everything_then_nothing(ws):
     again = ws.build()
     assert again.code == 0
     assert built_steps(again) == []
-    assert again.err.count("cached") >= len(ALL)
+    assert "[1-6/6] 6 steps cached (dataset … report; -v lists each)" in again.err  # one line, not six
+    assert "ok: 0 built, 6 cached" in again.err
     report = ws.root / "build" / "toy" / "report" / "report.md"
     assert report.read_text().splitlines()[0].startswith("fp32: tflite")
+
+
+def test_cached_steps_are_one_line_per_run_and_each_under_verbose(ws):
+    ws.build()
+    ws.edit("epochs = 3", "epochs = 4")
+    lines = [line.split() for line in ws.build().err.splitlines()]
+    # dataset and model cached (one line for the run of two), then train... run
+    assert lines[0][:4] == ["[1-2/6]", "2", "steps", "cached"]
+    assert lines[1][:3] == ["[3/6]", "train", "run"]
+    assert not any("cached" in parts for parts in lines[1:-2])  # everything after model reran
+    verbose = ws.build("-v").err.splitlines()  # -v takes the normal path and lists each cached step
+    listed = [line.split()[1] for line in verbose if line.split()[2:3] == ["cached"]]
+    assert listed == ALL
+    assert "steps cached" not in "\n".join(verbose)
+
+
+def test_a_single_cached_step_keeps_its_own_line(ws):
+    ws.build()
+    lines = [line.split() for line in ws.build("--force", "model").err.splitlines()]
+    assert lines[0][:3] == ["[1/6]", "dataset", "cached"]  # a run of one names its step and digest
+    assert lines[1][:3] == ["[2/6]", "model", "run"]
+    assert lines[3][:4] == ["[3-6/6]", "4", "steps", "cached"]  # model's output is identical: the rest stays cached
 
 
 def test_changing_one_parameter_reruns_exactly_downstream(ws):

@@ -128,3 +128,37 @@ def test_name_sensitive_steps_with_equal_material_get_different_keys(ws):
     ws.build()
     keys = plan_keys(ws)
     assert keys["report"] != keys["report2"]
+
+
+def test_a_build_computes_each_key_once(ws, monkeypatch):
+    """The plan keys every step before anything runs; the executor then finds
+    the same key material in the project's memo instead of computing it again."""
+    import tinybuild.plan as plan_module
+
+    calls: list[str] = []
+    real = plan_module.key_material
+
+    def counting(step, *args, **kwargs):
+        calls.append(step.name)
+        return real(step, *args, **kwargs)
+
+    monkeypatch.setattr(plan_module, "key_material", counting)
+    monkeypatch.setenv("TINYBUILD_NO_FASTPATH", "1")
+    assert ws.build().code == 0
+    calls.clear()
+    run = ws.build()  # all cached: the plan and the executor both key every step
+    assert run.code == 0 and "6 cached" in run.err
+    assert sorted(calls) == sorted(["dataset", "model", "train", "fp32", "int8", "report"])
+
+
+def test_the_key_memo_never_serves_a_key_of_a_file_that_changed_since(ws):
+    """A data file edited while earlier steps run is keyed by its new content."""
+    from tinybuild.plan import keyed_material
+    from tinybuild.project import load_project
+
+    project = load_project(ws.recipe, cache_dir=ws.cache)
+    dataset = project.steps["dataset"]
+    material, key = keyed_material(project, dataset, {})
+    assert keyed_material(project, dataset, {}) == (material, key) and project.keys.computed == 1
+    (ws.root / "numbers.txt").write_text("7 8 9 10\n")
+    assert keyed_material(project, dataset, {})[1] != key and project.keys.computed == 2

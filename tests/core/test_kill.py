@@ -55,7 +55,7 @@ def test_killed_build_leaves_a_consistent_cache(ws, tmp_path, sig):
     assert b"partial" not in stored
     # the next build (without the hang) completes and reuses what was stored
     ws.edit("hang = true", "hang = false")
-    run = ws.build()
+    run = ws.build("-v")  # -v lists each cached step
     assert run.code == 0
-    assert "dataset cached" in " ".join(run.err.split())
+    assert "dataset cached" in " ".join(run.err.split()) and "model cached" in " ".join(run.err.split())
     assert verify_cache(ws.cache) == 6

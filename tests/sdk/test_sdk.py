@@ -139,3 +139,18 @@ def test_load_graph_gives_what_a_pass_takes(tb, tb_graphdef):
     assert isinstance(graph, sdk.Graph)
     assert graph.inputs == ("x:0",) and len(graph.outputs) == 1
     assert sdk.op_counts(graph.graph_def)["Conv2D"] == 1
+
+
+def test_lazy_module_imports_on_first_attribute_read():
+    """Plugin modules name NumPy at their top through this stand-in; the
+    import must happen at the first use, and the names then read directly."""
+    import sys
+
+    from tinybuild_plugins.sdk.lazy import lazy_module
+
+    sys.modules.pop("colorsys", None)
+    colorsys = lazy_module("colorsys")
+    assert "colorsys" not in sys.modules
+    assert colorsys.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)
+    assert "colorsys" in sys.modules
+    assert colorsys.__dict__["rgb_to_hsv"] is sys.modules["colorsys"].rgb_to_hsv  # copied: no lookup hook any more

@@ -3,9 +3,9 @@
 The driver stays the driver (:mod:`tinybuild.scheduler`): it plans, computes
 keys, looks up the caches, and records what a task returns. A task gets a
 JSON job and runs the step with :func:`tinybuild.workers.run_job`, reserving
-the resources its step type declares (one CPU, or ``heavy_cpus`` for heavy
-steps, with thread pools capped to match; ``gpus`` where the cluster has
-them). Data moves through the cache:
+the resources its step type declares: one CPU, or two for heavy steps (their
+TensorFlow runs two intra-op threads), OpenMP/BLAS pools capped to match, and
+``gpus`` where the cluster has them. Data moves through the cache:
 
 * **shared folder** (default): the cache and the build folder are on a file
   system every node sees (one machine, NFS...); a task reads its inputs from
@@ -31,13 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .scheduler import Scheduler
+from .scheduler import HEAVY_CORES, Scheduler
 from .workers import PLUGIN_VARS, artifact_from_json, run_job, thread_env
 
 #: seconds to wait for a cluster's address to answer before giving up
 CONNECT_TIMEOUT = 3.0
-#: CPUs a heavy step reserves (at most what the largest node has)
-HEAVY_CPUS = 2
 
 
 def check_address(address: str) -> None:
@@ -137,7 +135,7 @@ class RayPool:
                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         biggest = max((int(r.get("CPU", 1)) for r in nodes), default=1)
-        self.heavy_cpus = max(1, min(HEAVY_CPUS, biggest))
+        self.heavy_cpus = max(1, min(HEAVY_CORES, biggest))
         self.has_gpus = any(r.get("GPU", 0) > 0 for r in nodes)
         self.envs = {heavy: {"env_vars": {**base, **thread_env(self.heavy_cpus if heavy else 1)}} for heavy in (False, True)}
         self.task = ray.remote(ray_task)

@@ -11,7 +11,7 @@ the lock. Ready steps are taken in the serial run order, so the same recipe
 dispatches in the same order every time.
 
 Heavy steps (``StepType.heavy``: training, pruning...) take one of a limited
-number of slots so N jobs never run more of them than there are cores.
+number of slots so N jobs never run more of them than the cores hold.
 """
 
 from __future__ import annotations
@@ -176,11 +176,16 @@ class Scheduler:
         return entry, bool(payload.get("stable"))
 
 
+#: cores a heavy step keeps busy: TensorFlow steps run with a pinned intra-op
+#: pool of 2 threads (see ``tinybuild_plugins.sdk.tf.INTRA_OP_THREADS``)
+HEAVY_CORES = 2
+
+
 def local_scheduler(cache_tmp: Any, jobs: int) -> Scheduler:
-    """``-j N``: N local worker processes; each step's thread pools get an
-    equal share of the cores, and at most as many heavy steps as cores run."""
+    """``-j N``: N local worker processes; each step's OpenMP/BLAS pools get an
+    equal share of the cores, and no more heavy steps run at once than the
+    cores hold (``cores // HEAVY_CORES``, at least one)."""
     from .workers import LocalPool, cores
 
     n = cores()
-    threads = max(1, n // jobs)
-    return Scheduler(lambda: LocalPool(cache_tmp, jobs, threads), heavy_slots=min(jobs, n))
+    return Scheduler(lambda: LocalPool(cache_tmp, jobs, max(1, n // jobs)), heavy_slots=min(jobs, max(1, n // HEAVY_CORES)))

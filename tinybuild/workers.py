@@ -30,9 +30,12 @@ from typing import Any, Callable, Mapping
 from .api import Artifact
 
 #: environment variables that cap a library's thread pool (read when the
-#: library loads, which in a worker is after they are set)
+#: library loads, which in a worker is after they are set). TensorFlow's
+#: intra-op pool is not among them: its size changes float results, so the
+#: TensorFlow helper pins it (``tinybuild_plugins.sdk.tf.INTRA_OP_THREADS``)
+#: whatever ``-j`` is, and the scheduler counts a heavy step as that many cores
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+               "VECLIB_MAXIMUM_THREADS")
 #: environment that names the plugins to load: a worker must load the driver's set
 PLUGIN_VARS = ("TINYBUILD_PLUGINS", "TINYBUILD_DISABLE_PLUGINS")
 
@@ -46,11 +49,11 @@ def cores() -> int:
 
 
 def thread_env(threads: int) -> dict[str, str]:
-    """Thread caps for one step: OpenMP/BLAS pools and TensorFlow's intra-op
-    pool get ``threads``; TensorFlow's inter-op pool gets 1 (the built-in
-    steps run one op graph at a time)."""
+    """Thread caps for one step: OpenMP/BLAS pools get ``threads``, and
+    TensorFlow's inter-op pool (which runs independent ops side by side, no
+    effect on results) gets 1: the built-in steps run one op graph at a time."""
     env = {name: str(threads) for name in THREAD_VARS}
-    env["TF_NUM_INTEROP_THREADS"] = "1" if threads <= 2 else "2"
+    env["TF_NUM_INTEROP_THREADS"] = "1"
     return env
 
 

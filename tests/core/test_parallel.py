@@ -101,7 +101,7 @@ def test_heavy_steps_never_overlap_but_light_ones_run_beside_them(pws, tmp_path,
     assert set(lock["steps"]) == {"heavy1", "heavy2", "light"}
     metrics = json.loads((pws.cache / "actions" / lock["steps"]["light"]["key"][:2] / lock["steps"]["light"]["key"][2:])
                          .read_text())["metrics"]
-    assert metrics["threads"] == {"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1"}
+    assert metrics["threads"] == {"OMP_NUM_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
 
 
 @pytest.mark.parametrize("how, cause", [("segfault", "killed by SIGSEGV"), ("abort", "killed by SIGABRT"),

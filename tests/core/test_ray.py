@@ -157,21 +157,19 @@ final_sparsity = 0.5
 epochs = 1
 batch_size = 32
 
-[steps.qat]
-use = "qat"
+[steps.fp32]
+use = "tflite"
 input = "train"
-epochs = 1
-batch_size = 32
+quantize = "float32"
 
 [steps.int8]
 use = "tflite"
 input = "pruned"
 quantize = "int8"
 
-[steps.qat_int8]
-use = "tflite"
-input = "qat"
-quantize = "int8"
+[steps.eval_fp32]
+use = "evaluate"
+input = "fp32"
 
 [steps.eval]
 use = "evaluate"

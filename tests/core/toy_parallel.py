@@ -46,7 +46,7 @@ def run_meet(ctx, inputs, params: MeetParams):
     finally:
         heavy_mark.unlink(missing_ok=True)
     (ctx.out_dir / "out.txt").write_text(f"{ctx.step} met {sorted(params.others)}\n")
-    return {"threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")}}
+    return {"threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "TF_NUM_INTEROP_THREADS")}}
 
 
 class CrashParams(Params):

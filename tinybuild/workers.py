@@ -23,7 +23,7 @@ import signal
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -184,7 +184,6 @@ class _Worker:
     step: str | None = None
     job: dict[str, Any] | None = None
     started: float = 0.0
-    attempts: dict[str, int] = field(default_factory=dict)
 
 
 def death_cause(exitcode: int | None) -> str:
@@ -234,9 +233,17 @@ class LocalPool:
         return worker
 
     def submit(self, step: str, job: dict[str, Any]) -> None:
+        for idle in [w for w in self.workers if w.step is None and not w.process.is_alive()]:
+            self._discard(idle)  # died between steps (killed from outside): replaced below
+        data = json.dumps(job).encode("utf-8")
         worker = next((w for w in self.workers if w.step is None), None) or self._spawn()
+        try:
+            worker.conn.send_bytes(data)
+        except OSError:  # it died just now: a fresh one takes the step
+            self._discard(worker)
+            worker = self._spawn()
+            worker.conn.send_bytes(data)
         worker.step, worker.job, worker.started = step, job, time.perf_counter()
-        worker.conn.send_bytes(json.dumps(job).encode("utf-8"))
 
     def events(self, timeout: float) -> list[tuple[str, str, Any]]:
         from multiprocessing.connection import wait

@@ -155,7 +155,7 @@ marker = "{marker}"
 
 
 def _env(tmp_path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBUILD_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TINYBUILD_", "RAY_"))}
     env.update({"TINYBUILD_PLUGINS": PLUGINS, "PYTHONPATH": str(HERE), "TINYBUILD_NO_FASTPATH": "1",
                 "TINYBUILD_DISABLE_PLUGINS": ",".join(BUILTIN_PLUGINS)})
     return env
@@ -204,3 +204,56 @@ def test_bad_jobs_is_a_usage_error(pws, capsys):
         pws.build("-j", "0")
     assert exc.value.code == 2
     assert "-j 0: give a whole number of jobs" in capsys.readouterr().err
+
+
+NO_HEAVY = """
+import json, sys
+from tinybuild.cli import main
+code = main(sys.argv[1:])
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "tensorflow", "tf_keras", "multiprocessing"))
+print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+def test_a_noop_build_with_jobs_or_ray_imports_neither(pws, tmp_path):
+    """Cached builds start no worker and import neither Ray nor TensorFlow
+    (nor multiprocessing: no pool is even created), on both build paths."""
+    env = {k: v for k, v in _env(tmp_path).items() if k != "TINYBUILD_DISABLE_PLUGINS"}  # built-ins loaded too
+    args = ["build", str(pws.recipe), "--plain", "--cache-dir", str(pws.cache)]
+    first = subprocess.run([sys.executable, "-c", NO_HEAVY, *args, "-j2"], env=env, capture_output=True, text=True, timeout=300)
+    assert json.loads(first.stderr.strip().splitlines()[-1])["code"] == 0, first.stderr
+    for fast in (False, True):
+        run_env = {k: v for k, v in env.items() if not (fast and k == "TINYBUILD_NO_FASTPATH")}
+        for extra in (["-j2"], ["--executor", "ray"]):
+            proc = subprocess.run([sys.executable, "-c", NO_HEAVY, *args, *extra], env=run_env, capture_output=True,
+                                  text=True, timeout=300)
+            assert json.loads(proc.stderr.strip().splitlines()[-1]) == {"code": 0, "heavy": []}, proc.stderr
+
+
+def test_live_display_shows_every_running_step():
+    """Two steps running at once: one progress display, a bar each, and it
+    stays up until the last one finishes."""
+    import io
+
+    from rich.console import Console
+
+    from tinybuild.console import ConsoleReporter
+
+    stream = io.StringIO()
+    reporter = ConsoleReporter(live=True, stream=stream)
+    reporter.console = Console(file=stream, force_terminal=True, width=100)
+    reporter.tinybuild_build_started("r.toml", ["a", "b", "c"])
+    reporter.tinybuild_step_started("a", "train", [])
+    reporter.tinybuild_step_started("b", "prune", [])
+    reporter.tinybuild_step_progress("a", 1, 3, "epoch 1/3")
+    reporter.tinybuild_step_progress("b", 2, 4, "epoch 2/4")
+    bars = {t.fields["step"]: (t.completed, t.total, t.description) for t in reporter._progress.tasks}
+    assert bars == {"a": (1, 3, "epoch 1/3"), "b": (2, 4, "epoch 2/4")}
+    reporter.tinybuild_step_finished("a", "train", "f" * 64, 1.0, {})
+    assert [t.fields["step"] for t in reporter._progress.tasks] == ["b"]
+    reporter.tinybuild_step_failed("b", "prune", "boom", [])
+    assert reporter._progress is None
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stream.getvalue())  # the terminal's colours and cursor moves
+    assert "[1/3] a" in text and "built" in text and "[2/3] b" in text and "FAILED" in text

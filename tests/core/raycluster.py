@@ -84,7 +84,7 @@ class RayCluster:
         return out
 
     def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
             pids = set(self._own_pids()) | ({self.proc.pid} if self.proc.poll() is None else set())
             for pid in pids:
                 try:

@@ -1,6 +1,7 @@
 """Parallel builds: -j2 against -j1, on the example recipe and on 1,000 empty steps.
 
-Usage: python benchmarks/parallel.py [--runs N] [--toy-steps N] [--skip-example]
+Usage: python benchmarks/parallel.py [--recipe R] [--runs N] [--toy-steps N] [--skip-example]
+                                    [--ray [--ray-address HOST:PORT]]
 
 1. The example recipe (recipes/mnist_cnn.toml), full builds from empty
    caches, ``-j1`` and ``-j2`` interleaved (j1, j2, then j2, j1, ...) so a
@@ -10,6 +11,9 @@ Usage: python benchmarks/parallel.py [--runs N] [--toy-steps N] [--skip-example]
    toy plugin (tests/core/toy_plugin.py: each writes one small file) built
    from empty caches with ``-j1`` and ``-j2``: milliseconds per step.
 
+With ``--ray`` the second mode is ``--executor ray`` instead of ``-j2``
+(a Ray instance started per build unless ``--ray-address`` names a running
+cluster), e.g. for a sweep recipe on a local cluster against a serial build.
 Every build is a fresh ``tinybuild`` process, as a user runs it. Prints a
 table and exits 0.
 """
@@ -36,12 +40,12 @@ def tinybuild() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "tinybuild"]
 
 
-def build(recipe: Path, work: Path, jobs: int, env: dict[str, str]) -> tuple[float, dict[str, str]]:
+def build(recipe: Path, work: Path, mode: list[str], env: dict[str, str]) -> tuple[float, dict[str, str]]:
     """One full build from an empty cache: (seconds, step -> output digest)."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     lock = work / "lock.json"
-    cmd = [*tinybuild(), "build", str(recipe), "--plain", f"-j{jobs}", "--cache-dir", str(work / "cache"),
+    cmd = [*tinybuild(), "build", str(recipe), "--plain", *mode, "--cache-dir", str(work / "cache"),
            "--out", str(work / "out"), "--lock", str(lock)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -52,15 +56,17 @@ def build(recipe: Path, work: Path, jobs: int, env: dict[str, str]) -> tuple[flo
     return seconds, {name: entry["output"]["digest"] for name, entry in steps.items()}
 
 
-def interleaved(recipe: Path, work: Path, runs: int, env: dict[str, str]) -> dict[str, object]:
+def interleaved(recipe: Path, work: Path, runs: int, env: dict[str, str], other: list[str]) -> dict[str, object]:
+    """-j1 against ``other`` (``-j2`` or ``--executor ray ...``), in alternating order."""
+    modes = {1: ["-j1"], 2: other}
     times: dict[int, list[float]] = {1: [], 2: []}
     ratios, digests = [], []
     for i in range(runs):
         pair = {}
-        for jobs in ((1, 2) if i % 2 == 0 else (2, 1)):
-            seconds, out = build(recipe, work / f"j{jobs}", jobs, env)
-            times[jobs].append(seconds)
-            pair[jobs] = seconds
+        for mode in ((1, 2) if i % 2 == 0 else (2, 1)):
+            seconds, out = build(recipe, work / f"m{mode}", modes[mode], env)
+            times[mode].append(seconds)
+            pair[mode] = seconds
             digests.append(out)
         ratios.append(pair[2] / pair[1])
     return {"j1": statistics.median(times[1]), "j2": statistics.median(times[2]), "ratio": statistics.median(ratios),
@@ -84,7 +90,12 @@ def main() -> int:
     parser.add_argument("--toy-steps", type=int, default=1000)
     parser.add_argument("--toy-runs", type=int, default=3)
     parser.add_argument("--skip-example", action="store_true")
+    parser.add_argument("--recipe", default=str(ROOT / "recipes" / "mnist_cnn.toml"), help="the real recipe to time")
+    parser.add_argument("--ray", action="store_true", help="compare -j1 with --executor ray instead of -j2")
+    parser.add_argument("--ray-address", help="a running Ray cluster for --ray (default: one started per build)")
     args = parser.parse_args()
+    other = ["--executor", "ray", *(["--ray-address", args.ray_address] if args.ray_address else [])] if args.ray else ["-j2"]
+    label = "ray" if args.ray else "-j2"
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBUILD_")}
     env["TINYBUILD_NO_FASTPATH"] = "1"
@@ -92,15 +103,15 @@ def main() -> int:
     rows = []
     try:
         if not args.skip_example:
-            ex = interleaved(ROOT / "recipes" / "mnist_cnn.toml", work / "example", args.runs, env)
-            rows.append(("example recipe, full build (s)", f"{ex['j1']:.1f}", f"{ex['j2']:.1f}",
+            ex = interleaved(Path(args.recipe).resolve(), work / "example", args.runs, env, other)
+            rows.append((f"{Path(args.recipe).name}, full build (s)", f"{ex['j1']:.1f}", f"{ex['j2']:.1f}",
                          f"{ex['ratio']:.2f} ({', '.join(f'{r:.2f}' for r in ex['ratios'])})",
                          f"{'identical' if ex['identical'] else 'DIFFERENT'} ({ex['steps']} steps)"))
         builtins = ",".join(ep.name for ep in metadata.entry_points(group="tinybuild") if ep.dist and ep.dist.name == "tinybuild")
         toy_env = {**env, "TINYBUILD_PLUGINS": "toy=toy_plugin", "TINYBUILD_DISABLE_PLUGINS": builtins,
                    "PYTHONPATH": str(ROOT / "tests" / "core")}
         (work / "toy").mkdir()
-        toy = interleaved(toy_recipe(work / "toy", args.toy_steps), work / "toy-builds", args.toy_runs, toy_env)
+        toy = interleaved(toy_recipe(work / "toy", args.toy_steps), work / "toy-builds", args.toy_runs, toy_env, other)
         n = toy["steps"]
         rows.append((f"{n} toy steps, full build (ms/step)", f"{toy['j1'] / n * 1000:.2f}", f"{toy['j2'] / n * 1000:.2f}",
                      f"{toy['ratio']:.2f} ({', '.join(f'{r:.2f}' for r in toy['ratios'])})",
@@ -109,8 +120,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"parallel builds on {cores} cores (median of interleaved runs; ratio = -j2 / -j1, per pair in brackets)")
-    header = ("build", "-j1", "-j2", "ratio", "outputs")
+    print(f"parallel builds on {cores} cores (median of interleaved runs; ratio = {label} / -j1, per pair in brackets)")
+    header = ("build", "-j1", label, "ratio", "outputs")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))

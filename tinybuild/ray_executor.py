@@ -127,7 +127,9 @@ class RayPool:
         self.started_here = not address
         base = {k: os.environ[k] for k in PLUGIN_VARS if k in os.environ}
         try:
-            ray.init(address=address or None, num_cpus=None if address else jobs, include_dashboard=False,
+            # "local": always a fresh instance; None would join whatever cluster a stale
+            # /tmp/ray/ray_current_cluster names (and wait for it forever if it is gone)
+            ray.init(address=address or "local", num_cpus=None if address else jobs, include_dashboard=False,
                      log_to_driver=False, logging_level=logging.WARNING, configure_logging=True,
                      runtime_env={"env_vars": base})
         except Exception as exc:  # ConnectionError, a version mismatch, ...

@@ -65,6 +65,19 @@ def test_toy_recipe_on_ray_matches_a_serial_build(cluster, tmp_path, capsys, ray
     assert again.code == 0 and "0 built, 6 cached" in again.err
 
 
+def test_without_an_address_a_ray_instance_is_started_for_the_build(tmp_path, capsys, ray_env, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))  # for its workers
+    serial = toy_workspace(tmp_path / "serial", capsys)
+    assert serial.build().code == 0
+    w = toy_workspace(tmp_path / "ray", capsys)
+    run = w.build("--executor", "ray", "-j2")
+    assert run.code == 0, run.err
+    assert lock_outputs(w.recipe.with_name("recipe.lock.json")) == lock_outputs(serial.recipe.with_name("recipe.lock.json"))
+    import ray
+
+    assert not ray.is_initialized()  # shut down after the build
+
+
 def test_remote_cache_is_the_data_plane(cluster, tmp_path, capsys, ray_env):
     """Workers use their own cache folder (TINYBUILD_WORKER_CACHE): every
     input and output travels through the remote cache, by digest."""

@@ -257,3 +257,14 @@ def test_live_display_shows_every_running_step():
 
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stream.getvalue())  # the terminal's colours and cursor moves
     assert "[1/3] a" in text and "built" in text and "[2/3] b" in text and "FAILED" in text
+
+
+@pytest.mark.parametrize("setting, code, message", [("max_size = 1", 3, "size"), ("fail = true", 1, "report was told to fail")])
+def test_step_errors_and_gates_in_a_worker_are_reported_like_serial_ones(pws, setting, code, message):
+    pws.edit('use = "toy-report"', f'use = "toy-report"\n{setting}')
+    run = pws.build("-j2")
+    assert run.code == code
+    text = " ".join(run.err.split())
+    assert "report FAILED [toy-report]" in text and message in text and "Traceback" not in run.err
+    if code == 3:  # a failed gate still leaves its report in the build folder
+        assert (pws.root / "build" / "toy" / "report" / "report.md").is_file()

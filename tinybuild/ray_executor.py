@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import uuid
@@ -126,6 +127,7 @@ class RayPool:
         self.project = project
         self.started_here = not address
         base = {k: os.environ[k] for k in PLUGIN_VARS if k in os.environ}
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             # "local": always a fresh instance; None would join whatever cluster a stale
             # /tmp/ray/ray_current_cluster names (and wait for it forever if it is gone)
@@ -135,6 +137,10 @@ class RayPool:
         except Exception as exc:  # ConnectionError, a version mismatch, ...
             raise UsageError(f"--ray-address {address or '(local)'}: could not connect to Ray "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        finally:  # Ray's core worker installs native handlers that would end the driver without cleanup
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         biggest = max((int(r.get("CPU", 1)) for r in nodes), default=1)
         self.heavy_cpus = max(1, min(HEAVY_CORES, biggest))

@@ -19,6 +19,10 @@ from toyenv import HERE, TOY_RECIPE, Workspace
 pytest.importorskip("ray")  # the `ray` extra; installed in the dev environment
 
 PLUGINS = "toy=toy_plugin,toyp=toy_parallel"
+#: Ray >= 2.5x turns on token auth when ~/.ray/auth_token exists (another Ray
+#: user of this account may have made one): the test cluster and its drivers
+#: say explicitly that they use none, so they agree whatever the home holds
+NO_AUTH = {"RAY_AUTH_MODE": "disabled"}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -26,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 def cluster(tmp_path_factory):
     worker_cache = tmp_path_factory.mktemp("ray-worker")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TINYBUILD_", "RAY_"))}
-    env.update({"PYTHONPATH": str(HERE), "TINYBUILD_WORKER_CACHE": str(worker_cache)})
+    env.update({"PYTHONPATH": str(HERE), "TINYBUILD_WORKER_CACHE": str(worker_cache), **NO_AUTH})
     c = RayCluster(env, num_cpus=2)
     c.worker_cache = worker_cache
     yield c
@@ -50,6 +54,7 @@ def ray_env(toy_env, monkeypatch):
     monkeypatch.setenv("TINYBUILD_PLUGINS", PLUGINS)
     monkeypatch.setenv("TINYBUILD_NO_FASTPATH", "1")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
 
 
 def test_toy_recipe_on_ray_matches_a_serial_build(cluster, tmp_path, capsys, ray_env):
@@ -196,6 +201,7 @@ def test_real_tensorflow_recipe_same_bytes_serial_jobs_and_ray(cluster, tmp_path
     for var in ("TINYBUILD_PLUGINS", "TINYBUILD_DISABLE_PLUGINS", "TINYBUILD_CACHE_DIR", "TINYBUILD_OUT", "RAY_ADDRESS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("TINYBUILD_NO_FASTPATH", "1")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     outputs = {}
     for name, extra in (("serial", ()), ("j2", ("-j2",)), ("ray", ("--executor", "ray", "--ray-address", cluster.address))):
         root = tmp_path / name
@@ -208,3 +214,47 @@ def test_real_tensorflow_recipe_same_bytes_serial_jobs_and_ray(cluster, tmp_path
     assert len(outputs["serial"]) == 8
     assert outputs["j2"] == outputs["serial"]
     assert outputs["ray"] == outputs["serial"]
+
+
+def test_interrupting_a_ray_build_cancels_its_tasks(cluster, tmp_path, capsys, ray_env):
+    import subprocess
+    import sys
+
+    from toyenv import BUILTIN_PLUGINS
+
+    marker = tmp_path / "hanging.pid"
+    w = toy_workspace(tmp_path / "w", capsys, TOY_RECIPE + f"""
+[steps.victim]
+use = "toy-crash"
+input = "train"
+how = "hang-once"
+marker = "{marker}"
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TINYBUILD_", "RAY_"))}
+    env.update({"TINYBUILD_PLUGINS": PLUGINS, "PYTHONPATH": str(HERE), "TINYBUILD_NO_FASTPATH": "1",
+                "TINYBUILD_DISABLE_PLUGINS": ",".join(BUILTIN_PLUGINS), **NO_AUTH})
+    proc = subprocess.Popen([sys.executable, "-m", "tinybuild", "build", str(w.recipe), "--plain", "--executor", "ray",
+                             "--ray-address", cluster.address, "--cache-dir", str(w.cache)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not marker.exists() or not marker.read_text():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the step never started"
+        time.sleep(0.05)
+    worker = int(marker.read_text())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    gone = time.monotonic() + 15
+    while time.monotonic() < gone:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the Ray worker running the step was not stopped")
+    assert not any((w.cache / "tmp").iterdir())
+    stored = {p.read_bytes() for p in (w.cache / "objects").rglob("*") if p.is_file()}
+    assert b"partial" not in stored
+    assert w.run("verify", "--cache-dir", str(w.cache)).code == 0

@@ -336,6 +336,13 @@ class StepType:
     #: and ``build`` with exit 2 before anything runs. It runs on every plan,
     #: cached builds included, so it must be cheap: no TensorFlow, no I/O.
     check: Callable[[Any, Any], Iterable["ParamProblem"]] | None = None
+    #: whether the step keeps every core it is given busy (training, pruning,
+    #: QAT...): under ``-j N`` the scheduler runs no more heavy steps at once
+    #: than there are cores, and on Ray a heavy step reserves its thread count
+    #: of CPUs (a light one reserves one)
+    heavy: bool = False
+    #: GPUs the step can use (Ray reserves them for its task; 0: CPU only)
+    gpus: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
     p.add_argument("-v", "--verbose", action="store_true", help="also list cached steps, and the bytes and time of remote-cache transfers")
     _no_wait(p, "another build of the same build folder, or gc, is running")
+    p.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
+                   help="run up to N ready steps at once, each in a worker process (default 1: in this process; also $TINYBUILD_JOBS)")
+    p.add_argument("--executor", choices=["local", "ray"], default=None,
+                   help="where steps run: local (this machine, see -j) or ray (tasks on a Ray cluster; also $TINYBUILD_EXECUTOR)")
+    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to use with --executor ray, e.g. 10.0.0.5:6379 (default: $RAY_ADDRESS, else a local Ray started for the build)")
     _common(p)
 
     p = sub.add_parser("plan", help="show what a build would run, and why")
@@ -197,7 +202,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     # is written and registered.
     with locks.build_folder(project.out_dir, wait=not args.no_wait, notify=_note), \
             locks.cache_access(project.cache.root, exclusive=False, wait=not args.no_wait, notify=_note, warn=_warn):
-        result = Executor(project, Hooks(project.pm)).build(BuildOptions(only=args.only, force=args.force, keep_going=args.keep_going))
+        result = Executor(project, Hooks(project.pm), _scheduler(args, project)).build(BuildOptions(only=args.only, force=args.force, keep_going=args.keep_going))
         if result.exit_code == 0:
             print(f"outputs: {project.out_dir}", file=sys.stderr)
             if eligible:
@@ -238,6 +243,42 @@ def _is_regular_file(path: Path) -> bool:
         return check_regular(path).st_size <= MAX_RECIPE_BYTES
     except OSError:
         return False
+
+
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"-j {text}: give a whole number of jobs, 1 or more (e.g. -j2)")
+    return n
+
+
+def _scheduler(args: argparse.Namespace, project: Any):
+    """None (serial, in this process), local worker processes, or Ray."""
+    import os
+
+    executor = args.executor or os.environ.get("TINYBUILD_EXECUTOR") or "local"
+    if executor not in ("local", "ray"):
+        raise UsageError(f"$TINYBUILD_EXECUTOR={executor}: choose local or ray")
+    jobs = args.jobs
+    if jobs is None and os.environ.get("TINYBUILD_JOBS"):
+        try:
+            jobs = _jobs(os.environ["TINYBUILD_JOBS"])
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"$TINYBUILD_JOBS: {exc}") from None
+    if executor == "ray":
+        from .ray_executor import ray_scheduler
+
+        return ray_scheduler(project, args.ray_address or os.environ.get("RAY_ADDRESS"), jobs)
+    if args.ray_address:
+        raise UsageError(f"--ray-address {args.ray_address}: only used with --executor ray")
+    if not jobs or jobs == 1:
+        return None
+    from .scheduler import local_scheduler
+
+    return local_scheduler(project.cache.tmp, jobs)
 
 
 def _environ() -> dict[str, str]:

@@ -50,9 +50,10 @@ class ConsoleReporter:
         self._index = 0
         self._width = 10
         self._progress: Any = None
-        self._task: Any = None
-        self._last_plain = 0.0
         self._cached_run: list[tuple[int, str, str]] = []  # (index, step, digest) not printed yet
+        self._tasks: dict[str, Any] = {}  # running step -> its progress bar (-j N: several at once)
+        self._numbers: dict[str, int] = {}  # step -> its [i/N] number, fixed when it starts
+        self._last_plain: dict[str, float] = {}  # step -> when its last progress line was printed
 
     # -- helpers ---------------------------------------------------------------
 
@@ -79,17 +80,28 @@ class ConsoleReporter:
             self._print(f"[{run[0][0]}-{run[-1][0]}/{self._total}] [dim]{len(run)} steps cached[/dim] "
                         f"({_e(run[0][1])} … {_e(run[-1][1])}; -v lists each)")
 
+    def _number(self, step: str) -> None:
+        self._index += 1
+        self._numbers[step] = self._index
+
     def _head(self, step: str, index: int | None = None) -> str:
-        return _e(f"[{self._index if index is None else index}/{self._total}] {step:<{self._width}}")
+        number = self._numbers.get(step, self._index) if index is None else index
+        return _e(f"[{number}/{self._total}] {step:<{self._width}}")
 
     def _pad(self, step: str) -> int:
-        return len(f"[{self._index}/{self._total}] {step:<{self._width}}")
+        return len(f"[{self._numbers.get(step, self._index)}/{self._total}] {step:<{self._width}}")
 
-    def _stop_live(self) -> None:
-        if self._progress is not None:
+    def _stop_live(self, step: str | None = None) -> None:
+        """Drop ``step``'s bar (all bars when None); the display stops with the last."""
+        if self._progress is None:
+            return
+        for name in ([step] if step is not None else list(self._tasks)):
+            task = self._tasks.pop(name, None)
+            if task is not None:
+                self._progress.remove_task(task)
+        if not self._tasks:
             self._progress.stop()
             self._progress = None
-            self._task = None
 
     # -- hooks -----------------------------------------------------------------
 
@@ -103,7 +115,7 @@ class ConsoleReporter:
     @hookimpl
     def tinybuild_step_cached(self, step: str, step_type: str, digest: str, source: str,
                               transfer: Mapping[str, Any] | None) -> None:
-        self._index += 1
+        self._number(step)
         if source == "remote":  # always shown: a pull is news, a local hit is not
             detail = f" ({_bytes(transfer['bytes'])} in {_brief(transfer['seconds'])})" if self.verbose and transfer else ""
             self._line(f"{self._head(step)} [cyan]pulled[/cyan] {digest[:12]}{detail}")
@@ -114,28 +126,29 @@ class ConsoleReporter:
 
     @hookimpl
     def tinybuild_step_started(self, step: str, step_type: str, reasons: Sequence[str]) -> None:
-        self._index += 1
+        self._number(step)
         why = "; ".join(reasons) if reasons else "no cache entry"
         self._line(f"{self._head(step)} [bold]run[/bold] {_e(f'[{step_type}]')} ({_e(why)})")
-        self._last_plain = 0.0
+        self._last_plain[step] = 0.0
         if self.live:
             from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-            self._progress = Progress(SpinnerColumn(), TextColumn("{task.fields[step]}"), BarColumn(),
-                                      TextColumn("{task.description}"), TimeElapsedColumn(),
-                                      console=self.console, transient=True)
-            self._progress.start()
-            self._task = self._progress.add_task("", total=None, step=step)
+            if self._progress is None:  # one display; a bar per running step
+                self._progress = Progress(SpinnerColumn(), TextColumn("{task.fields[step]}"), BarColumn(),
+                                          TextColumn("{task.description}"), TimeElapsedColumn(),
+                                          console=self.console, transient=True)
+                self._progress.start()
+            self._tasks[step] = self._progress.add_task("", total=None, step=step)
 
     @hookimpl
     def tinybuild_step_progress(self, step: str, completed: float, total: float | None, description: str) -> None:
-        if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=completed, total=total, description=description)
+        if self._progress is not None and step in self._tasks:
+            self._progress.update(self._tasks[step], completed=completed, total=total, description=description)
             return
         now = time.monotonic()
         done = total is not None and completed >= total
-        if done or now - self._last_plain >= self.PLAIN_PROGRESS_INTERVAL:
-            self._last_plain = now
+        if done or now - self._last_plain.get(step, 0.0) >= self.PLAIN_PROGRESS_INTERVAL:
+            self._last_plain[step] = now
             count = f"{completed:g}/{total:g} " if total is not None else ""
             self._line(f"{'':>{self._pad(step)}} {count}{_e(description)}".rstrip())
 
@@ -153,12 +166,12 @@ class ConsoleReporter:
 
     @hookimpl
     def tinybuild_step_finished(self, step: str, step_type: str, digest: str, seconds: float, metrics: Mapping[str, Any]) -> None:
-        self._stop_live()
+        self._stop_live(step)
         self._line(f"{self._head(step)} [green]built[/green] in {_short(seconds)} → {digest[:12]}")
 
     @hookimpl
     def tinybuild_step_failed(self, step: str, step_type: str, error: str, skipped: Sequence[str]) -> None:
-        self._stop_live()
+        self._stop_live(step)
         self._line(f"{self._head(step)} [bold red]FAILED[/bold red] {_e(f'[{step_type}]')}")
         for line in error.splitlines():
             self._line(f"    {_e(line)}")

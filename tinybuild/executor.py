@@ -69,6 +69,8 @@ class BuildResult:
 
 
 class _StepFailure(Exception):
+    """A step failed (``gate``: a budget gate failed); the build goes on without it."""
+
     def __init__(self, message: str, gate: bool = False):
         super().__init__(message)
         self.gate = gate
@@ -85,11 +87,21 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+STOPPED = "build stopped after a failure (use --keep-going to build other branches)"
+
+
 class Executor:
-    def __init__(self, project: Project, hooks: Hooks):
+    """The driver: plans, keys, early cutoff, lock file and console events.
+
+    ``scheduler`` (see :mod:`tinybuild.scheduler`) runs steps in worker
+    processes or on Ray; without one every step runs here, in order.
+    """
+
+    def __init__(self, project: Project, hooks: Hooks, scheduler: Any = None):
         self.project = project
         self.hooks = hooks
         self.cache = project.cache
+        self.scheduler = scheduler
 
     # -- the build loop -------------------------------------------------------
 
@@ -103,28 +115,11 @@ class Executor:
         new_lock: dict[str, dict[str, Any]] = {k: v for k, v in lock.items() if k in project.steps}
         started = time.perf_counter()
         self.hooks.build_started(str(project.recipe.path), selected)
-        stopped = False
         try:
-            for name in selected:
-                step = project.steps[name]
-                blocked = [d for d in step.dependencies if d in result.failed or d in result.gated or d in result.skipped]
-                if blocked:
-                    result.skipped[name] = f"upstream {blocked[0]} did not build"
-                    continue
-                if stopped:
-                    result.skipped[name] = "build stopped after a failure (use --keep-going to build other branches)"
-                    continue
-                try:
-                    artifact, entry = self._step(step, result, lock, name in options.force)
-                    result.artifacts[name] = artifact
-                    if entry is not None:
-                        new_lock[name] = entry
-                except _StepFailure as failure:
-                    (result.gated if failure.gate else result.failed)[name] = str(failure)
-                    skipped = sorted(downstream(project.dag, name) & set(selected), key=selected.index)
-                    self.hooks.step_failed(name, step.step_type.name, str(failure), skipped)
-                    if not options.keep_going:
-                        stopped = True
+            if self.scheduler is not None:  # -j N / --executor ray: steps in workers (tinybuild.scheduler)
+                self.scheduler.run(self, selected, result, lock, new_lock, options)
+            else:
+                self._serial(selected, result, lock, new_lock, options)
         finally:
             result.seconds = time.perf_counter() - started
             if project.remote is not None:
@@ -136,9 +131,50 @@ class Executor:
         self.hooks.build_finished(str(project.recipe.path), result.summary())
         return result
 
+    def _serial(self, selected: Sequence[str], result: BuildResult, lock: Mapping[str, Any],
+                new_lock: dict[str, dict[str, Any]], options: BuildOptions) -> None:
+        """Every step in this process, one after another, in run order."""
+        project = self.project
+        stopped = False
+        for name in selected:
+            step = project.steps[name]
+            blocked = [d for d in step.dependencies if d in result.failed or d in result.gated or d in result.skipped]
+            if blocked:
+                result.skipped[name] = f"upstream {blocked[0]} did not build"
+                continue
+            if stopped:
+                result.skipped[name] = STOPPED
+                continue
+            try:
+                artifact, entry = self._step(step, result, lock, name in options.force)
+                result.artifacts[name] = artifact
+                if entry is not None:
+                    new_lock[name] = entry
+            except _StepFailure as failure:
+                self.record_failure(name, failure, result, selected)
+                if not options.keep_going:
+                    stopped = True
+
+    def record_failure(self, name: str, failure: "_StepFailure", result: BuildResult, selected: Sequence[str]) -> None:
+        (result.gated if failure.gate else result.failed)[name] = str(failure)
+        skipped = sorted(downstream(self.project.dag, name) & set(selected), key=selected.index)
+        self.hooks.step_failed(name, self.project.steps[name].step_type.name, str(failure), skipped)
+
     # -- one step -------------------------------------------------------------
 
     def _step(self, step: ResolvedStep, result: BuildResult, lock: Mapping[str, Any], forced: bool) -> tuple[Artifact, dict[str, Any] | None]:
+        hit, material, key = self.lookup(step, result, lock, forced)
+        if hit is not None:
+            return hit
+        self.hooks.step_started(step.name, step.step_type.name, run_reasons(material, step, lock, forced))
+        started = time.perf_counter()
+        entry, stable = self._run(step, result.artifacts)
+        return self.record_run(step, result, material, key, entry, stable, time.perf_counter() - started)
+
+    def lookup(self, step: ResolvedStep, result: BuildResult, lock: Mapping[str, Any],
+               forced: bool) -> tuple[tuple[Artifact, dict[str, Any]] | None, dict[str, Any], str]:
+        """The driver's half before a run: key material, key, and the cached
+        (artifact, lock entry) when the local or remote cache has the step."""
         artifacts = result.artifacts
         digests = {d: artifacts[d].digest for d in step.dependencies}
         material, key = keyed_material(self.project, step, digests, {d: artifacts[d].metrics for d in step.dependencies})
@@ -163,11 +199,13 @@ class Executor:
                 transfer = {"bytes": last.bytes, "seconds": round(last.seconds, 3)}
             self.hooks.step_cached(step.name, step.step_type.name, entry.digest, source, transfer)
             (result.pulled if source == "remote" else result.cached).append(step.name)
-            return artifact, lock_entry(key, material, list(step.inputs), entry.kind, entry.files, entry.digest)
+            return (artifact, lock_entry(key, material, list(step.inputs), entry.kind, entry.files, entry.digest)), material, key
+        return None, material, key
 
-        self.hooks.step_started(step.name, step.step_type.name, run_reasons(material, step, lock, forced))
-        started = time.perf_counter()
-        entry, stable = self._run(step, artifacts)
+    def record_run(self, step: ResolvedStep, result: BuildResult, material: dict[str, Any], key: str,
+                   entry: ActionEntry, stable: bool, seconds: float) -> tuple[Artifact, dict[str, Any] | None]:
+        """The driver's half after a run (here or in a worker): materialize the
+        outputs (verifying every object), record the action entry, push it."""
         try:
             artifact = self._materialize(step.name, entry)
         except CorruptObject as exc:  # only if the store is damaged while we write it
@@ -180,7 +218,7 @@ class Executor:
         else:
             result.uncached.append(step.name)
             self.hooks.step_log(step.name, "an input changed while the step ran: its result is used but NOT cached")
-        self.hooks.step_finished(step.name, step.step_type.name, entry.digest, time.perf_counter() - started, entry.metrics)
+        self.hooks.step_finished(step.name, step.step_type.name, entry.digest, seconds, entry.metrics)
         if not stable:
             return artifact, None
         return artifact, lock_entry(key, material, list(step.inputs), entry.kind, entry.files, entry.digest)

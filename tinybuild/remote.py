@@ -273,6 +273,19 @@ class RemoteCache:
         self._good.add(digest)
         self._bad.discard(digest)
 
+    # -- objects only: the data plane of distributed builds (tinybuild.ray_executor) --
+
+    def upload_object(self, digest: str, size: int, local: Cache) -> None:
+        """Put one local object on the remote (skipped when it is there intact);
+        errors propagate: a worker that cannot hand over its outputs failed."""
+        self._push_object(digest, size, local)
+
+    def download_object(self, digest: str, size: int, local: Cache) -> None:
+        """Copy one object into ``local`` unless it is there; its size and
+        digest are verified on the way (CorruptObject otherwise)."""
+        if not local.has_object(digest):
+            local.ingest(self._stream(digest, size), digest=digest, size=size)
+
     def _remote_intact(self, digest: str, size: int) -> bool:
         try:
             h = hashlib.sha256()

@@ -181,6 +181,7 @@ DISTILL = StepType(
     fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder",
                          "tinybuild_plugins.keras.fit",
                          "tinybuild_plugins.keras.train", "tinybuild_plugins.sdk.dataset"),
+    heavy=True,  # keeps its cores busy: -j runs no more of these than cores allow
 )
 
 

@@ -230,6 +230,7 @@ QAT = StepType(
     fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder",
                          "tinybuild_plugins.keras.fit",
                          "tinybuild_plugins.keras.tfmot_layers", "tinybuild_plugins.sdk.dataset"),
+    heavy=True,  # keeps its cores busy: -j runs no more of these than cores allow
 )
 
 

@@ -237,6 +237,7 @@ SEPARABLE = StepType(
     fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.keras.fit",
                          "tinybuild_plugins.keras.tfmot_layers", "tinybuild_plugins.sdk.dataset",
                          "tinybuild_plugins.report.macs", "tinybuild_plugins.sdk.keras_builder"),
+    heavy=True,  # keeps its cores busy: -j runs no more of these than cores allow
 )
 
 

@@ -80,6 +80,7 @@ TRAIN = StepType(
     fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder",
                          "tinybuild_plugins.keras.fit",
                          "tinybuild_plugins.sdk.dataset"),
+    heavy=True,  # keeps its cores busy: -j runs no more of these than cores allow
 )
 
 

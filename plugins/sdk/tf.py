@@ -16,6 +16,14 @@ from tinybuild.api import StepError
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+#: TensorFlow's intra-op thread count decides how a reduction is split, so it
+#: changes the float results, and thus the bytes, of a trained model (measured:
+#: 1 and 2 threads give different weights). It is pinned, not left to the
+#: machine's core count, so the same recipe gives the same bytes on any machine
+#: and with any ``-j``; the scheduler counts a heavy step as this many cores.
+INTRA_OP_THREADS = 2
+os.environ["TF_NUM_INTRAOP_THREADS"] = str(INTRA_OP_THREADS)
+
 _INSTALL_HINT = "install the model plugins with: pip install 'tinybuild[tf]'"
 
 
@@ -25,6 +33,11 @@ def tensorflow() -> Any:
         import tensorflow as tf
     except ImportError as exc:  # pragma: no cover - depends on the machine
         raise StepError(f"TensorFlow is not installed ({exc}); {_INSTALL_HINT}") from None
+    try:  # for when TensorFlow was imported before this module set the variable
+        if tf.config.threading.get_intra_op_parallelism_threads() != INTRA_OP_THREADS:
+            tf.config.threading.set_intra_op_parallelism_threads(INTRA_OP_THREADS)
+    except RuntimeError:  # pragma: no cover - the runtime already started with other settings
+        pass
     return tf
 
 

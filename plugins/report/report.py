@@ -240,6 +240,16 @@ def tflm_facts(metrics: Mapping[str, Any], classes: int) -> dict[str, Any] | Non
     }
 
 
+def scored_on(metrics: Mapping[str, Any]) -> str:
+    """The runtime whose predictions the accuracy and confusion matrix are:
+    "tflm" where evaluate fell back to TFLite Micro because LiteRT cannot load
+    the model (``metrics["scored_on"]``), else LiteRT for a .tflite, Keras
+    otherwise -- so no report labels a TFLM figure as LiteRT's."""
+    if metrics.get("scored_on") == "tflm":
+        return "tflm"
+    return "litert" if metrics.get("model_kind") == "tflite" else "keras"
+
+
 def collect_variants(inputs: Sequence[Artifact], baseline: str | None, with_latency: bool) -> list[dict[str, Any]]:
     """One row per input, with comparisons against the baseline variant."""
     loaded = [(artifact, _load(artifact)) for artifact in inputs]
@@ -265,6 +275,7 @@ def collect_variants(inputs: Sequence[Artifact], baseline: str | None, with_late
             "split": m.get("split", "test"),
             "label": _label(m),
             "accuracy": m["accuracy"],
+            "scored_on": scored_on(m),
             "correct": m.get("correct"),
             "samples": m.get("samples"),
             "macro_f1": m.get("macro_f1"),

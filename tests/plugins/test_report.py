@@ -356,12 +356,34 @@ def test_json_holds_every_figure_and_the_comparisons(variants):
     assert "latency_ms" not in rows["int8"]  # machine-dependent: off by default
 
 
+def test_a_variant_tflm_scored_is_labelled_tflm_everywhere(tmp_path):
+    """evaluate falls back to TFLite Micro where LiteRT cannot load a model
+    (``scored_on = "tflm"``): the accuracy is TFLM's, and no report file may
+    call it LiteRT's."""
+    runs = {"runs": True, "reason": None, "arena_bytes": 11_872, "accuracy": 0.9775, "correct": 1955,
+            "samples": 2000, "confusion_matrix": [[980, 20], [25, 975]], "argmax_agreement": None}
+    inputs = [metrics_artifact(tmp_path, "int8", accuracy=0.98),
+              metrics_artifact(tmp_path, "clustered_lut", accuracy=0.9775, tflm=runs, scored_on="tflm",
+                               litert_error="DECODE is not a LiteRT op")]
+    logs: list[str] = []
+    out, _ = build(inputs, {"gate": []}, logs=logs)
+    rows = {r["variant"]: r for r in json.loads((out / "report.json").read_text())["variants"]}
+    assert rows["clustered_lut"]["scored_on"] == "tflm" and rows["int8"]["scored_on"] == "litert"
+    html = (out / "report.html").read_text()
+    assert "accuracy 97.75% (TFLite Micro)" in html and "accuracy 97.75% (LiteRT)" not in html
+    assert "accuracy 98.00% (LiteRT)" in html
+    assert "| clustered_lut | tflite int8 | 97.75% (TFLM) |" in (out / "report.md").read_text()
+    log = (out / "build.log").read_text()
+    assert "accuracy (TFLite Micro): 0.9775" in log and "accuracy (LiteRT): 0.9800" in log
+    assert "97.75% (TFLM)" in "\n".join(logs)
+
+
 def test_build_log_reads_like_a_lab_log(variants):
     out, _ = build(variants, {"title": "mnist-cnn"}, target={"flash_kb": 96})
     log = (out / "build.log").read_text()
     assert "tinybuild build log: mnist-cnn" in log and "seed: 7" in log and "target: flash_kb = 96" in log
     assert "[3] int8 (tflite int8)" in log
-    assert "accuracy: 0.9790 (1958/2000)" in log and "size: 22,480 B" in log
+    assert "accuracy (LiteRT): 0.9790 (1958/2000)" in log and "size: 22,480 B" in log
     assert "from its step: quantize=int8, source=train" in log
     assert "int8: size 22,480 B (21.95 KiB) <= flash_kb 96 (98,304 B) -> pass" in log
     assert not re.search(r"\d{4}-\d{2}-\d{2}|\d{2}:\d{2}:\d{2}", log)  # no dates or times

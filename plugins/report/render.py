@@ -117,10 +117,17 @@ def _tflm_short(row: Mapping[str, Any]) -> str:
     return "yes" + (f" {_pct(tflm['accuracy'])}" if tflm.get("accuracy") is not None else "")
 
 
+#: how tflite/tflm_child.py words a refusal; every place here says "does not run
+#: on TFLite Micro" itself, so the cause is shown without it (said once, not twice)
+REFUSAL_PREFIX = "does not run on TFLM: "
+
+
 def _tflm_reason(row: Mapping[str, Any]) -> str | None:
+    """Why TFLite Micro cannot run the variant (the cause only), or None."""
     tflm = row.get("tflm")
     if tflm and not tflm["runs"]:
-        return tflm.get("reason") or "no reason given"
+        reason = tflm.get("reason") or "no reason given"
+        return reason[len(REFUSAL_PREFIX):] if reason.startswith(REFUSAL_PREFIX) else reason
     return None
 
 
@@ -400,7 +407,7 @@ def _tflm_line(row: Mapping[str, Any]) -> str | None:
     if not tflm:
         return None
     if not tflm["runs"]:
-        return f"TFLite Micro cannot run it: {tflm.get('reason') or 'no reason given'}"
+        return f"TFLite Micro cannot run it: {_tflm_reason(row)}"
     parts = [f"TFLite Micro: accuracy {_pct(tflm['accuracy'])}" if tflm.get("accuracy") is not None else "TFLite Micro runs it"]
     if tflm.get("arena_bytes") is not None:
         parts.append(f"arena {_int(tflm['arena_bytes'])} B")

@@ -267,7 +267,7 @@ def test_tflm_figures_are_shown_when_present(tmp_path):
     runs = {"runs": True, "reason": None, "arena_bytes": 11_952, "arena_min_bytes": 11_900, "accuracy": 0.9815,
             "correct": 1963, "samples": 2000, "per_class": None, "confusion_matrix": [[980, 20], [17, 983]],
             "max_abs_diff_vs_litert": 0.0, "argmax_agreement": 1.0}
-    fails = {"runs": False, "reason": "DEQUANTIZE of float16 is not supported", "arena_bytes": None,
+    fails = {"runs": False, "reason": "does not run on TFLM: DEQUANTIZE of float16 is not supported", "arena_bytes": None,
              "arena_min_bytes": None, "accuracy": None, "correct": None, "samples": None, "per_class": None,
              "confusion_matrix": None, "max_abs_diff_vs_litert": None, "argmax_agreement": None}
     inputs = [metrics_artifact(tmp_path, "int8", arena=10_140, tflm=runs),
@@ -298,6 +298,9 @@ def test_tflm_figures_are_shown_when_present(tmp_path):
     assert "| fp16 |" in md and "`fp16` does not run on TFLite Micro: DEQUANTIZE of float16" in md
     terminal = "\n".join(logs)
     assert "fp16: not on TFLite Micro: DEQUANTIZE" in terminal and "11,952" in terminal
+    # the refusal is worded once everywhere, not "does not run on TFLite Micro: does not run on TFLM: ..."
+    for text in (md, terminal, (out / "build.log").read_text(), " ".join(page.texts)):
+        assert "does not run on TFLM" not in text
 
 
 def test_training_curves_are_drawn_where_a_history_is_stored(tmp_path):

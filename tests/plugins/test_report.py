@@ -718,3 +718,21 @@ def test_example_recipe_plans_and_gates_real_variants(tmp_path, capsys):
     assert set(steps["report"]["gate"]) <= evaluated
     tflite_steps = {name for name, table in steps.items() if table["use"] == "tflite"}
     assert tflite_steps <= evaluated  # every converted variant is evaluated and reported
+
+
+@pytest.mark.parametrize("history", [
+    {"accuracy": [0.955, 0.962, 0.971, 0.98], "val_accuracy": [0.95, 0.96, 0.965, 0.975], "loss": [0.3, 0.2, 0.15, 0.1]},
+    {"accuracy": [0.97], "loss": [0.1]},  # a single epoch
+])
+def test_training_curve_ticks_are_distinct_and_epochs_whole(history):
+    """Close accuracies used to print "98%, 97%, 97%, 96%, 96%", and a single
+    epoch got ticks 0.95, 1.00, 1.05."""
+    from tinybuild_plugins.report.plots import history_svg
+
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", history_svg("t", history))
+    panels = "\n".join(texts).split("epoch")  # x ticks, then "epoch", then the panel's y ticks ...
+    percents = [t for t in texts if t.endswith("%")]
+    assert percents and len(percents) == len(set(percents)), percents
+    epochs = len(history["accuracy"])
+    x_ticks = [t for t in panels[0].split("\n") if t]
+    assert x_ticks == [str(e) for e in range(1, epochs + 1)], x_ticks

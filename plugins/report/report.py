@@ -406,12 +406,12 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str,
     latencies = {a.metrics.get("variant", a.step): a.metrics.get("latency_ms") for a in inputs}
     # one multi-line message: the console shows it as a block indented by 4 columns
     table = render.text_table(report, latencies, width=render.terminal_width() - 4)
-    ctx.log(table)
     for warning in warnings:
         ctx.log(f"warning: {warning}")
-    if fatal:
+    if fatal:  # the failure message carries the table: logging it too printed it twice
         summary = "; ".join(f"variant {c['variant']}: {c['text']}" for c in failures)
         raise GateFailed(f"budget gate failed: {summary}\n{table}")
+    ctx.log(table)
     return {
         "variants": len(rows),
         "gated": gated,

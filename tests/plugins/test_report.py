@@ -481,10 +481,12 @@ def test_console_shows_a_table_as_a_block_that_fits_80_columns(tmp_path):
 
 def test_flash_gate_names_variant_budget_and_figure(tmp_path):
     big = metrics_artifact(tmp_path, "int8", size=86_221)  # 84.2 KiB
+    logs: list[str] = []
     with pytest.raises(GateFailed, match=r"variant int8: size 86,221 B \(84\.20 KiB\) > flash_kb 64 \(65,536 B\)") as failure:
-        build([big], target={"flash_kb": 64}, out=tmp_path / "out")
+        build([big], target={"flash_kb": 64}, out=tmp_path / "out", logs=logs)
     table = str(failure.value).splitlines()[1:]  # the full table follows the one-line summary
     assert any("Variant" in line and "Gate" in line for line in table)
+    assert not any("Variant" in message for message in logs)  # ...and is printed once, not logged as well
     assert any("int8" in line and "FAIL" in line for line in table)
     # the report is written before the gate fails: the user needs it most then
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == FILES

@@ -319,10 +319,34 @@ def names_for(name: str) -> dict[str, str]:
     return {"name": name, "module": module, "step": f"{name}-scale", "graph_pass": f"{name}-bypass-identity"}
 
 
+def _taken(values: dict[str, str]) -> str | None:
+    """What an installed plugin already calls by one of the package's names,
+    or None. A package named after an installed plugin (entry point group
+    "tinybuild") clashes with it at load time, and one whose step type or pass
+    already exists is shadowed: either way its generated tests fail, so the
+    name is refused before anything is written."""
+    from .plugins import load_plugins
+
+    _, registry = load_plugins(tolerant=True)  # a broken plugin must not hide the names of the others
+    installed = set(registry.plugins) | set(registry.broken) | set(registry.disabled)
+    if values["name"] in installed:
+        return f"an installed plugin is named '{values['name']}'"
+    for kind, names in (("step type", registry.step_types), ("graph pass", registry.passes)):
+        for key in ("name", "step", "graph_pass"):
+            if values[key] in names:
+                return f"the {kind} '{values[key]}' already exists"
+    return None
+
+
 def write_plugin(name: str, parent: Path) -> Path:
     """Write the package into ``parent/name`` and return that folder. Refuses
-    to write into an existing non-empty folder (nothing is overwritten)."""
+    names an installed plugin already uses, and to write into an existing
+    non-empty folder (nothing is overwritten)."""
     values = names_for(name)
+    clash = _taken(values)
+    if clash:
+        raise UsageError(f"new-plugin: '{name}' is taken: {clash} (see `tinybuild plugins`); "
+                         f"pick a name of your own (e.g. my-{name} or acme-{name})")
     root = Path(parent) / name
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise UsageError(f"new-plugin: {root} already exists and is not empty; choose another --dir or name")

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -170,6 +172,14 @@ def clips_from_csv(params: AudioParams, *, check_files: bool = True) -> list[Cli
     return clips
 
 
+def _regular(path: Path) -> bool:
+    """Whether ``path`` (after links) is a regular file -- without opening it."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def clips_from_folders(params: AudioParams) -> list[Clip]:
     """One class per sub-folder of ``folder``; its WAV files are the clips."""
     clips = []
@@ -178,7 +188,13 @@ def clips_from_folders(params: AudioParams) -> list[Clip]:
         raise StepError(f"{params.folder} has no sub-folders; give one sub-folder of WAV files per class, "
                         "or a csv naming each clip's class")
     for sub in subfolders:
-        wavs = sorted(p for p in sub.iterdir() if p.suffix.lower() in WAV_SUFFIXES and p.is_file())
+        named = sorted(p for p in sub.iterdir() if p.suffix.lower() in WAV_SUFFIXES)
+        odd = [p for p in named if not _regular(p)]
+        if odd:  # a FIFO would hang the read, a link to /dev/zero never ends: never skip them silently
+            raise StepError(f"{odd[0]} is not a regular file (a FIFO, device, directory or broken link); only "
+                            "regular files are read: replace it with the WAV file itself, or remove it "
+                            "from its class folder")
+        wavs = named
         if not wavs and (params.classes is None or sub.name in params.classes):
             raise StepError(f"class folder {sub} holds no .wav files; add clips of class '{sub.name}' or remove the folder")
         clips.extend(Clip(w, sub.name, f"{sub.name}/{w.name}", None) for w in wavs)

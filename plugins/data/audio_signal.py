@@ -43,7 +43,10 @@ def read_mono(path: Path, fix: str) -> tuple[np.ndarray, int]:
     except OSError as exc:
         raise StepError(f"cannot read audio file {path}: {exc.strerror or exc}; {fix}") from None
     if not stat.S_ISREG(mode):
-        raise StepError(f"{path} is not a regular file; {fix}")
+        raise StepError(f"{path} is not a regular file (only regular files are read); {fix}")
+    truncation = riff_truncation(path)
+    if truncation:
+        raise StepError(f"{path} is truncated: {truncation}; re-export the file (or copy it again), or {fix}")
     try:
         info = soundfile.info(str(path))
         if info.format not in WAV_FORMATS:
@@ -64,6 +67,47 @@ def read_mono(path: Path, fix: str) -> tuple[np.ndarray, int]:
     if not np.isfinite(data).all():
         raise StepError(f"{path} holds NaN or infinite samples; re-export it, or {fix}")
     return data.mean(axis=1), int(rate)
+
+
+#: a RIFF size field a streaming writer leaves unset (it could not seek back)
+_UNSET_SIZES = (0, 0xFFFFFFFF)
+
+
+def riff_truncation(path: Path) -> str | None:
+    """Why a RIFF/WAVE file is shorter than its header says, or None.
+
+    libsndfile reads a cut WAV file without complaint: it returns the samples
+    that are there, so a 60-byte stub of a one-second clip became a 0.001 s
+    clip, silently padded into a window. The header knows better: the RIFF
+    chunk size and the ``data`` chunk size declare how long the file is. One
+    missing pad byte (the RIFF chunk of an odd-sized chunk) is tolerated;
+    sizes a streaming writer left unset (0 or 0xFFFFFFFF) and files that are
+    not RIFF/WAVE (RF64, W64...) are not judged here."""
+    actual = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        riff = int.from_bytes(head[4:8], "little")
+        data_offset = data_size = None
+        offset = 12
+        while offset + 8 <= actual:  # walk the chunks to the data chunk
+            f.seek(offset)
+            chunk = f.read(8)
+            size = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                data_offset, data_size = offset + 8, size
+                break
+            offset += 8 + size + (size & 1)
+    riff_short = riff not in _UNSET_SIZES and actual < riff + 8 - 1
+    data_short = (data_size is not None and data_size not in _UNSET_SIZES
+                  and actual < data_offset + data_size)
+    if not (riff_short or data_short):
+        return None
+    declared = [f"{riff + 8:,} bytes in all (RIFF chunk size {riff:,})"] if riff not in _UNSET_SIZES else []
+    if data_size is not None and data_size not in _UNSET_SIZES:
+        declared.append(f"{data_size:,} bytes of samples (data chunk)")
+    return f"its header declares {' and '.join(declared)}, but the file has {actual:,} bytes in all"
 
 
 def _short(exc: BaseException) -> str:

@@ -300,7 +300,6 @@ def _tflm_section(ctx: Any, source: Artifact, x: np.ndarray, y: np.ndarray, outp
     (the ``tflm`` section, TFLM's outputs or None)."""
     from tinybuild_plugins.tflite import tflm
 
-    ctx.progress(0, 1, "TFLM")
 
     def score(predicted: np.ndarray) -> dict[str, Any]:
         if len(predicted) != len(y) or (len(predicted) and int(predicted.max()) >= len(names)):
@@ -314,10 +313,25 @@ def _tflm_section(ctx: Any, source: Artifact, x: np.ndarray, y: np.ndarray, outp
         section, tflm_outputs = tflm.evaluate_on_tflm(source.file("model.tflite"), x, y, outputs, arena_kb, score)
     except StepError as exc:
         raise StepError(f"step '{ctx.step}': '{source.step}' on TFLite Micro: {exc}") from None
-    ctx.log(f"{source.step} on TFLM: " + (
-        f"accuracy {section['accuracy']:.4f}, arena {section['arena_bytes']:,} B, argmax agreement "
-        f"with LiteRT {section['argmax_agreement']}" if section["runs"] else section["reason"]))
+    ctx.log(f"{source.step}: " + (_tflm_log_line(section) if section["runs"] else
+                                  "does not run on TFLM: " + _cause(section.get("reason"))))
     return section, tflm_outputs
+
+
+def _cause(reason: str | None) -> str:
+    """tflm_child words a refusal "does not run on TFLM: <cause>": the cause alone."""
+    reason = reason or "no reason given"
+    prefix = "does not run on TFLM: "
+    return reason[len(prefix):] if reason.startswith(prefix) else reason
+
+
+def _tflm_log_line(section: Mapping[str, Any]) -> str:
+    """What a TFLM run found; the agreement with LiteRT only where LiteRT ran
+    (a model LiteRT cannot load is scored on TFLM alone)."""
+    agreement = section.get("argmax_agreement")
+    return (f"on TFLM: accuracy {section['accuracy']:.4f}, arena {section['arena_bytes']:,} B, "
+            + (f"argmax agreement with LiteRT {agreement:.4f}" if agreement is not None
+               else "scored on TFLM only (LiteRT cannot load it)"))
 
 
 def _compression(source: Artifact) -> dict[str, Any]:

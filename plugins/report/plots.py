@@ -222,10 +222,17 @@ def history_svg(variant: str, history: Mapping[str, Sequence[float]]) -> str | N
                 ax.plot(list(epochs), series[key], color=colour, linestyle=line, linewidth=1.6,
                         marker="o" if len(series[key]) <= 12 else None, markersize=3.5, label=label)
         if name == "accuracy" and all(v <= 1.0 for key in (name, f"val_{name}") for v in series.get(key, [])):
-            ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+            # decimals=None: as many as the axis range needs, so that close
+            # ticks (96.5%, 97%, 97.5%) never print as "97%, 97%, 98%"
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
         ax.set_title(f"{variant}: {name}", loc="left", fontsize=11)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # epochs are whole numbers: with one or a few the automatic ticks
+        # would be fractions (0.95, 1.00, 1.05), so give the axis room and
+        # place integer ticks only
+        epochs_run = max(len(series.get(key, [])) for key in (name, f"val_{name}"))
+        ax.set_xlim(0.5, epochs_run + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.legend(frameon=False, fontsize=9)
     fig.tight_layout()
     return _svg(fig, f"Training curves of {variant}")

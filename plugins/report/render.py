@@ -81,10 +81,23 @@ def _target_line(report: Mapping[str, Any]) -> str:
     return ", ".join(parts) if parts else "none"
 
 
-def _accuracy(row: Mapping[str, Any]) -> str:
-    """The accuracy cell; figures not measured on the test split say which split."""
-    split = row.get("split", "test")
-    return _pct(row["accuracy"]) + ("" if split == "test" else f" ({split})")
+#: the runtime that produced a row's predictions, as the report names it
+RUNTIME_NAMES = {"tflm": "TFLite Micro", "litert": "LiteRT", "keras": "Keras"}
+
+
+def _runtime(row: Mapping[str, Any]) -> str:
+    scored = row.get("scored_on") or ("litert" if row.get("model_kind") == "tflite" else "keras")
+    return RUNTIME_NAMES.get(scored, str(scored))
+
+
+def _accuracy(row: Mapping[str, Any], mark_runtime: bool = True) -> str:
+    """The accuracy cell; figures not measured on the test split say which
+    split, and figures TFLite Micro scored (LiteRT cannot load the model) say
+    "TFLM" -- the column is otherwise LiteRT's (or Keras's)."""
+    marks = [] if row.get("split", "test") == "test" else [str(row["split"])]
+    if mark_runtime and row.get("scored_on") == "tflm":
+        marks.append("TFLM")
+    return _pct(row["accuracy"]) + (f" ({', '.join(marks)})" if marks else "")
 
 
 def _ram(row: Mapping[str, Any]) -> str:
@@ -104,10 +117,17 @@ def _tflm_short(row: Mapping[str, Any]) -> str:
     return "yes" + (f" {_pct(tflm['accuracy'])}" if tflm.get("accuracy") is not None else "")
 
 
+#: how tflite/tflm_child.py words a refusal; every place here says "does not run
+#: on TFLite Micro" itself, so the cause is shown without it (said once, not twice)
+REFUSAL_PREFIX = "does not run on TFLM: "
+
+
 def _tflm_reason(row: Mapping[str, Any]) -> str | None:
+    """Why TFLite Micro cannot run the variant (the cause only), or None."""
     tflm = row.get("tflm")
     if tflm and not tflm["runs"]:
-        return tflm.get("reason") or "no reason given"
+        reason = tflm.get("reason") or "no reason given"
+        return reason[len(REFUSAL_PREFIX):] if reason.startswith(REFUSAL_PREFIX) else reason
     return None
 
 
@@ -371,8 +391,8 @@ def _variant_cards(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         cards.append({
             "variant": row["variant"],
             "label": row["label"],
-            "accuracy": _accuracy(row),
-            "runtime": "LiteRT" if row.get("model_kind") == "tflite" else "Keras",
+            "accuracy": _accuracy(row, mark_runtime=False),  # the card names the runtime beside it
+            "runtime": _runtime(row),
             "matrix": confusion_view(row["classes"], row["confusion_matrix"]),
             "per_class": per_class_view(row.get("per_class") or []),
             "tflm_matrix": (confusion_view(row["classes"], tflm_matrix)
@@ -387,7 +407,7 @@ def _tflm_line(row: Mapping[str, Any]) -> str | None:
     if not tflm:
         return None
     if not tflm["runs"]:
-        return f"TFLite Micro cannot run it: {tflm.get('reason') or 'no reason given'}"
+        return f"TFLite Micro cannot run it: {_tflm_reason(row)}"
     parts = [f"TFLite Micro: accuracy {_pct(tflm['accuracy'])}" if tflm.get("accuracy") is not None else "TFLite Micro runs it"]
     if tflm.get("arena_bytes") is not None:
         parts.append(f"arena {_int(tflm['arena_bytes'])} B")
@@ -447,7 +467,8 @@ def lab_log(report: Mapping[str, Any]) -> str:
         correct = f" ({row['correct']}/{row['samples']})" if row.get("correct") is not None else ""
         split = row.get("split", "test")
         on_split = "" if split == "test" else f" (on the {split} split)"
-        lines.append(f"    accuracy: {row['accuracy']:.4f}{correct}{on_split}, change vs baseline {_points(row['accuracy_change_points'])} points")
+        lines.append(f"    accuracy ({_runtime(row)}): {row['accuracy']:.4f}{correct}{on_split}, "
+                     f"change vs baseline {_points(row['accuracy_change_points'])} points")
         lines.append(
             f"    size: {_int(row['size_bytes'])} B, gzip {_int(row['gzip_bytes'])} B "
             f"({_ratio(row['gzip_ratio'])} smaller than baseline), params {_int(row['param_count'])}, "

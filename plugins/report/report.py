@@ -240,6 +240,16 @@ def tflm_facts(metrics: Mapping[str, Any], classes: int) -> dict[str, Any] | Non
     }
 
 
+def scored_on(metrics: Mapping[str, Any]) -> str:
+    """The runtime whose predictions the accuracy and confusion matrix are:
+    "tflm" where evaluate fell back to TFLite Micro because LiteRT cannot load
+    the model (``metrics["scored_on"]``), else LiteRT for a .tflite, Keras
+    otherwise -- so no report labels a TFLM figure as LiteRT's."""
+    if metrics.get("scored_on") == "tflm":
+        return "tflm"
+    return "litert" if metrics.get("model_kind") == "tflite" else "keras"
+
+
 def collect_variants(inputs: Sequence[Artifact], baseline: str | None, with_latency: bool) -> list[dict[str, Any]]:
     """One row per input, with comparisons against the baseline variant."""
     loaded = [(artifact, _load(artifact)) for artifact in inputs]
@@ -265,6 +275,7 @@ def collect_variants(inputs: Sequence[Artifact], baseline: str | None, with_late
             "split": m.get("split", "test"),
             "label": _label(m),
             "accuracy": m["accuracy"],
+            "scored_on": scored_on(m),
             "correct": m.get("correct"),
             "samples": m.get("samples"),
             "macro_f1": m.get("macro_f1"),
@@ -395,12 +406,12 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: ReportParams) -> dict[str,
     latencies = {a.metrics.get("variant", a.step): a.metrics.get("latency_ms") for a in inputs}
     # one multi-line message: the console shows it as a block indented by 4 columns
     table = render.text_table(report, latencies, width=render.terminal_width() - 4)
-    ctx.log(table)
     for warning in warnings:
         ctx.log(f"warning: {warning}")
-    if fatal:
+    if fatal:  # the failure message carries the table: logging it too printed it twice
         summary = "; ".join(f"variant {c['variant']}: {c['text']}" for c in failures)
         raise GateFailed(f"budget gate failed: {summary}\n{table}")
+    ctx.log(table)
     return {
         "variants": len(rows),
         "gated": gated,

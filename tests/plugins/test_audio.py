@@ -9,6 +9,7 @@ error for params) that names the file and the fix.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -261,8 +262,42 @@ def test_truncated_clip(one_good_clip_each, tmp_path):
     with pytest.raises(StepError, match="cut.wav"):
         audio({"folder": str(one_good_clip_each), "window_s": 0.25}, tmp_path)
     bad.write_bytes(good[:44])  # a header, no samples
-    with pytest.raises(StepError, match="cut.wav (holds no audio samples|is not a readable)"):
+    with pytest.raises(StepError, match="cut.wav is truncated"):
         audio({"folder": str(one_good_clip_each), "window_s": 0.25}, tmp_path)
+
+
+@pytest.mark.parametrize("keep", [60, 2000])
+def test_a_cut_clip_is_truncated_not_short(one_good_clip_each, tmp_path, keep):
+    """libsndfile reads a cut file's remaining samples without complaint; the
+    header's declared sizes show it was cut (it used to become a 0.001 s clip)."""
+    good = (one_good_clip_each / "tone" / "0.wav").read_bytes()  # 0.5 s at 8 kHz, PCM_16: 8,000 data bytes
+    bad = one_good_clip_each / "tone" / "cut.wav"
+    bad.write_bytes(good[:keep])
+    with pytest.raises(StepError) as err:
+        audio({"folder": str(one_good_clip_each), "window_s": 0.25}, tmp_path)
+    message = str(err.value)
+    assert f"{bad} is truncated" in message and "re-export" in message
+    assert "8,000 bytes" in message and f"{keep:,} bytes in all" in message
+
+
+def test_an_odd_sized_data_chunk_may_lack_its_pad_byte(tmp_path):
+    from tinybuild_plugins.data.audio_signal import read_mono
+
+    path = write_wav(tmp_path / "odd.wav", np.zeros(101), 8000, "PCM_U8", 1)
+    data = path.read_bytes()
+    assert len(data) % 2 == 0 and data[-1:] == b"\x00"  # 101 data bytes + 1 pad byte
+    path.write_bytes(data[:-1])
+    signal, rate = read_mono(path, "fix")
+    assert len(signal) == 101 and rate == 8000
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero"])
+def test_a_wav_name_that_is_not_a_regular_file_is_an_error(one_good_clip_each, tmp_path, kind):
+    odd = one_good_clip_each / "tone" / "odd.wav"
+    os.mkfifo(odd) if kind == "fifo" else odd.symlink_to("/dev/zero")
+    with pytest.raises(StepError, match="only regular files are read") as err:
+        audio({"folder": str(one_good_clip_each), "window_s": 0.25}, tmp_path)
+    assert str(odd) in str(err.value)
 
 
 def test_header_with_sample_rate_zero(one_good_clip_each, tmp_path):

@@ -267,7 +267,7 @@ def test_tflm_figures_are_shown_when_present(tmp_path):
     runs = {"runs": True, "reason": None, "arena_bytes": 11_952, "arena_min_bytes": 11_900, "accuracy": 0.9815,
             "correct": 1963, "samples": 2000, "per_class": None, "confusion_matrix": [[980, 20], [17, 983]],
             "max_abs_diff_vs_litert": 0.0, "argmax_agreement": 1.0}
-    fails = {"runs": False, "reason": "DEQUANTIZE of float16 is not supported", "arena_bytes": None,
+    fails = {"runs": False, "reason": "does not run on TFLM: DEQUANTIZE of float16 is not supported", "arena_bytes": None,
              "arena_min_bytes": None, "accuracy": None, "correct": None, "samples": None, "per_class": None,
              "confusion_matrix": None, "max_abs_diff_vs_litert": None, "argmax_agreement": None}
     inputs = [metrics_artifact(tmp_path, "int8", arena=10_140, tflm=runs),
@@ -298,6 +298,9 @@ def test_tflm_figures_are_shown_when_present(tmp_path):
     assert "| fp16 |" in md and "`fp16` does not run on TFLite Micro: DEQUANTIZE of float16" in md
     terminal = "\n".join(logs)
     assert "fp16: not on TFLite Micro: DEQUANTIZE" in terminal and "11,952" in terminal
+    # the refusal is worded once everywhere, not "does not run on TFLite Micro: does not run on TFLM: ..."
+    for text in (md, terminal, (out / "build.log").read_text(), " ".join(page.texts)):
+        assert "does not run on TFLM" not in text
 
 
 def test_training_curves_are_drawn_where_a_history_is_stored(tmp_path):
@@ -356,12 +359,34 @@ def test_json_holds_every_figure_and_the_comparisons(variants):
     assert "latency_ms" not in rows["int8"]  # machine-dependent: off by default
 
 
+def test_a_variant_tflm_scored_is_labelled_tflm_everywhere(tmp_path):
+    """evaluate falls back to TFLite Micro where LiteRT cannot load a model
+    (``scored_on = "tflm"``): the accuracy is TFLM's, and no report file may
+    call it LiteRT's."""
+    runs = {"runs": True, "reason": None, "arena_bytes": 11_872, "accuracy": 0.9775, "correct": 1955,
+            "samples": 2000, "confusion_matrix": [[980, 20], [25, 975]], "argmax_agreement": None}
+    inputs = [metrics_artifact(tmp_path, "int8", accuracy=0.98),
+              metrics_artifact(tmp_path, "clustered_lut", accuracy=0.9775, tflm=runs, scored_on="tflm",
+                               litert_error="DECODE is not a LiteRT op")]
+    logs: list[str] = []
+    out, _ = build(inputs, {"gate": []}, logs=logs)
+    rows = {r["variant"]: r for r in json.loads((out / "report.json").read_text())["variants"]}
+    assert rows["clustered_lut"]["scored_on"] == "tflm" and rows["int8"]["scored_on"] == "litert"
+    html = (out / "report.html").read_text()
+    assert "accuracy 97.75% (TFLite Micro)" in html and "accuracy 97.75% (LiteRT)" not in html
+    assert "accuracy 98.00% (LiteRT)" in html
+    assert "| clustered_lut | tflite int8 | 97.75% (TFLM) |" in (out / "report.md").read_text()
+    log = (out / "build.log").read_text()
+    assert "accuracy (TFLite Micro): 0.9775" in log and "accuracy (LiteRT): 0.9800" in log
+    assert "97.75% (TFLM)" in "\n".join(logs)
+
+
 def test_build_log_reads_like_a_lab_log(variants):
     out, _ = build(variants, {"title": "mnist-cnn"}, target={"flash_kb": 96})
     log = (out / "build.log").read_text()
     assert "tinybuild build log: mnist-cnn" in log and "seed: 7" in log and "target: flash_kb = 96" in log
     assert "[3] int8 (tflite int8)" in log
-    assert "accuracy: 0.9790 (1958/2000)" in log and "size: 22,480 B" in log
+    assert "accuracy (LiteRT): 0.9790 (1958/2000)" in log and "size: 22,480 B" in log
     assert "from its step: quantize=int8, source=train" in log
     assert "int8: size 22,480 B (21.95 KiB) <= flash_kb 96 (98,304 B) -> pass" in log
     assert not re.search(r"\d{4}-\d{2}-\d{2}|\d{2}:\d{2}:\d{2}", log)  # no dates or times
@@ -456,10 +481,12 @@ def test_console_shows_a_table_as_a_block_that_fits_80_columns(tmp_path):
 
 def test_flash_gate_names_variant_budget_and_figure(tmp_path):
     big = metrics_artifact(tmp_path, "int8", size=86_221)  # 84.2 KiB
+    logs: list[str] = []
     with pytest.raises(GateFailed, match=r"variant int8: size 86,221 B \(84\.20 KiB\) > flash_kb 64 \(65,536 B\)") as failure:
-        build([big], target={"flash_kb": 64}, out=tmp_path / "out")
+        build([big], target={"flash_kb": 64}, out=tmp_path / "out", logs=logs)
     table = str(failure.value).splitlines()[1:]  # the full table follows the one-line summary
     assert any("Variant" in line and "Gate" in line for line in table)
+    assert not any("Variant" in message for message in logs)  # ...and is printed once, not logged as well
     assert any("int8" in line and "FAIL" in line for line in table)
     # the report is written before the gate fails: the user needs it most then
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == FILES
@@ -693,3 +720,21 @@ def test_example_recipe_plans_and_gates_real_variants(tmp_path, capsys):
     assert set(steps["report"]["gate"]) <= evaluated
     tflite_steps = {name for name, table in steps.items() if table["use"] == "tflite"}
     assert tflite_steps <= evaluated  # every converted variant is evaluated and reported
+
+
+@pytest.mark.parametrize("history", [
+    {"accuracy": [0.955, 0.962, 0.971, 0.98], "val_accuracy": [0.95, 0.96, 0.965, 0.975], "loss": [0.3, 0.2, 0.15, 0.1]},
+    {"accuracy": [0.97], "loss": [0.1]},  # a single epoch
+])
+def test_training_curve_ticks_are_distinct_and_epochs_whole(history):
+    """Close accuracies used to print "98%, 97%, 97%, 96%, 96%", and a single
+    epoch got ticks 0.95, 1.00, 1.05."""
+    from tinybuild_plugins.report.plots import history_svg
+
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", history_svg("t", history))
+    panels = "\n".join(texts).split("epoch")  # x ticks, then "epoch", then the panel's y ticks ...
+    percents = [t for t in texts if t.endswith("%")]
+    assert percents and len(percents) == len(set(percents)), percents
+    epochs = len(history["accuracy"])
+    x_ticks = [t for t in panels[0].split("\n") if t]
+    assert x_ticks == [str(e) for e in range(1, epochs + 1)], x_ticks

@@ -136,6 +136,16 @@ def test_bad_names_are_usage_errors(name, message, tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("name", ["tflite", "report", "graph-steps", "keras"])
+def test_names_of_installed_plugins_and_step_types_are_refused(name, tmp_path, capsys):
+    """`new-plugin tflite` used to write a package whose tests failed as
+    generated (its step type shadowed, `tinybuild plugins` showing it BROKEN)."""
+    assert cli.main(["new-plugin", name, "--dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"'{name}' is taken" in err and f"my-{name}" in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_never_overwrites(package, capsys):
     before = (package / "pyproject.toml").read_text()
     assert cli.main(["new-plugin", NAME, "--dir", str(package.parent)]) == 2

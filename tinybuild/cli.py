@@ -180,7 +180,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if eligible and not args.verbose:
         summary = fastpath.try_noop(recipe, args.cache_dir, args.out, args.disable_plugin, lock=args.lock)
         if summary is not None:
-            _print_noop(summary, plain=args.plain or not sys.stderr.isatty())
+            _print_noop(summary)
             return 0
     fastpath.invalidate(stamp)
 
@@ -232,8 +232,7 @@ REPORTER = "tinybuild.console"
 
 def _is_regular_file(path: Path) -> bool:
     """Whether the no-op fast path may read ``path`` (a FIFO would hang it)."""
-    from .recipe import MAX_RECIPE_BYTES
-    from .safeio import check_regular
+    from .safeio import MAX_RECIPE_BYTES, check_regular
 
     try:
         return check_regular(path).st_size <= MAX_RECIPE_BYTES
@@ -247,12 +246,10 @@ def _environ() -> dict[str, str]:
     return dict(os.environ)
 
 
-def _print_noop(summary: dict[str, Any], plain: bool) -> None:
+def _print_noop(summary: dict[str, Any]) -> None:
+    """The summary only: listing every cached step is what ``-v`` is for (and
+    ``-v`` takes the normal path, which lists them)."""
     steps = summary["steps"]
-    width = max((len(name) for name, _ in steps), default=0)
-    if plain:
-        for i, (name, digest) in enumerate(steps, 1):
-            print(f"[{i}/{len(steps)}] {name:<{width}} cached {digest[:12]}", file=sys.stderr)
     print(f"ok: 0 built, {len(steps)} cached (nothing changed since the last build)", file=sys.stderr)
     print(f"outputs: {summary.get('out', '')}", file=sys.stderr)
 
@@ -365,7 +362,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         _warn(f"left alone: {skipped}; gc never follows links or leaves the cache")
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {report.objects} objects ({report.object_bytes:,} B), {report.actions} action entries, "
-          f"{report.scratch} scratch folders; kept {report.kept_objects} objects referenced by {report.locks} lock files")
+          f"{report.scratch} scratch folders; kept {report.kept_objects} objects referenced by {report.locks} lock {'file' if report.locks == 1 else 'files'}")
     return 0
 
 

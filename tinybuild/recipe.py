@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import Problem, RecipeError, did_you_mean
 from .hashing import bytes_digest, stat_signature
-from .safeio import BadPath, FileTooLarge, NotRegularFile, open_regular, stat_of
+from .safeio import MAX_RECIPE_BYTES, BadPath, FileTooLarge, NotRegularFile, open_regular, stat_of
 from . import matrix
 
 #: Sections of the recipe that become steps with a fixed name.
@@ -41,8 +41,6 @@ CORE_STEP_KEYS = ("use", "input", "inputs", "matrix")
 STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 #: Longest recipe or step name: each names a folder (file systems stop at 255 bytes).
 MAX_NAME = 100
-#: A recipe holds settings, not data: a bigger file is a mistake (or hostile).
-MAX_RECIPE_BYTES = 1 << 20
 #: Deepest nesting of tables and arrays a recipe may use (the built-in
 #: plugins need 3); bounded so no recursive code downstream can overflow.
 MAX_DEPTH = 32

@@ -22,7 +22,38 @@ def quiet(ws, monkeypatch):
 def test_noop_build_takes_the_fast_path(quiet):
     run = quiet.build()
     assert run.code == 0 and NOOP in run.err
-    assert "[6/6] report cached" in run.err.replace("  ", " ")
+    assert "ok: 0 built, 6 cached" in run.err
+    assert " cached " not in run.err.replace("6 cached (", "")  # no per-step lines: -v lists them
+
+
+def test_verbose_lists_the_cached_steps(quiet):
+    run = quiet.build("-v")
+    assert run.code == 0 and "[6/6] report" in run.err and "cached" in run.err
+
+
+def test_noop_fast_path_imports_no_heavy_library(quiet):
+    """The fast path exists to be quick: pydantic (~0.25 s), numpy and
+    networkx are the normal path's imports, never the no-op's."""
+    import json
+    import subprocess
+    import sys
+
+    from toyenv import HERE
+
+    script = (
+        "import json, sys\n"
+        "from tinybuild.cli import main\n"
+        "code = main(['build', sys.argv[1], '--plain', '--cache-dir', sys.argv[2]])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'numpy', 'networkx'))\n"
+        "print(json.dumps({'code': code, 'heavy': heavy}), file=sys.stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TINYBUILD_NO_FASTPATH"}
+    env["PYTHONPATH"] = str(HERE)
+    for _ in range(2):  # the first records the stamp for this environment (PYTHONPATH is part of it)
+        proc = subprocess.run([sys.executable, "-c", script, str(quiet.recipe), str(quiet.cache)], capture_output=True,
+                              text=True, env=env, cwd=quiet.root, timeout=120)
+    assert NOOP in proc.stderr, proc.stderr
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == {"code": 0, "heavy": []}
 
 
 @pytest.mark.parametrize("change", ["param", "data", "output", "lock", "object"])

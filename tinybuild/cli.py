@@ -184,7 +184,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             return 0
     fastpath.invalidate(stamp)
 
-    from . import locks
+    from . import buildfolder, locks
     from .console import ConsoleReporter
     from .executor import BuildOptions, Executor
     from .plugins import Hooks
@@ -192,17 +192,20 @@ def cmd_build(args: argparse.Namespace) -> int:
     reporter = ConsoleReporter(live=False if args.plain else None, verbose=args.verbose)
     project = _project(args, extra=[(REPORTER, reporter)])
     _check_build_folder(project.out_dir)
+    buildfolder.check_inputs_outside(project)
     # The build folder's lock serializes builds of one folder (outputs, logs,
     # stamp); the shared cache lock keeps gc out until this build's lock file
     # is written and registered.
     with locks.build_folder(project.out_dir, wait=not args.no_wait, notify=_note), \
             locks.cache_access(project.cache.root, exclusive=False, wait=not args.no_wait, notify=_note, warn=_warn):
+        buildfolder.claim(project.out_dir)  # never write into a folder tinybuild did not create
+        listed = fastpath.listed_folders(project) if eligible else None  # before the build lists them
         result = Executor(project, Hooks(project.pm)).build(BuildOptions(only=args.only, force=args.force, keep_going=args.keep_going))
         if result.exit_code == 0:
             print(f"outputs: {project.out_dir}", file=sys.stderr)
             if eligible:
                 try:
-                    fastpath.record_build(project, result, stamp, REPORTER)
+                    fastpath.record_build(project, result, stamp, REPORTER, listed)
                 except OSError as exc:  # e.g. a read-only cache: the next build takes the normal path
                     _warn(f"could not record the no-op stamp ({exc.strerror or exc}); the next build takes the normal path")
     return result.exit_code
@@ -325,11 +328,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from . import locks
+    from . import buildfolder, locks
     from .housekeeping import clean_outputs
 
     project = _project(args)
     folder = project.out_dir
+    buildfolder.check_inputs_outside(project)  # the data would go with the folder
     with locks.build_folder(folder, wait=not args.no_wait, notify=_note):
         link = folder.is_symlink()
         removed = clean_outputs(folder, project.recipe.meta.name)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
 import pytest
 
@@ -206,3 +208,45 @@ def test_fingerprinted_helpers_outside_the_plugin_package_are_stamped(ws, tmp_pa
     run = ws.build()
     assert NOOP not in run.err
     assert "plugin calc source changed" in run.err
+
+
+def test_a_file_added_to_a_listed_folder_falls_back_to_a_real_build(ws, monkeypatch):
+    """A step that lists a folder (``input_files`` from ``iterdir``) declares
+    it in ``input_folders``: a new file there must rebuild, not say "nothing
+    changed" (the stamp held only the files the old listing returned)."""
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_listing")
+    data = ws.root / "numbers"
+    data.mkdir()
+    (data / "a.txt").write_text("1 2\n")
+    ws.write(f"""\
+        [recipe]
+        name = "listing"
+
+        [dataset]
+        use = "toy-folder"
+        folder = "{data}"
+        """)
+    past = time.time() - 10  # no racy folder: the stamp is recorded
+    os.utime(data, (past, past))
+    assert built_steps(ws.build()) == ["dataset"]
+    assert NOOP in ws.build().err
+    (data / "b.txt").write_text("3\n")
+    os.utime(data, (past + 1, past + 1))  # listing changed; mtime clearly not racy
+    run = ws.build()
+    assert run.code == 0 and NOOP not in run.err and built_steps(run) == ["dataset"]
+    assert json.loads((ws.root / "build" / "listing" / "dataset" / "data.json").read_text()) == [1, 2, 3]
+    assert NOOP in ws.build().err  # stamped again
+
+
+def test_the_normal_path_key_covers_a_folder_listing(ws, monkeypatch):
+    """Without the fast path the listing is re-read: a new file changes the key."""
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_listing")
+    monkeypatch.setenv("TINYBUILD_NO_FASTPATH", "1")
+    data = ws.root / "numbers"
+    data.mkdir()
+    (data / "a.txt").write_text("1 2\n")
+    ws.write(f'[recipe]\nname = "listing"\n\n[dataset]\nuse = "toy-folder"\nfolder = "{data}"\n')
+    assert built_steps(ws.build()) == ["dataset"]
+    assert built_steps(ws.build()) == []
+    (data / "b.txt").write_text("3\n")
+    assert built_steps(ws.build()) == ["dataset"]

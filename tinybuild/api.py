@@ -304,6 +304,11 @@ class StepType:
     #: Python file of a ``builder = "file.py:func"`` reference); their content
     #: digests enter the cache key
     input_files: Callable[[Any], Mapping[str, Path]] | None = None
+    #: folders whose *listing* ``input_files`` reads (a data folder it
+    #: ``iterdir``s): the no-op fast path stamps them, so a file added to,
+    #: removed from or renamed in one makes the next build take the normal
+    #: path (which lists them again). Omit when no folder is listed.
+    input_folders: Callable[[Any], Iterable[Path]] | None = None
     #: whether the output may depend on step names (``ctx.step``, or the
     #: ``Artifact.step`` of inputs: a C identifier, a report's variant labels).
     #: If so (the safe default) the names enter the cache key. Steps whose

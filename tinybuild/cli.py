@@ -185,11 +185,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     if eligible and not args.verbose:
         summary = fastpath.try_noop(recipe, args.cache_dir, args.out, args.disable_plugin, lock=args.lock)
         if summary is not None:
-            _print_noop(summary, plain=args.plain or not sys.stderr.isatty())
+            _print_noop(summary)
             return 0
     fastpath.invalidate(stamp)
 
-    from . import locks
+    from . import buildfolder, locks
     from .console import ConsoleReporter
     from .executor import BuildOptions, Executor
     from .plugins import Hooks
@@ -197,17 +197,20 @@ def cmd_build(args: argparse.Namespace) -> int:
     reporter = ConsoleReporter(live=False if args.plain else None, verbose=args.verbose)
     project = _project(args, extra=[(REPORTER, reporter)])
     _check_build_folder(project.out_dir)
+    buildfolder.check_inputs_outside(project)
     # The build folder's lock serializes builds of one folder (outputs, logs,
     # stamp); the shared cache lock keeps gc out until this build's lock file
     # is written and registered.
     with locks.build_folder(project.out_dir, wait=not args.no_wait, notify=_note), \
             locks.cache_access(project.cache.root, exclusive=False, wait=not args.no_wait, notify=_note, warn=_warn):
+        buildfolder.claim(project.out_dir)  # never write into a folder tinybuild did not create
+        listed = fastpath.listed_folders(project) if eligible else None  # before the build lists them
         result = Executor(project, Hooks(project.pm), _scheduler(args, project)).build(BuildOptions(only=args.only, force=args.force, keep_going=args.keep_going))
         if result.exit_code == 0:
             print(f"outputs: {project.out_dir}", file=sys.stderr)
             if eligible:
                 try:
-                    fastpath.record_build(project, result, stamp, REPORTER)
+                    fastpath.record_build(project, result, stamp, REPORTER, listed)
                 except OSError as exc:  # e.g. a read-only cache: the next build takes the normal path
                     _warn(f"could not record the no-op stamp ({exc.strerror or exc}); the next build takes the normal path")
     return result.exit_code
@@ -287,14 +290,14 @@ def _environ() -> dict[str, str]:
     return dict(os.environ)
 
 
-def _print_noop(summary: dict[str, Any], plain: bool) -> None:
+def _print_noop(summary: dict[str, Any]) -> None:
+    """The summary only: listing every cached step is what ``-v`` is for (and
+    ``-v`` takes the normal path, which lists them)."""
     steps = summary["steps"]
-    width = max((len(name) for name, _ in steps), default=0)
-    if plain and len(steps) == 1:
-        print(f"[1/1] {steps[0][0]:<{width}} cached {steps[0][1][:12]}", file=sys.stderr)
-    elif plain and steps:  # one line, as the normal path prints a run of cached steps (-v lists each)
-        print(f"[1-{len(steps)}/{len(steps)}] {len(steps)} steps cached ({steps[0][0]} … {steps[-1][0]}; -v lists each)",
-              file=sys.stderr)
+    if steps:  # one line, as the normal path prints a run of cached steps (-v lists each)
+        first, last = steps[0][0], steps[-1][0]
+        print(f"[1-{len(steps)}/{len(steps)}] {len(steps)} steps cached ({first} … {last}; -v lists each)"
+              if len(steps) > 1 else f"[1/1] {first} cached {steps[0][1][:12]}", file=sys.stderr)
     print(f"ok: 0 built, {len(steps)} cached (nothing changed since the last build)", file=sys.stderr)
     print(f"outputs: {summary.get('out', '')}", file=sys.stderr)
 
@@ -370,11 +373,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from . import locks
+    from . import buildfolder, locks
     from .housekeeping import clean_outputs
 
     project = _project(args)
     folder = project.out_dir
+    buildfolder.check_inputs_outside(project)  # the data would go with the folder
     with locks.build_folder(folder, wait=not args.no_wait, notify=_note):
         link = folder.is_symlink()
         removed = clean_outputs(folder, project.recipe.meta.name)
@@ -407,7 +411,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         _warn(f"left alone: {skipped}; gc never follows links or leaves the cache")
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {report.objects} objects ({report.object_bytes:,} B), {report.actions} action entries, "
-          f"{report.scratch} scratch folders; kept {report.kept_objects} objects referenced by {report.locks} lock files")
+          f"{report.scratch} scratch folders; kept {report.kept_objects} objects referenced by {report.locks} lock {'file' if report.locks == 1 else 'files'}")
     return 0
 
 

@@ -7,7 +7,8 @@ every file the keys were computed from (recipe, lock file, data files,
 plugin and core sources, cached objects, materialized outputs), the mtimes of
 the ``sys.path`` folders (a ``pip install`` changes them; the current folder,
 which ``python -m`` and ``python -c`` put on the path, is stamped by the
-module names it holds instead, see :func:`module_names`), and the values of
+module names it holds instead, see :func:`module_names`) and of the data
+folders steps list (``StepType.input_folders``: a new file changes them), and the values of
 the environment variables the recipe interpolates. The next ``build`` with
 the same arguments checks those with ``stat`` alone; any difference, or any
 doubt, falls back to the normal path, which is always correct on its own.
@@ -222,7 +223,8 @@ def observe(path: Path | str, digest: str | None = None) -> Observation:
 
 
 def record(stamp: Path, *, recipe_text: str, observations: Mapping[str, Observation], summary: Mapping[str, Any],
-           environ: Mapping[str, str] | None = None, root: Path | None = None) -> None:
+           environ: Mapping[str, str] | None = None, root: Path | None = None,
+           listed: Mapping[str, int] | None = None) -> None:
     """Write a stamp: ``observations`` maps every file the build depends on
     or produced to the (signature, digest, time) it was observed with. With
     ``root`` (the cache), never through a link below it. Builds of one build
@@ -243,6 +245,7 @@ def record(stamp: Path, *, recipe_text: str, observations: Mapping[str, Observat
                 folders.append([folder, os.stat(folder or ".").st_mtime_ns])
         except OSError:
             continue
+    folders.extend([folder, mtime] for folder, mtime in sorted((listed or {}).items()))  # data folders steps list
     atomic_write_json(stamp, {"format": FORMAT, "env": env_refs(recipe_text, env), "folders": folders,
                               "modules": modules, "files": entries, "summary": dict(summary)}, root=root)
 
@@ -265,7 +268,38 @@ def _core_sources() -> list[str]:
                   if (name == "tinybuild" or name.startswith("tinybuild.")) and getattr(m, "__file__", None))
 
 
-def record_build(project: Any, result: Any, stamp: Path, reporter_name: str) -> bool:
+def listed_folders(project: Any) -> dict[str, int] | None:
+    """mtime of every folder a step declares it lists (``StepType.input_folders``),
+    taken *before* the build lists them; None when one cannot be read (the
+    build reports it; no stamp is recorded)."""
+    folders: dict[str, int] = {}
+    for step in project.steps.values():
+        declared = step.step_type.input_folders
+        if declared is None:
+            continue
+        try:
+            for folder in declared(step.params):
+                folders[str(folder)] = os.stat(folder).st_mtime_ns
+        except OSError:
+            return None
+    return folders
+
+
+def _folders_unchanged(before: Mapping[str, int]) -> bool:
+    """Whether the listed folders are as before the build and not racy (an
+    entry created within one tick of the stamp could leave the mtime as is)."""
+    now = time.time_ns()
+    for folder, mtime in before.items():
+        try:
+            if os.stat(folder).st_mtime_ns != mtime or now - mtime <= RACY_NS:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def record_build(project: Any, result: Any, stamp: Path, reporter_name: str,
+                 listed: Mapping[str, int] | None = None) -> bool:
     """Stamp a successful, fully cached-or-stored build; False when not eligible.
 
     Inputs are stamped as the build *read* them (the recipe's bytes, the stat
@@ -277,6 +311,10 @@ def record_build(project: Any, result: Any, stamp: Path, reporter_name: str) -> 
 
     if result.exit_code != 0 or result.uncached or has_observers(project.pm, [reporter_name]):
         return False
+    if listed is None:
+        listed = listed_folders(project)
+    if listed is None or not _folders_unchanged(listed):
+        return False  # a listed folder changed during the build (or is unreadable): the next build checks it
     lock = read_lock(project.lock_path)
     order = project.order
     if sorted(lock) != sorted(order) or project.recipe.origin is None:
@@ -305,6 +343,6 @@ def record_build(project: Any, result: Any, stamp: Path, reporter_name: str) -> 
     seen[str(project.lock_path)] = observe(project.lock_path)
     summary = {"steps": [[n, lock[n]["output"]["digest"]] for n in order], "out": str(project.out_dir)}
     record(stamp, recipe_text=project.recipe.path.read_text("utf-8"), observations=seen, summary=summary,
-           root=cache.root)
+           root=cache.root, listed=listed)
     cache.memo.save()
     return True

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import safefs
+from .buildfolder import removable
 from .cache import Cache
 from .errors import CacheError
 from .lockfile import referenced_digests
@@ -123,8 +124,11 @@ def clean_outputs(out_dir: Path, recipe_name: str) -> bool:
 
     Only ever a folder named after the recipe, strictly inside its parent:
     a mistake elsewhere must never turn ``clean`` into ``rm -rf`` of a project.
-    A build folder that is a symbolic link loses the link, never its target.
+    A build folder that is a symbolic link loses the link, never its target;
+    a real folder goes only if tinybuild created it (see :mod:`.buildfolder`).
     """
     if out_dir.name != recipe_name or recipe_name.startswith(".") or out_dir.parent == out_dir:
         raise CacheError(f"refusing to remove {out_dir}: not a build folder named after recipe '{recipe_name}'")
+    if out_dir.is_dir() and not out_dir.is_symlink() and not removable(out_dir):
+        return False  # an empty folder tinybuild did not create: not ours to remove
     return safefs.remove(out_dir, out_dir.parent)

@@ -32,6 +32,10 @@ PATH_MAX = 4096
 #: Folders of kernel pseudo-files: stat calls them regular, but their sizes
 #: are made up and some never end; no recipe reads data from them.
 PSEUDO_FILE_SYSTEMS = ("/proc/", "/sys/")
+#: A recipe holds settings, not data: a bigger file is a mistake (or hostile).
+#: Here, not in ``recipe`` (which imports pydantic), because the no-op fast
+#: path checks the recipe's size too and must stay free of heavy imports.
+MAX_RECIPE_BYTES = 1 << 20
 
 
 class NotRegularFile(OSError):

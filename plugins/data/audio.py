@@ -236,6 +236,16 @@ def input_files(params: AudioParams) -> dict[str, Path]:
     return {f"clip {c.path.relative_to(params.folder).as_posix()}": c.path for c in clips}
 
 
+def input_folders(params: AudioParams) -> list[Path]:
+    """The folders whose listing :func:`input_files` reads: with class
+    sub-folders, the root (a new class) and each class folder (a new clip),
+    so the no-op fast path sees a clip added, removed or renamed. A csv
+    names every clip itself (and is an input file), so nothing is listed."""
+    if params.csv is not None:
+        return []
+    return [params.folder, *sorted(p for p in params.folder.iterdir() if p.is_dir())]
+
+
 # -- turning clips into windows ------------------------------------------------------------
 
 
@@ -382,6 +392,7 @@ AUDIO = StepType(
     description="Dataset from WAV clips (labels from a CSV or sub-folders): mono, resampled, windowed, "
                 "standardized, square or 1-D or log-mel/MFCC; split by clip or source recording.",
     input_files=input_files,
+    input_folders=input_folders,
     uses_names=False,  # output depends on content only
     fingerprint_modules=("tinybuild_plugins.data.audio_signal", "tinybuild_plugins.data.splits",
                          "tinybuild_plugins.data.datasets", "tinybuild_plugins.sdk.dataset"),

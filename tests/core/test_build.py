@@ -263,6 +263,7 @@ def test_show_clean_and_gc(ws):
     assert len(objects(ws)) == before
     gc = ws.run("gc", "--cache-dir", str(ws.cache))
     assert "removed 4 objects" in gc.out and "4 action entries" in gc.out
+    assert "referenced by 1 lock file\n" in gc.out  # singular for one
     assert built_steps(ws.build()) == []  # everything referenced survived
     clean = ws.run("clean", str(ws.recipe))
     assert clean.code == 0 and not (ws.root / "build" / "toy").exists()

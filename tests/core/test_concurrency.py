@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tinybuild import cli
+from tinybuild.buildfolder import MARKER
 from toyenv import BUILTIN_PLUGINS, HERE, TOY_RECIPE, Run, built_steps
 
 TINYBUILD = [sys.executable, "-m", "tinybuild"]
@@ -65,7 +66,7 @@ def _all_ok(procs: list[subprocess.Popen]) -> list[str]:
 
 def _tree(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and ".logs" not in p.parts}
+            for p in sorted(folder.rglob("*")) if p.is_file() and ".logs" not in p.parts and p.name != MARKER}
 
 
 def _matches_its_lock(root: Path, i: int) -> dict[str, str]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
 import pytest
 
@@ -23,6 +25,36 @@ def test_noop_build_takes_the_fast_path(quiet):
     run = quiet.build()
     assert run.code == 0 and NOOP in run.err
     assert "[1-6/6] 6 steps cached (dataset … report; -v lists each)" in run.err  # one line, as the normal path
+
+
+def test_verbose_lists_the_cached_steps(quiet):
+    run = quiet.build("-v")
+    assert run.code == 0 and "[6/6] report" in run.err and "cached" in run.err
+
+
+def test_noop_fast_path_imports_no_heavy_library(quiet):
+    """The fast path exists to be quick: pydantic (~0.25 s), numpy and
+    networkx are the normal path's imports, never the no-op's."""
+    import json
+    import subprocess
+    import sys
+
+    from toyenv import HERE
+
+    script = (
+        "import json, sys\n"
+        "from tinybuild.cli import main\n"
+        "code = main(['build', sys.argv[1], '--plain', '--cache-dir', sys.argv[2]])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'numpy', 'networkx'))\n"
+        "print(json.dumps({'code': code, 'heavy': heavy}), file=sys.stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TINYBUILD_NO_FASTPATH"}
+    env["PYTHONPATH"] = str(HERE)
+    for _ in range(2):  # the first records the stamp for this environment (PYTHONPATH is part of it)
+        proc = subprocess.run([sys.executable, "-c", script, str(quiet.recipe), str(quiet.cache)], capture_output=True,
+                              text=True, env=env, cwd=quiet.root, timeout=120)
+    assert NOOP in proc.stderr, proc.stderr
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == {"code": 0, "heavy": []}
 
 
 @pytest.mark.parametrize("change", ["param", "data", "output", "lock", "object"])
@@ -204,3 +236,44 @@ def test_python_m_keeps_the_fast_path_when_a_file_appears_in_the_current_folder(
     shadow.unlink()
     assert NOOP not in build()
     assert NOOP in build()
+
+def test_a_file_added_to_a_listed_folder_falls_back_to_a_real_build(ws, monkeypatch):
+    """A step that lists a folder (``input_files`` from ``iterdir``) declares
+    it in ``input_folders``: a new file there must rebuild, not say "nothing
+    changed" (the stamp held only the files the old listing returned)."""
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_listing")
+    data = ws.root / "numbers"
+    data.mkdir()
+    (data / "a.txt").write_text("1 2\n")
+    ws.write(f"""\
+        [recipe]
+        name = "listing"
+
+        [dataset]
+        use = "toy-folder"
+        folder = "{data}"
+        """)
+    past = time.time() - 10  # no racy folder: the stamp is recorded
+    os.utime(data, (past, past))
+    assert built_steps(ws.build()) == ["dataset"]
+    assert NOOP in ws.build().err
+    (data / "b.txt").write_text("3\n")
+    os.utime(data, (past + 1, past + 1))  # listing changed; mtime clearly not racy
+    run = ws.build()
+    assert run.code == 0 and NOOP not in run.err and built_steps(run) == ["dataset"]
+    assert json.loads((ws.root / "build" / "listing" / "dataset" / "data.json").read_text()) == [1, 2, 3]
+    assert NOOP in ws.build().err  # stamped again
+
+
+def test_the_normal_path_key_covers_a_folder_listing(ws, monkeypatch):
+    """Without the fast path the listing is re-read: a new file changes the key."""
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_listing")
+    monkeypatch.setenv("TINYBUILD_NO_FASTPATH", "1")
+    data = ws.root / "numbers"
+    data.mkdir()
+    (data / "a.txt").write_text("1 2\n")
+    ws.write(f'[recipe]\nname = "listing"\n\n[dataset]\nuse = "toy-folder"\nfolder = "{data}"\n')
+    assert built_steps(ws.build()) == ["dataset"]
+    assert built_steps(ws.build()) == []
+    (data / "b.txt").write_text("3\n")
+    assert built_steps(ws.build()) == ["dataset"]

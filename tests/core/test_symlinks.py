@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tinybuild.buildfolder import MARKER
 from toyenv import built_steps
 
 
@@ -56,6 +57,14 @@ def _plant(link: Path, target: Path) -> None:
     link.symlink_to(target, target_is_directory=target.is_dir())
 
 
+def _mark(ws) -> None:
+    """Make ``build/toy`` a build folder tinybuild owns (as a first build
+    would), so a link planted there is met by the write, not by the ownership check."""
+    folder = ws.root / "build" / "toy"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text("tinybuild\n")
+
+
 def _real_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink()
 
@@ -67,6 +76,7 @@ def _real_dir(path: Path) -> bool:
 def test_step_folder_link_is_replaced_not_followed(ws, victim, built_first):
     if built_first:
         assert ws.build().code == 0
+    _mark(ws)
     step = ws.root / "build" / "toy" / "train"
     _plant(step, victim.root)
     run = ws.build()
@@ -89,6 +99,7 @@ def test_links_inside_a_step_folder_are_removed_not_followed(ws, victim):
 
 @pytest.mark.parametrize("what", ["folder", "log", "traceback"])
 def test_logs_links_are_not_followed(ws, victim, what):
+    _mark(ws)
     logs = ws.root / "build" / "toy" / ".logs"
     if what == "folder":
         _plant(logs, victim.root)
@@ -110,6 +121,7 @@ def test_logs_links_are_not_followed(ws, victim, what):
 
 def test_a_gate_failure_keeps_its_output_without_following_a_link(ws, victim):
     ws.edit('inputs = ["fp32", "int8"]', 'inputs = ["fp32", "int8"]\nmax_size = 1')
+    _mark(ws)
     report = ws.root / "build" / "toy" / "report"
     _plant(report, victim.root)
     run = ws.build()

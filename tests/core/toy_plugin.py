@@ -151,3 +151,24 @@ def tinybuild_step_finished(step, step_type, digest, seconds, metrics):
 @hookimpl
 def tinybuild_step_cached(step, step_type, digest):
     EVENTS.append(("cached", step))
+
+
+class FolderParams(Params):
+    folder: Path = Field(description="a folder of .txt files of numbers (all of them are read)")
+
+
+def listed_files(params: FolderParams) -> dict[str, Path]:
+    return {f"file {p.name}": p for p in sorted(params.folder.iterdir()) if p.suffix == ".txt"}
+
+
+def run_folder(ctx, inputs, params: FolderParams):
+    numbers = [int(x) for p in listed_files(params).values() for x in p.read_text().split()]
+    (ctx.out_dir / "data.json").write_text(json.dumps(numbers))
+    return {"count": len(numbers)}
+
+
+#: a step type that lists a folder (as the audio dataset does), declared with
+#: input_folders; served by toy_listing (no lifecycle hooks: the fast path applies)
+FOLDER_STEP_TYPE = StepType("toy-folder", "1.0", Kind.DATASET, run_folder, params=FolderParams, arity=(0, 0),
+                            description="numbers from every .txt file of a folder", uses_names=False,
+                            input_files=listed_files, input_folders=lambda params: [params.folder])

@@ -169,6 +169,17 @@ def test_input_files_cover_every_clip(csv_clips, clip_folders):
     assert len(by_folder) == 18
 
 
+def test_listed_folders_are_declared_for_the_fast_path(csv_clips, clip_folders):
+    """Every folder input_files lists is declared (a new clip there must
+    rebuild); a csv names its clips itself, so it lists none."""
+    from tinybuild_plugins.data.audio import AUDIO, AudioParams
+
+    declared = AUDIO.input_folders(AudioParams(folder=clip_folders))
+    assert declared == [clip_folders, *(clip_folders / kind for kind in sorted(CLASSES))]
+    assert {p.parent for p in input_files(AudioParams(folder=clip_folders)).values()} <= set(declared)
+    assert AUDIO.input_folders(AudioParams(folder=csv_clips / "audio", csv=csv_clips / "meta.csv")) == []
+
+
 # -- splitting (pure functions) ------------------------------------------------------------
 
 

@@ -87,7 +87,8 @@ def _run_through_remote(job: dict[str, Any]) -> dict[str, Any]:
     root = Path(os.environ.get("TINYBUILD_WORKER_CACHE") or Path(tempfile.gettempdir()) / "tinybuild-ray-worker")
     local = Cache(root / "cache")
     remote = RemoteCache(job["remote"])
-    work = root / "jobs" / uuid.uuid4().hex
+    # inside the worker cache's tmp/: the step's scratch must lie under its cache (safefs containment)
+    work = local.root / "tmp" / "jobs" / uuid.uuid4().hex
     try:
         inputs = {}
         for name, raw in job["inputs"].items():

@@ -203,7 +203,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     # is written and registered.
     with locks.build_folder(project.out_dir, wait=not args.no_wait, notify=_note), \
             locks.cache_access(project.cache.root, exclusive=False, wait=not args.no_wait, notify=_note, warn=_warn):
-        buildfolder.claim(project.out_dir)  # never write into a folder tinybuild did not create
+        from .lockfile import read_lock
+
+        buildfolder.claim(project.out_dir, read_lock(project.lock_path))  # never write into a folder tinybuild did not create
         listed = fastpath.listed_folders(project) if eligible else None  # before the build lists them
         result = Executor(project, Hooks(project.pm), _scheduler(args, project)).build(BuildOptions(only=args.only, force=args.force, keep_going=args.keep_going))
         if result.exit_code == 0:
@@ -375,13 +377,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     from . import buildfolder, locks
     from .housekeeping import clean_outputs
+    from .lockfile import read_lock
 
     project = _project(args)
     folder = project.out_dir
     buildfolder.check_inputs_outside(project)  # the data would go with the folder
     with locks.build_folder(folder, wait=not args.no_wait, notify=_note):
         link = folder.is_symlink()
-        removed = clean_outputs(folder, project.recipe.meta.name)
+        removed = clean_outputs(folder, project.recipe.meta.name, read_lock(project.lock_path))
     if link:
         print(f"removed the symbolic link {folder} (what it pointed to was left alone)", file=sys.stderr)
     else:

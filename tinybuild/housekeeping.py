@@ -14,7 +14,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 from . import safefs
 from .buildfolder import removable
@@ -119,7 +119,7 @@ def collect_garbage(cache: Cache, dry_run: bool = False) -> GcReport:
     return report
 
 
-def clean_outputs(out_dir: Path, recipe_name: str) -> bool:
+def clean_outputs(out_dir: Path, recipe_name: str, lock: Mapping[str, Any] | None = None) -> bool:
     """Remove a recipe's build folder (the cache is untouched).
 
     Only ever a folder named after the recipe, strictly inside its parent:
@@ -129,6 +129,6 @@ def clean_outputs(out_dir: Path, recipe_name: str) -> bool:
     """
     if out_dir.name != recipe_name or recipe_name.startswith(".") or out_dir.parent == out_dir:
         raise CacheError(f"refusing to remove {out_dir}: not a build folder named after recipe '{recipe_name}'")
-    if out_dir.is_dir() and not out_dir.is_symlink() and not removable(out_dir):
+    if out_dir.is_dir() and not out_dir.is_symlink() and not removable(out_dir, lock):
         return False  # an empty folder tinybuild did not create: not ours to remove
     return safefs.remove(out_dir, out_dir.parent)

@@ -53,13 +53,25 @@ def test_a_build_marks_its_folder_and_clean_removes_only_marked_folders(ws):
     assert ws.run("clean", str(ws.recipe)).code == 0  # a missing folder is fine
 
 
-def test_an_old_build_folder_without_the_marker_is_refused(ws):
+def test_an_old_build_folder_without_the_marker_is_adopted(ws):
+    """A folder an older tinybuild built (no marker) holds only what the lock
+    file records: build and clean adopt it, nothing is refused or lost."""
     assert ws.build().code == 0
     folder = ws.root / "build" / "toy"
     (folder / MARKER).unlink()  # as an older tinybuild left it
+    assert ws.build().code == 0 and (folder / MARKER).is_file()  # adopted, and marked
+    (folder / MARKER).unlink()
+    assert ws.run("clean", str(ws.recipe)).code == 0 and not folder.exists()
+
+
+def test_an_old_build_folder_with_a_foreign_file_is_refused(ws):
+    assert ws.build().code == 0
+    folder = ws.root / "build" / "toy"
+    (folder / MARKER).unlink()
+    (folder / "train" / "notes.txt").write_text("mine\n")  # not an output the lock file records
     run = ws.build()
-    assert run.code == 2 and f"rm -r {folder}" in run.err
-    assert ws.run("clean", str(ws.recipe)).code == 2 and (folder / "train").is_dir()
+    assert run.code == 2 and f"rm -r {folder}" in run.err and "did not create" in run.err
+    assert ws.run("clean", str(ws.recipe)).code == 2 and (folder / "train" / "notes.txt").read_text() == "mine\n"
 
 
 def test_a_data_file_inside_the_build_folder_is_refused(ws):

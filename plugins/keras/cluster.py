@@ -14,9 +14,9 @@ from typing import Any, Literal, Sequence
 
 from pydantic import Field, field_validator
 
-from tinybuild.api import Artifact, Kind, StepContext, StepError, StepType, hookimpl
+from tinybuild.api import Artifact, StepContext, StepError, StepType, hookimpl
 
-from tinybuild_plugins.keras.fit import TrainingParams
+from tinybuild_plugins.keras.fit import TrainingParams, tfmot_step_type
 from tinybuild_plugins.sdk.lazy import lazy_module
 
 np = lazy_module("numpy")  # imported on first use: loading this plugin stays NumPy-free
@@ -129,24 +129,8 @@ def run(ctx: StepContext, inputs: Sequence[Artifact], params: ClusterParams) -> 
     return metrics
 
 
-CLUSTER = StepType(
-    name="cluster",
-    version=VERSION,
-    produces=Kind.KERAS_MODEL,
-    run=run,
-    consumes=(Kind.KERAS_MODEL,),
-    params=ClusterParams,
-    arity=(1, 1),
-    default_input=None,
-    uses_dataset=True,
-    toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy"),
-    description="Weight clustering (tfmot) with fine-tuning; optionally sparsity-preserving.",
-    uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder",
-                         "tinybuild_plugins.keras.fit",
-                         "tinybuild_plugins.keras.tfmot_layers", "tinybuild_plugins.sdk.dataset"),
-    heavy=True,  # keeps its cores busy: -j runs no more of these than cores allow
-)
+CLUSTER = tfmot_step_type("cluster", VERSION, run, ClusterParams,
+                          "Weight clustering (tfmot) with fine-tuning; optionally sparsity-preserving.")
 
 
 @hookimpl

@@ -21,7 +21,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field, model_validator
 
-from tinybuild.api import Artifact, Params, StepContext, StepError
+from tinybuild.api import Artifact, Kind, Params, StepContext, StepError, StepType
 
 from tinybuild_plugins.sdk import tf as _tf
 from tinybuild_plugins.sdk.dataset import Dataset, load_dataset
@@ -340,3 +340,28 @@ def save_output_model(
         **({"training": training} if training else {}),
         **meta,
     })
+
+
+def tfmot_step_type(name: str, version: str, run: Any, params: type, description: str) -> StepType:
+    """The declaration the tfmot fine-tuning steps (prune, qat, cluster) share:
+    one keras-model in, one out, fine-tuned on the dataset, a content-only key
+    (renames rerun nothing), heavy for ``-j``; only what differs is a parameter."""
+    return StepType(
+        name=name,
+        version=version,
+        produces=Kind.KERAS_MODEL,
+        run=run,
+        consumes=(Kind.KERAS_MODEL,),
+        params=params,
+        arity=(1, 1),
+        default_input=None,
+        uses_dataset=True,
+        toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy"),
+        description=description,
+        uses_names=False,
+        fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model",
+                             "tinybuild_plugins.sdk.keras_builder", "tinybuild_plugins.keras.fit",
+                             "tinybuild_plugins.keras.tfmot_layers", "tinybuild_plugins.sdk.dataset"),
+        heavy=True,  # keeps its cores busy: -j runs no more of these than cores allow
+    )
+

@@ -14,9 +14,9 @@ from typing import Any, Literal, Sequence
 
 from pydantic import Field, field_validator, model_validator
 
-from tinybuild.api import Artifact, Kind, StepContext, StepError, StepType, hookimpl
+from tinybuild.api import Artifact, StepContext, StepError, StepType, hookimpl
 
-from tinybuild_plugins.keras.fit import TrainingParams
+from tinybuild_plugins.keras.fit import TrainingParams, tfmot_step_type
 
 VERSION = "1.0"
 
@@ -174,24 +174,8 @@ def run(ctx: StepContext, inputs: Sequence[Artifact], params: PruneParams) -> di
     return metrics
 
 
-PRUNE = StepType(
-    name="prune",
-    version=VERSION,
-    produces=Kind.KERAS_MODEL,
-    run=run,
-    consumes=(Kind.KERAS_MODEL,),
-    params=PruneParams,
-    arity=(1, 1),
-    default_input=None,
-    uses_dataset=True,
-    toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy"),
-    description="Magnitude pruning (tfmot) with fine-tuning; outputs a stripped model with exact zeros.",
-    uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder",
-                         "tinybuild_plugins.keras.fit",
-                         "tinybuild_plugins.keras.tfmot_layers", "tinybuild_plugins.sdk.dataset"),
-    heavy=True,  # keeps its cores busy: -j runs no more of these than cores allow
-)
+PRUNE = tfmot_step_type("prune", VERSION, run, PruneParams,
+                        "Magnitude pruning (tfmot) with fine-tuning; outputs a stripped model with exact zeros.")
 
 
 @hookimpl

@@ -26,9 +26,9 @@ from typing import Any, Literal, Sequence
 
 from pydantic import Field, field_validator
 
-from tinybuild.api import Artifact, Kind, StepContext, StepError, StepType, hookimpl
+from tinybuild.api import Artifact, StepContext, StepError, StepType, hookimpl
 
-from tinybuild_plugins.keras.fit import TrainingParams
+from tinybuild_plugins.keras.fit import TrainingParams, tfmot_step_type
 
 VERSION = "1.0"
 Preserve = Literal["sparsity", "clusters", "both"]
@@ -214,24 +214,8 @@ def structure_metrics(before: dict[str, dict[str, Any]], after: dict[str, dict[s
     }
 
 
-QAT = StepType(
-    name="qat",
-    version=VERSION,
-    produces=Kind.KERAS_MODEL,
-    run=run,
-    consumes=(Kind.KERAS_MODEL,),
-    params=QatParams,
-    arity=(1, 1),
-    default_input=None,
-    uses_dataset=True,
-    toolchain=("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy"),
-    description="Quantization-aware training (tfmot) of the whole model or selected layers.",
-    uses_names=False,  # output depends on content only: renames rerun nothing
-    fingerprint_modules=("tinybuild_plugins.sdk.tf", "tinybuild_plugins.sdk.keras_model", "tinybuild_plugins.sdk.keras_builder",
-                         "tinybuild_plugins.keras.fit",
-                         "tinybuild_plugins.keras.tfmot_layers", "tinybuild_plugins.sdk.dataset"),
-    heavy=True,  # keeps its cores busy: -j runs no more of these than cores allow
-)
+QAT = tfmot_step_type("qat", VERSION, run, QatParams,
+                      "Quantization-aware training (tfmot) of the whole model or selected layers.")
 
 
 @hookimpl

@@ -17,43 +17,16 @@ import pytest
 from tinybuild.api import StepError
 from tinybuild.testing import artifact_from_dir, run_step
 from tinybuild_plugins.report import evaluate
-from tinybuild_plugins.sdk.dataset import save_dataset
-from tinybuild_plugins.sdk.keras_model import save_keras_model
 from tinybuild_plugins.tflite import convert as tflite
 from tinybuild_plugins.tflite import tflm, tflm_child
 
 EVALUATE = evaluate.tinybuild_step_types()[0]
 TFLITE = tflite.tinybuild_step_types()[0]
 
-Y_TEST = np.array([0, 0, 1, 1, 2, 2])
-X_TEST = np.array([
-    [0.9, 0.1, 0.0], [0.2, 0.8, 0.1], [0.1, 0.7, 0.2],
-    [0.0, 0.6, 0.3], [0.1, 0.2, 0.9], [0.8, 0.1, 0.3],
-], dtype=np.float32)
+# the same tiny data set and identity model as the LiteRT evaluation tests (fixtures)
+from test_evaluate import X_TEST, Y_TEST, dataset, identity_model  # noqa: E402,F401
+
 CONFUSION = [[1, 1, 0], [0, 2, 0], [1, 0, 1]]  # by hand: argmax of the features
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    train = rng.random((40, 3), dtype=np.float32)
-    x = {"train": train, "val": X_TEST[:2], "test": X_TEST}
-    y = {"train": train.argmax(1), "val": Y_TEST[:2], "test": Y_TEST}
-    out = tmp_path_factory.mktemp("dataset")
-    save_dataset(out, x, y, {"input_shape": [3], "num_classes": 3, "class_names": ["zero", "one", "two"]})
-    return artifact_from_dir("dataset", "dataset", out)
-
-
-@pytest.fixture(scope="module")
-def identity_model(tmp_path_factory):
-    from tinybuild_plugins.sdk import tf as _tf
-
-    k = _tf.keras()
-    model = k.Sequential([k.layers.Input((3,)), k.layers.Dense(3)])
-    model.layers[0].set_weights([np.eye(3, dtype=np.float32), np.array([0.01, 0.02, 0.03], np.float32)])
-    out = tmp_path_factory.mktemp("identity")
-    save_keras_model(model, out)
-    return artifact_from_dir("identity", "keras-model", out)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from . import safefs
 from .errors import UsageError
+from .safeio import read_own_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from .project import Project
@@ -35,7 +36,7 @@ _MARKER_TEXT = b"This folder was created by tinybuild; `tinybuild clean` may rem
 
 def is_owned(folder: Path) -> bool:
     """Whether ``folder`` carries the marker (a regular file, not a link)."""
-    return safefs.read_regular(folder / MARKER, 4096) is not None
+    return read_own_file(folder / MARKER, 4096) is not None
 
 
 def _is_empty(folder: Path) -> bool:

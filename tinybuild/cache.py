@@ -40,6 +40,7 @@ from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 from . import metadata, safefs
 from .errors import CacheError
+from .safeio import read_own_file
 from .hashing import CHUNK, canonical_json, file_digest, stat_signature
 
 ENV_CACHE_DIR = "TINYBUILD_CACHE_DIR"
@@ -190,20 +191,6 @@ def entry_is_consistent(entry: ActionEntry) -> bool:
     return (all(safe_relpath(rel) for rel in entry.files)
             and all(is_digest(d) for d in entry.files.values())
             and entry.digest == artifact_digest(entry.kind, entry.files))
-
-
-def _read_regular(path: Path, limit: int) -> bytes:
-    """A file's bytes, only if it is a regular file (not a link, FIFO or
-    device) of at most ``limit`` bytes; OSError/ValueError otherwise."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ValueError(f"{path} is not a regular file")
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"{path} is larger than {limit} bytes")
-    return data
 
 
 def _intact(path: Path, digest: str) -> bool:
@@ -410,9 +397,12 @@ class Cache:
 
     def read_action(self, key: str) -> ActionEntry | None:
         """The stored entry for ``key``; None when absent, unreadable or of the wrong shape."""
+        data = read_own_file(self.action_path(key), MAX_ENTRY_BYTES)  # only a regular file, never a link
+        if data is None:
+            return None
         try:
-            entry = parse_entry(_read_regular(self.action_path(key), MAX_ENTRY_BYTES))
-        except (OSError, ValueError):
+            entry = parse_entry(data)
+        except ValueError:
             return None
         return entry if entry_is_consistent(entry) else None
 

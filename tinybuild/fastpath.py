@@ -106,20 +106,13 @@ def _file_ok(entry: list[Any]) -> bool:
 
 def _read_stamp(stamp: Path) -> Any:
     """The parsed stamp; None unless it is a regular file (not a link, FIFO or device) of sane size."""
+    from .safeio import read_own_file
+
+    data = read_own_file(stamp, STAMP_LIMIT)
     try:
-        fd = os.open(stamp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
+        return None if data is None else json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > STAMP_LIMIT:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return json.loads(f.read(STAMP_LIMIT).decode("utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    finally:
-        os.close(fd)
 
 
 def check(stamp: Path, recipe_text: str, environ: Mapping[str, str]) -> dict[str, Any] | None:

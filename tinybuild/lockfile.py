@@ -65,9 +65,9 @@ def referenced_digests(path: Path, limit: int = 256 << 20) -> tuple[set[str], se
     """(action keys, object digests) a lock file references. ValueError when
     it is unreadable or not what :func:`write_lock` writes: ``gc`` must not
     guess, since a guess of "nothing" would delete a recipe's live entries."""
-    from .safefs import read_regular
+    from .safeio import read_own_file
 
-    data = read_regular(path, limit)
+    data = read_own_file(path, limit)
     if data is None:
         raise ValueError(f"{path}: not a readable regular file")
     keys, objects = set(), set()

@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 
 from . import safefs
 from .errors import UsageError
-from .safefs import read_regular
+from .safeio import read_own_file
 
 Notify = Callable[[str], None]
 METADATA_TIMEOUT_S = 120
@@ -49,7 +49,7 @@ class Busy(UsageError):
 
 
 def _holder(lock_file: Path) -> str:
-    data = read_regular(lock_file, 64)
+    data = read_own_file(lock_file, 64)
     pid = (data or b"").decode("ascii", "replace").strip()
     return f"pid {pid}" if pid.isdigit() else "pid unknown"
 

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import CacheError
-from .safefs import atomic_write, read_regular
+from .safefs import atomic_write
+from .safeio import read_own_file
 
 MEMO_LIMIT = 512 << 20
 REGISTRY_LIMIT = 64 << 20
@@ -51,7 +52,7 @@ def _load(path: Path, limit: int) -> Any:
         return None
     except OSError as exc:
         raise DamagedMetadata(f"{path}: unreadable ({exc.strerror or exc})") from None
-    data = read_regular(path, limit)
+    data = read_own_file(path, limit)
     if data is None:
         raise DamagedMetadata(f"{path}: not a readable regular file of at most {limit:,} bytes")
     try:

@@ -192,28 +192,6 @@ def atomic_write(path: Path, data: bytes, root: Path | None = None) -> None:
         raise
 
 
-def read_regular(path: Path, limit: int) -> bytes | None:
-    """The bytes of ``path`` if it is a regular file (not a link, FIFO or
-    device) of at most ``limit`` bytes; None otherwise or when unreadable.
-    For metadata that is treated as absent when it is not what we wrote."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
-        return data if len(data) <= limit else None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
 def open_log(path: Path) -> int:
     """A descriptor appending to ``path``, never through a link at ``path``."""
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)

@@ -142,11 +142,35 @@ def read_regular(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     return data
 
 
+def read_own_file(path: str | os.PathLike[str], limit: int) -> bytes | None:
+    """The bytes of a file tinybuild wrote itself (a stamp, an action entry,
+    a lock or marker file) if it is a regular file -- not a link, FIFO or
+    device -- of at most ``limit`` bytes; None otherwise or when unreadable,
+    so that a planted or damaged file counts as absent. Standard library only:
+    the no-op fast path reads its stamp through it."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+        return data if len(data) <= limit else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def stat_of(f: BinaryIO) -> os.stat_result:
     return os.fstat(f.fileno())
 
 
 __all__ = [
     "BadPath", "FileTooLarge", "NotRegularFile", "check_path", "check_regular", "describe_mode",
-    "open_regular", "path_problem", "read_regular", "stat_of",
+    "open_regular", "path_problem", "read_own_file", "read_regular", "stat_of",
 ]

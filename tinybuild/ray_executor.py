@@ -211,8 +211,16 @@ class RayPool:
             shutil.rmtree(job["scratch"], ignore_errors=True)
 
     def close(self) -> None:
-        """Cancel what still runs (its workers are killed), remove its scratch, disconnect."""
-        for ref, (_, job) in list(self.refs.items()):
+        """Cancel what still runs (its workers are killed), remove its scratch, disconnect.
+
+        Tasks that already finished are left alone: Ray 2.60 can abort the driver
+        when a cancel races with a completion it is still processing
+        (``task_manager.cc``: ``it != submissible_tasks_.end()``)."""
+        try:
+            _, running = self.ray.wait(list(self.refs), num_returns=len(self.refs), timeout=0, fetch_local=False)
+        except Exception:
+            running = list(self.refs)
+        for ref in running:
             try:
                 self.ray.cancel(ref, force=True)
             except Exception:

@@ -236,15 +236,20 @@ marker = "{marker}"
     proc = subprocess.Popen([sys.executable, "-m", "tinybuild", "build", str(w.recipe), "--plain", "--executor", "ray",
                              "--ray-address", cluster.address, "--cache-dir", str(w.cache)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines: list[bytes] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
     deadline = time.monotonic() + 120
-    while not marker.exists() or not marker.read_text():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "the step never started"
+    # interrupt once the victim hangs and every other step is done, so that only a running task is cancelled
+    while not (marker.exists() and marker.read_text() and any(b"report  built" in line for line in lines)):
+        assert proc.poll() is None, b"".join(lines).decode()
+        assert time.monotonic() < deadline, "the steps never got there:\n" + b"".join(lines).decode()
         time.sleep(0.05)
     worker = int(marker.read_text())
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err.decode()
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
+    assert proc.returncode == 130, b"".join(lines).decode()
     gone = time.monotonic() + 15
     while time.monotonic() < gone:
         try:

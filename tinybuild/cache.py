@@ -161,6 +161,15 @@ class StatMemo:
         self._dirty = True
         return digest
 
+    def vouches(self, file: str, st: os.stat_result, digest: str) -> bool:
+        """Whether the memo saw ``file`` with exactly this stat signature,
+        hashed it to ``digest``, and the hash was not racy (see :meth:`digest`)."""
+        hit = self._entries.get(file)
+        if hit is None or len(hit) != 7 or hit[5] != digest:
+            return False
+        sig = self.signature(st)
+        return hit[:5] == sig and hit[6] - sig[2] > RACY_NS
+
     def remember(self, file: Path, digest: str) -> None:
         self._entries[str(file)] = [*self.signature(os.stat(file)), digest, time.time_ns()]
         self._dirty = True
@@ -343,8 +352,7 @@ class Cache:
         (read-only cache), in which case it is merely never served."""
         self._read.clear()
         try:
-            folder = self.root / "quarantine"
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = safefs.ensure_dir(self.root / "quarantine", self.root)  # a planted link there is replaced
             os.rename(path, folder / f"{path.parent.name}-{path.name}.{uuid.uuid4().hex[:8]}")
             return True
         except OSError:
@@ -397,7 +405,9 @@ class Cache:
 
     def read_action(self, key: str) -> ActionEntry | None:
         """The stored entry for ``key``; None when absent, unreadable or of the wrong shape."""
-        data = read_own_file(self.action_path(key), MAX_ENTRY_BYTES)  # only a regular file, never a link
+        if not is_digest(key):
+            return None
+        data = read_own_file(f"{self.actions}/{key[:2]}/{key[2:]}", MAX_ENTRY_BYTES)  # only a regular file, never a link
         if data is None:
             return None
         try:
@@ -414,17 +424,14 @@ class Cache:
         entry = self._read.get(key) or self.read_action(key)
         if entry is None or (kind is not None and entry.kind != kind):
             return None
-        if not all(self._occupied(d) for d in entry.files.values()):
-            return None
+        objects = str(self.objects)  # string joins: pathlib costs more than the lstat at thousands of steps
+        for digest in entry.files.values():  # digests were validated when the entry was parsed
+            try:
+                os.lstat(f"{objects}/{digest[:2]}/{digest[2:]}")
+            except OSError:
+                return None
         self._read[key] = entry
         return entry
-
-    def _occupied(self, digest: str) -> bool:
-        try:
-            os.lstat(self.object_path(digest))
-            return True
-        except OSError:
-            return False
 
     def put_action(self, key: str, entry: ActionEntry) -> None:
         missing = [rel for rel, d in entry.files.items() if not self.has_object(d)]
@@ -454,6 +461,35 @@ class Cache:
         safefs.remove(folder, self.tmp)
 
     # -- materializing outputs ---------------------------------------------
+
+    def in_place(self, files: Mapping[str, str], dest: Path) -> bool:
+        """Whether ``dest`` is a real folder holding exactly ``files`` and
+        nothing else, each a regular file the stat memo vouches for. One
+        ``scandir`` per step instead of :meth:`materialize`'s walks: the
+        common case of a rebuild (thousands of cached steps whose outputs are
+        already in place) then costs a listing, not a dozen system calls per
+        step. Artifacts with subfolders always take :meth:`materialize`."""
+        try:
+            if not stat.S_ISDIR(os.lstat(dest).st_mode):
+                return False  # missing, or a planted link/file: materialize replaces it
+            with os.scandir(dest) as listing:
+                entries = list(listing)
+        except OSError:
+            return False
+        if len(entries) != len(files):
+            return False
+        memo = self.memo
+        for entry in entries:
+            digest = files.get(entry.name)
+            if digest is None:
+                return False
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                return False
+            if not stat.S_ISREG(st.st_mode) or not memo.vouches(entry.path, st, digest):
+                return False
+        return True
 
     def materialize(self, files: Mapping[str, str], dest: Path) -> None:
         """Make ``dest`` hold exactly ``files`` (rel path -> digest).

@@ -395,7 +395,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     from . import locks
     from .cache import Cache
-    from .housekeeping import collect_garbage
+    from .housekeeping import QUARANTINE_DAYS, collect_garbage
 
     import os
 
@@ -414,7 +414,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         _warn(f"left alone: {skipped}; gc never follows links or leaves the cache")
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {report.objects} objects ({report.object_bytes:,} B), {report.actions} action entries, "
-          f"{report.scratch} scratch folders; kept {report.kept_objects} objects referenced by {report.locks} lock {'file' if report.locks == 1 else 'files'}")
+          f"{report.scratch} scratch folders, {report.quarantined} quarantined items over {QUARANTINE_DAYS} days old; kept {report.kept_objects} objects referenced by {report.locks} lock {'file' if report.locks == 1 else 'files'}")
     return 0
 
 

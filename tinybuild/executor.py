@@ -297,8 +297,9 @@ class Executor:
 
     def _materialize(self, name: str, entry: ActionEntry) -> Artifact:
         dest = self.project.step_out_dir(name)
-        safefs.ensure_dir(dest, self.project.out_dir)  # a planted link or file there is replaced, not followed
-        self.cache.materialize(entry.files, dest)
+        if not self.cache.in_place(entry.files, dest):  # a rebuild's cached steps: already there, nothing to write
+            safefs.ensure_dir(dest, self.project.out_dir)  # a planted link or file there is replaced, not followed
+            self.cache.materialize(entry.files, dest)
         return Artifact(step=name, kind=entry.kind, path=dest, files=entry.files, digest=entry.digest, metrics=entry.metrics)
 
     def _keep_failed_output(self, name: str, out: Path) -> None:

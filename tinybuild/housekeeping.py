@@ -24,6 +24,8 @@ from .lockfile import referenced_digests
 from .metadata import DamagedMetadata
 
 SCRATCH_GRACE_SECONDS = 3600  # a scratch folder younger than this may belong to a running build
+#: damaged objects and entries stay in ``quarantine/`` this long for inspection; then gc removes them
+QUARANTINE_DAYS = 7
 
 
 @dataclass
@@ -32,6 +34,7 @@ class GcReport:
     object_bytes: int = 0
     actions: int = 0
     scratch: int = 0
+    quarantined: int = 0
     kept_objects: int = 0
     locks: int = 0
     skipped: list[str] = field(default_factory=list)  # links and strays left alone
@@ -116,7 +119,26 @@ def collect_garbage(cache: Cache, dry_run: bool = False) -> GcReport:
                     safefs.remove(Path(scratch.path), cache.tmp)
     elif os.path.lexists(cache.tmp):
         report.skipped.append(f"{cache.tmp} (not a real folder)")
+    _expire_quarantine(cache, report, dry_run)
     return report
+
+
+def _expire_quarantine(cache: Cache, report: GcReport, dry_run: bool) -> None:
+    """Remove what :meth:`Cache.quarantine` moved aside more than
+    :data:`QUARANTINE_DAYS` ago (its mtime is when it was moved: ``rename``
+    sets the ctime, so the newer of the two counts)."""
+    folder = cache.root / "quarantine"
+    if not (safefs.is_safe(folder / "x", cache.root) and folder.is_dir() and not folder.is_symlink()):
+        if os.path.lexists(folder):
+            report.skipped.append(f"{folder} (not a real folder)")
+        return
+    cutoff = time.time() - QUARANTINE_DAYS * 86400
+    for item in os.scandir(folder):
+        st = item.stat(follow_symlinks=False)
+        if max(st.st_mtime, st.st_ctime) < cutoff:
+            report.quarantined += 1
+            if not dry_run:
+                safefs.remove(Path(item.path), folder)
 
 
 def clean_outputs(out_dir: Path, recipe_name: str, lock: Mapping[str, Any] | None = None) -> bool:

@@ -9,6 +9,7 @@ keeps every object a known lock file references.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,34 @@ FORMAT = 1
 MAX_LOCK_BYTES = 64 << 20
 
 
+#: what this process last read or wrote, per lock file: (identity, steps). A
+#: build reads its lock file three times (claiming the build folder, planning,
+#: stamping); at thousands of steps each parse is a tenth of a second. The
+#: identity includes the inode, and every write replaces the file (new inode),
+#: so another writer's file is never mistaken for the remembered one.
+_seen: dict[str, tuple[tuple[int, ...], dict[str, dict[str, Any]]]] = {}
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
 def read_lock(path: Path) -> dict[str, dict[str, Any]]:
     """Step entries of a lock file; empty when absent or malformed. Only a
     regular file of at most :data:`MAX_LOCK_BYTES` is read (a FIFO or a device
     in its place would hang the build): anything else counts as malformed.
     Other read errors (permissions) still raise, so ``gc`` never mistakes an
-    unreadable lock file for one that references nothing."""
+    unreadable lock file for one that references nothing. The result is
+    shared with later calls for the same unchanged file: never mutate it."""
     from .safeio import FileTooLarge, NotRegularFile, read_regular
 
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return {}
+    known = _seen.get(str(path))
+    if known is not None and known[0] == _identity(st):
+        return known[1]
     try:
         data = json.loads(read_regular(path, MAX_LOCK_BYTES).decode("utf-8"))
     except (FileNotFoundError, NotRegularFile, FileTooLarge, ValueError, RecursionError):
@@ -34,7 +55,10 @@ def read_lock(path: Path) -> dict[str, dict[str, Any]]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return {}
     steps = data.get("steps")
-    return steps if isinstance(steps, dict) else {}
+    if not isinstance(steps, dict):
+        return {}
+    _seen[str(path)] = (_identity(st), steps)
+    return steps
 
 
 def lock_entry(key: str, material: dict[str, Any], input_names: list[str], kind: str,
@@ -59,6 +83,10 @@ def lock_text(recipe_name: str, steps: dict[str, dict[str, Any]]) -> str:
 
 def write_lock(path: Path, recipe_name: str, steps: dict[str, dict[str, Any]]) -> None:
     atomic_write_bytes(path, lock_text(recipe_name, steps).encode("utf-8"))
+    try:
+        _seen[str(path)] = (_identity(os.stat(path)), {name: steps[name] for name in sorted(steps)})
+    except OSError:
+        _seen.pop(str(path), None)
 
 
 def referenced_digests(path: Path, limit: int = 256 << 20) -> tuple[set[str], set[str]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,37 @@ def test_local_entry_of_the_wrong_kind_is_a_miss(ws):
     run = ws.build()
     assert run.code == 0 and built_steps(run) == ["train"]
     assert _outputs(ws) == good
+
+
+def test_gc_expires_quarantined_items_after_a_week_and_keeps_recent_ones(ws, monkeypatch):
+    assert ws.build().code == 0
+    flip(_object_of(ws, "train", "model.txt"), None)
+    ws.run("clean", str(ws.recipe))
+    assert ws.build().code == 0
+    quarantine = ws.cache / "quarantine"
+    (recent,) = list(quarantine.iterdir())
+    old = quarantine / "objects-old.12345678"
+    old.write_text("damaged long ago\n")
+    week_ago = time.time() - 8 * 86400
+    os.utime(old, (week_ago, week_ago))  # ctime stays now: as if moved now, so it is kept too
+    gc = ws.run("gc", str(ws.recipe))
+    assert gc.code == 0 and "0 quarantined items" in gc.out, gc.out
+    assert old.exists() and recent.exists()
+
+    import tinybuild.housekeeping as housekeeping
+
+    monkeypatch.setattr(housekeeping, "QUARANTINE_DAYS", 0)  # as if a week had passed
+    gc = ws.run("gc", str(ws.recipe))
+    assert gc.code == 0 and "2 quarantined items" in gc.out, gc.out
+    assert not any(quarantine.iterdir())
+
+
+def test_a_planted_quarantine_link_is_replaced_not_written_through(ws, tmp_path_factory):
+    assert ws.build().code == 0
+    outside = tmp_path_factory.mktemp("outside")
+    (ws.cache / "quarantine").symlink_to(outside, target_is_directory=True)
+    flip(_object_of(ws, "train", "model.txt"), None)
+    ws.run("clean", str(ws.recipe))
+    assert ws.build().code == 0
+    assert not any(outside.iterdir())
+    assert (ws.cache / "quarantine").is_dir() and not (ws.cache / "quarantine").is_symlink()

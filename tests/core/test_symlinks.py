@@ -334,3 +334,35 @@ def test_a_stamp_pointing_at_a_device_is_not_read(ws, monkeypatch):
     stamp.write_text(json.dumps(data))
     run = ws.build()
     assert run.code == 0 and "nothing changed" not in run.err
+
+
+def test_a_step_folder_linked_to_an_exact_copy_is_still_replaced(ws, tmp_path, monkeypatch):
+    """The quick "outputs already in place" check of a cached step must not
+    accept a link, even one whose target holds the very same files."""
+    monkeypatch.setenv("TINYBUILD_NO_FASTPATH", "1")
+    assert ws.build().code == 0
+    step = ws.root / "build" / "toy" / "train"
+    copy = tmp_path / "copy"
+    shutil.copytree(step, copy, copy_function=shutil.copy2)
+    shutil.rmtree(step)
+    step.symlink_to(copy, target_is_directory=True)
+    run = ws.build()
+    assert run.code == 0, run.err
+    assert _real_dir(step) and sorted(p.name for p in step.iterdir()) == ["model.txt"]
+    assert sorted(p.name for p in copy.iterdir()) == ["model.txt"]
+
+
+def test_a_cached_rebuild_removes_strays_and_restores_edited_outputs(ws, monkeypatch):
+    monkeypatch.setenv("TINYBUILD_NO_FASTPATH", "1")
+    assert ws.build().code == 0
+    step = ws.root / "build" / "toy" / "train"
+    model = step / "model.txt"
+    good = model.read_bytes()
+    time.sleep(0.06)  # past the racy window: the memo vouches for the built file
+    assert ws.build().code == 0
+    (step / ".hidden").write_text("stray\n")
+    model.write_bytes(bytes(reversed(good)))  # same size, other content
+    run = ws.build()
+    assert run.code == 0, run.err
+    assert sorted(p.name for p in step.iterdir()) == ["model.txt"]
+    assert model.read_bytes() == good

@@ -32,6 +32,25 @@ from typing import Any, Mapping, Sequence
 from tinybuild.api import StepError
 
 RESULT = "result.json"
+#: how long a builder may take to return its model (building a model takes
+#: seconds; TensorFlow's import about 4 s). Not part of any key: it never
+#: changes what a builder that finishes builds.
+TIMEOUT_ENV = "TINYBUILD_BUILDER_TIMEOUT"
+DEFAULT_TIMEOUT = 600.0
+
+
+def _timeout(where: str) -> float:
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (0 < value < float("inf")):
+        raise StepError(f"{where}: ${TIMEOUT_ENV}={raw!r} is not a positive number of seconds; unset it "
+                        f"(default {DEFAULT_TIMEOUT:g}) or give e.g. {TIMEOUT_ENV}=1200")
+    return value
 
 
 def build_in_child(*, builder: Path, function: str, options: Mapping[str, Any], input_shape: Sequence[int],
@@ -53,8 +72,14 @@ def build_in_child(*, builder: Path, function: str, options: Mapping[str, Any], 
         (Path(tmp) / "request.json").write_text(json.dumps(request), encoding="utf-8")
         for stream in (sys.stdout, sys.stderr):  # keep the order of output in the step log
             stream.flush()
-        proc = subprocess.run([sys.executable, "-m", __name__, str(Path(tmp) / "request.json")],
-                              stdin=subprocess.DEVNULL, check=False)
+        limit = _timeout(where)
+        try:
+            proc = subprocess.run([sys.executable, "-m", __name__, str(Path(tmp) / "request.json")],
+                                  stdin=subprocess.DEVNULL, check=False, timeout=limit)
+        except subprocess.TimeoutExpired:  # the child is killed by now
+            raise StepError(f"{where}: {label} did not return a model within {limit:g} s and was stopped (an endless "
+                            f"loop?); nothing was built. If it really needs longer, set {TIMEOUT_ENV} (seconds, "
+                            f"now {limit:g})") from None
         try:
             result = json.loads((Path(tmp) / RESULT).read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -38,6 +38,11 @@ MODEL = """
     def crashes(input_shape, num_classes):
         import ctypes
         ctypes.string_at(0)
+
+    def hangs(input_shape, num_classes):
+        import time
+        while True:
+            time.sleep(1)
 """
 
 
@@ -60,6 +65,29 @@ def test_a_builder_that_ends_the_process_is_a_failed_step(mnist_dataset, builder
     message = str(info.value)
     for word in ["model 'model'", f"net.py:{function}", *words]:
         assert word in message, message
+
+
+def test_a_builder_that_never_returns_is_stopped_after_the_timeout(mnist_dataset, builder_dir, monkeypatch):
+    import time
+
+    monkeypatch.setenv("TINYBUILD_BUILDER_TIMEOUT", "3")
+    started = time.monotonic()
+    with pytest.raises(StepError) as info:
+        run_step(KERAS, [], {"builder": "models/net.py:hangs"}, dataset=mnist_dataset,
+                 out_dir=builder_dir / "out", recipe_dir=builder_dir, step="model")
+    assert time.monotonic() - started < 60
+    message = str(info.value)
+    for word in ["net.py:hangs", "within 3 s", "TINYBUILD_BUILDER_TIMEOUT"]:
+        assert word in message, message
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "inf", "nan"])
+def test_a_bad_builder_timeout_is_a_clear_error(mnist_dataset, builder_dir, monkeypatch, value):
+    monkeypatch.setenv("TINYBUILD_BUILDER_TIMEOUT", value)
+    with pytest.raises(StepError) as info:
+        run_step(KERAS, [], {"builder": "models/net.py:build"}, dataset=mnist_dataset,
+                 out_dir=builder_dir / "out", recipe_dir=builder_dir, step="model")
+    assert "TINYBUILD_BUILDER_TIMEOUT" in str(info.value) and "positive number of seconds" in str(info.value)
 
 
 def test_child_build_is_byte_identical_to_an_in_process_build(mnist_dataset, builder_dir):

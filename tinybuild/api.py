@@ -348,11 +348,42 @@ class StepType:
     heavy: bool = False
     #: GPUs the step can use (Ray reserves them for its task; 0: CPU only)
     gpus: float = 0.0
+    #: plan-time check of params against the recipe's DAG, which ``check``
+    #: cannot see: ``check_inputs(params, inputs)`` gets one :class:`StepView`
+    #: per input, in order, once every step is bound (sweep members under
+    #: their expanded names), and returns :class:`ParamProblem` s. For params
+    #: that name other steps (a report's ``baseline`` names the model an
+    #: ``evaluate`` input evaluated): a wrong name fails ``plan`` and ``build``
+    #: with exit 2 instead of failing the step after upstream steps ran for
+    #: minutes. It only validates: it never enters a cache key. Cheap, like
+    #: ``check``; return nothing when the views cannot tell (keep the run-time
+    #: check as the second line of defence).
+    check_inputs: Callable[[Any, Sequence["StepView"]], Iterable["ParamProblem"]] | None = None
+
+
+@dataclass(frozen=True)
+class StepView:
+    """One input of a step as :attr:`StepType.check_inputs` sees it: read-only
+    facts from the recipe, known before anything runs (no artifact, no metrics).
+
+    ``inputs`` are *its* input step names, resolved like the step's own
+    (defaults applied, sweeps expanded), so a check can look one step further
+    upstream: the variant an ``evaluate`` input scores is its ``inputs[0]``.
+    """
+
+    #: the step's name (a sweep member's expanded name, e.g. ``eval-clusters_8``)
+    name: str
+    #: its step type's name (``use = "..."``)
+    use: str
+    #: the artifact kind it produces (a :class:`Kind` value)
+    produces: str
+    #: the names of its own inputs, in order
+    inputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ParamProblem:
-    """A problem :attr:`StepType.check` found in a step's params.
+    """A problem :attr:`StepType.check` (or ``check_inputs``) found in a step's params.
 
     ``key`` is relative to the step's table (``"passes[1]"``); the core
     prefixes the step's own path, so the error reads
@@ -423,6 +454,7 @@ __all__ = [
     "StepContext",
     "StepError",
     "StepType",
+    "StepView",
     "graph_pass_fingerprint",
     "hookimpl",
     "open_input_file",

@@ -133,16 +133,18 @@ class StepTester:
         return message
 
     def assert_params_error(self, step_type: StepType, params: Mapping[str, Any], *, key: str,
-                            match: str = "", check: bool = True) -> str:
+                            match: str = "", check: bool = True, inputs: Sequence[Any] | None = None) -> str:
         """The recipe loader (and, with ``check``, the step type's plan-time
-        check) rejects ``params`` with a problem at ``steps.test.<key>`` whose
-        message or hint matches ``match``; returns that problem as text."""
+        check; with ``inputs``, a list of ``StepView`` s, its ``check_inputs``)
+        rejects ``params`` with a problem at ``steps.test.<key>`` whose message
+        or hint matches ``match``; returns that problem as text."""
         registry = None
         if check and step_type.check is not None:
             from .plugins import load_plugins
 
             _, registry = load_plugins(tolerant=True)
-        problems = testing.params_problems(step_type, params, recipe_dir=self.recipe_dir, registry=registry)
+        problems = testing.params_problems(step_type, params, recipe_dir=self.recipe_dir, registry=registry,
+                                           inputs=inputs)
         where = f"steps.test.{key}"
         found = [p for p in problems if p.key == where and re.search(match, f"{p.message} -> {p.hint}")]
         shown = "; ".join(f"{p.key}: {p.message} -> {p.hint}" for p in problems) or "no problem"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pydantic import ValidationError
 
-from .api import Kind, ParamProblem, Params, StepType
+from .api import Kind, ParamProblem, Params, StepType, StepView
 from .errors import Problem, RecipeError, did_you_mean
 from .plugins import Registry
 from . import matrix
@@ -61,6 +61,7 @@ def resolve_recipe(recipe: Recipe, registry: Registry) -> dict[str, ResolvedStep
                                         "add a [dataset] table (e.g. use = \"idx\")"))
         if params is not None and inputs is not None:
             resolved[name] = ResolvedStep(name, spec.key, spec, step_type, registry.step_plugin[spec.use], params, inputs, dataset)
+    problems.extend(_check_inputs(resolved))  # needs every step bound: it looks at the inputs
     if "dataset" in resolved and resolved["dataset"].step_type.produces != Kind.DATASET:
         st = resolved["dataset"].step_type
         problems.append(Problem("dataset.use", f"step type '{st.name}' produces {st.produces}, not a dataset",
@@ -110,6 +111,32 @@ def _check_params(spec: StepSpec, step_type: StepType, params: Params, registry:
         key = spec.key if not p.key else f"{spec.key}{p.key}" if p.key.startswith("[") else f"{spec.key}.{p.key}"
         problems.append(Problem(key, p.message, p.hint))
     return None if found else params
+
+
+def _check_inputs(resolved: dict[str, ResolvedStep]) -> list[Problem]:
+    """Run each step type's ``check_inputs`` on views of the step's inputs (e.g.
+    a report's ``baseline`` must name a model its evaluate inputs evaluated).
+    A step with an unresolved input is skipped: that input's problem is reported."""
+    problems: list[Problem] = []
+    for step in resolved.values():
+        check = step.step_type.check_inputs
+        if check is None or any(name not in resolved for name in step.inputs):
+            continue
+        views = tuple(StepView(up.name, up.spec.use, up.step_type.produces, up.inputs)
+                      for up in (resolved[name] for name in step.inputs))
+        try:
+            found = list(check(step.params, views) or ())
+        except Exception as exc:  # the plugin's fault, but still a plan-time error, not a traceback
+            found = [ParamProblem("", f"the input check of step type '{step.step_type.name}' failed: "
+                                      f"{type(exc).__name__}: {exc}", "report this to the plugin's authors")]
+        own = [Problem(_param_key(step.key, p.key), p.message, p.hint) for p in found]
+        problems.extend(matrix.locate(step.spec, own))
+    return problems
+
+
+def _param_key(step_key: str, key: str) -> str:
+    """``steps.opt`` + ``passes[1]`` -> ``steps.opt.passes[1]``; ``[0]`` and ``""`` join as written."""
+    return step_key if not key else f"{step_key}{key}" if key.startswith("[") else f"{step_key}.{key}"
 
 
 def _inputs(spec: StepSpec, step_type: StepType, recipe: Recipe, problems: list[Problem]) -> tuple[str, ...] | None:

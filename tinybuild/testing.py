@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .api import Artifact, GraphPass, StepType
+from .api import Artifact, GraphPass, StepType, StepView
 from .context import RunContext
 from .errors import Problem
 from .hashing import artifact_digest, file_digest, list_files
@@ -66,10 +66,12 @@ def run_step(
 
 
 def params_problems(step_type: StepType, params: Mapping[str, Any], *, recipe_dir: Path | None = None,
-                    key: str = "steps.test", registry: Any = None) -> list[Problem]:
+                    key: str = "steps.test", registry: Any = None,
+                    inputs: Sequence[StepView] | None = None) -> list[Problem]:
     """The problems (dotted key, message, hint) the recipe loader reports for
     these params of ``step_type``; empty when they are valid. With a
-    ``registry`` the step type's plan-time ``check`` runs too."""
+    ``registry`` the step type's plan-time ``check`` runs too; with ``inputs``
+    (one :class:`StepView` per input step) its ``check_inputs``."""
     from pydantic import ValidationError
 
     from .recipe import validation_problems
@@ -78,10 +80,13 @@ def params_problems(step_type: StepType, params: Mapping[str, Any], *, recipe_di
         validated = step_type.params.model_validate(dict(params), context={"base_dir": Path(recipe_dir or Path.cwd())})
     except ValidationError as exc:
         return validation_problems(exc, key, step_type.params)
-    if registry is None or step_type.check is None:
-        return []
+    found = []
+    if registry is not None and step_type.check is not None:
+        found += list(step_type.check(validated, registry) or ())
+    if inputs is not None and step_type.check_inputs is not None:
+        found += list(step_type.check_inputs(validated, tuple(inputs)) or ())
     return [Problem(key if not p.key else f"{key}{p.key}" if p.key.startswith("[") else f"{key}.{p.key}",
-                    p.message, p.hint) for p in step_type.check(validated, registry)]
+                    p.message, p.hint) for p in found]
 
 
 def _key_material(step_type: StepType, params: Mapping[str, Any], inputs: Sequence[Artifact], dataset: Artifact | None,

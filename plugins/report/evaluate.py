@@ -31,7 +31,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field
 
-from tinybuild.api import Artifact, Kind, Params, StepError, StepType, hookimpl
+from tinybuild.api import Artifact, Kind, ParamProblem, Params, StepError, StepType, StepView, hookimpl
 
 from tinybuild_plugins.report import classification as _classification
 from tinybuild_plugins.report import lineage as _lineage
@@ -215,6 +215,17 @@ def _evaluate_keras(ctx: Any, artifact: Artifact, x: np.ndarray, params: Evaluat
     return outputs, info, latency
 
 
+def check_tflm_input(params: EvaluateParams, inputs: Sequence[StepView]) -> list[ParamProblem]:
+    """``tflm = true`` on a Keras model fails at plan time (exit 2), not after
+    the model trained; ``run`` checks again."""
+    if params.tflm and inputs and inputs[0].produces != Kind.TFLITE:
+        source = inputs[0]
+        return [ParamProblem("tflm", f"tflm = true runs a .tflite model on TFLite Micro, but '{source.name}' "
+                                     f"produces a {source.produces}",
+                             f"evaluate a 'tflite' conversion of '{source.name}', or remove tflm = true")]
+    return []
+
+
 def run(ctx: Any, inputs: Sequence[Artifact], params: EvaluateParams) -> dict[str, Any]:
     from tinybuild_plugins.sdk.dataset import load_dataset
 
@@ -368,6 +379,7 @@ def tinybuild_step_types() -> list[StepType]:
             uses_input_metrics=True,  # metrics.json records facts from the evaluated step's metrics
             volatile_metrics=("latency_ms",),  # a new timing on every run: kept out of downstream keys
             key_extras=key_extras,
+            check_inputs=check_tflm_input,  # tflm = true needs a .tflite input
             description="Accuracy, per-class scores, size, gzip size, arena estimate and latency "
                         "of a Keras or .tflite model (metrics.json)",
             fingerprint_modules=(

@@ -62,7 +62,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field, field_validator
 
-from tinybuild.api import Artifact, GateFailed, Kind, Params, StepError, StepType, hookimpl
+from tinybuild.api import Artifact, GateFailed, Kind, ParamProblem, Params, StepError, StepType, StepView, hookimpl
+from tinybuild.errors import did_you_mean
 
 from tinybuild_plugins.report import gates, pareto, render
 from tinybuild_plugins.report import shrinklog as _shrinklog
@@ -126,6 +127,46 @@ class ReportParams(Params):
             if any(not v.strip() for v in value):
                 raise ValueError("variant names must not be empty")
         return value
+
+
+# -- plan-time check of the variant names --------------------------------------------------
+
+
+def planned_variants(inputs: Sequence[StepView]) -> list[str] | None:
+    """The variant names the inputs will have, known from the recipe alone: an
+    ``evaluate`` step's variant is the model it evaluates (its first input). None
+    when an input is not an ``evaluate`` step (its ``metrics.json`` names the
+    variant only when it runs; the run-time check covers it)."""
+    if not all(view.use == "evaluate" and view.inputs for view in inputs):
+        return None
+    return list(dict.fromkeys(view.inputs[0] for view in inputs))
+
+
+def _unknown_variant(key: str, name: str, variants: Sequence[str], inputs: Sequence[StepView]) -> ParamProblem:
+    """The problem for one name that is no variant, with the likeliest fix first."""
+    evaluated = {view.name: view.inputs[0] for view in inputs}
+    members = [v for v in variants if v.startswith(f"{name}-")]
+    if name in evaluated:  # the evaluate step named instead of the model it evaluates
+        fix = f"'{name}' is the evaluate step; name the model it evaluates: '{evaluated[name]}'."
+    elif members:  # a swept step's table name instead of its members
+        fix = f"'{name}' is a sweep; name its members, e.g. '{members[0]}'."
+    else:
+        fix = did_you_mean(name, variants)
+    listing = f"variants (the models the report's evaluate inputs evaluate): {', '.join(variants)}"
+    return ParamProblem(key, f"'{name}' is not a variant of this report", f"{fix} {listing}" if fix else listing)
+
+
+def check_variant_names(params: ReportParams, inputs: Sequence[StepView]) -> list[ParamProblem]:
+    """``baseline``, ``gate`` and ``side_by_side`` name variants: an unknown
+    name fails ``plan`` (exit 2) instead of the report after every model trained."""
+    variants = planned_variants(inputs)
+    if variants is None:
+        return []
+    named = [("baseline", params.baseline)] if params.baseline is not None else []
+    named += [(f"gate[{i}]", name) for i, name in enumerate(params.gate or ())]
+    named += [(f"side_by_side[{i}][{j}]", name) for i, group in enumerate(params.side_by_side)
+              for j, name in enumerate(group)]
+    return [_unknown_variant(key, name, variants, inputs) for key, name in named if name not in variants]
 
 
 # -- collecting the variants --------------------------------------------------------------
@@ -444,6 +485,7 @@ def tinybuild_step_types() -> list[StepType]:
             fingerprint_modules=("tinybuild_plugins.report.render", "tinybuild_plugins.report.plots",
                                  "tinybuild_plugins.report.shrinklog", "tinybuild_plugins.report.gates",
                                  "tinybuild_plugins.report.pareto", "tinybuild_plugins.tflite.tflm"),
+            check_inputs=check_variant_names,  # unknown variant names fail plan (the run checks again)
             input_files=render.template_files,  # the templates shape the files: their content is in the key
             uses_target=True,
             uses_input_metrics=True,  # latency comes from the evaluations' step metrics (volatile: not keyed)

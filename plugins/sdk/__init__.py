@@ -64,7 +64,7 @@ import importlib
 from typing import Any
 
 #: version of the SDK's public names (semantic versioning)
-SDK_VERSION = "1.1.0"  # 1.1: sdk.keras_builder
+SDK_VERSION = "1.2.0"  # 1.1: sdk.keras_builder; 1.2: StepType.check_inputs (plan-time checks against the DAG)
 
 _EXPORTS = {
     "dataset": ("Dataset", "SPLITS", "load_dataset", "load_meta", "save_dataset"),

@@ -212,3 +212,116 @@ def test_quoted_numbers_are_rejected_like_the_schema_does(ws, old, new, key):
     run = ws.run("plan", str(ws.recipe))
     assert run.code == 2
     assert key in run.err and "Traceback" not in run.err
+
+
+# -- StepType.check_inputs: params checked against the recipe's DAG -------------------------
+
+PICKY = (
+    "from tinybuild.api import StepType, Kind, Params, ParamProblem, hookimpl\n"
+    "from tinybuild.errors import did_you_mean\n"
+    "SEEN = []\n"
+    "class P(Params):\n"
+    "    pick: str = ''\n"
+    "    crash: bool = False\n"
+    "def check_inputs(params, inputs):\n"
+    "    SEEN.append(tuple(inputs))\n"
+    "    if params.crash:\n"
+    "        raise RuntimeError('boom')\n"
+    "    upstream = [n for view in inputs for n in (view.name, *view.inputs)]\n"
+    "    if params.pick and params.pick not in upstream:\n"
+    "        return [ParamProblem('pick', f'no step {params.pick!r} upstream',\n"
+    "                             f\"{did_you_mean(params.pick, upstream)} upstream: {', '.join(upstream)}\")]\n"
+    "    return []\n"
+    "def run(ctx, inputs, params):\n"
+    "    (ctx.out_dir / 'picked.txt').write_text(params.pick)\n"
+    "@hookimpl\n"
+    "def tinybuild_step_types():\n"
+    "    return [StepType('picky', '1.0', Kind.REPORT, run, consumes=(Kind.TFLITE,), params=P, arity=(1, None),\n"
+    "                     check_inputs=check_inputs)]\n"
+)
+
+
+@pytest.fixture
+def picky(ws, tmp_path, monkeypatch):
+    """A step type whose ``pick`` must name one of its inputs or one of theirs."""
+    import sys
+
+    write_module(tmp_path, monkeypatch, "pickyplug", PICKY)
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_plugin,picky=pickyplug")
+    monkeypatch.delitem(sys.modules, "pickyplug", raising=False)
+    return ws
+
+
+def _artifacts(ws) -> list:
+    """Every file a step wrote into the cache or the build folder."""
+    return [p for root in (ws.cache, ws.root / "build") if root.exists() for p in root.rglob("*")
+            if p.is_file() and p.suffix in (".txt", ".tflite", ".json", ".md")]
+
+
+def test_check_inputs_fails_plan_and_build_before_anything_runs(picky):
+    import pickyplug
+
+    picky.write(picky.recipe.read_text() + '\n[steps.pick]\nuse = "picky"\ninputs = ["fp32", "int8"]\npick = "trian"\n')
+    run = picky.run("plan", str(picky.recipe))
+    assert run.code == 2, run.err
+    assert "recipe.toml" in run.err and "steps.pick.pick: no step 'trian' upstream" in run.err
+    assert "did you mean 'train'?" in run.err and "upstream: fp32, train, int8, train" in run.err
+    # what the hook saw: one read-only view per input, in order, with the input's own inputs
+    views = pickyplug.SEEN[-1]
+    assert [(v.name, v.use, v.produces, v.inputs) for v in views] == [
+        ("fp32", "toy-convert", "tflite", ("train",)), ("int8", "toy-convert", "tflite", ("train",))]
+    with pytest.raises(AttributeError):
+        views[0].name = "other"
+    run = picky.run("build", str(picky.recipe), "--plain", "--out", str(picky.root / "build"))
+    assert run.code == 2 and "steps.pick.pick" in run.err
+    assert _artifacts(picky) == []  # nothing ran: no step wrote anything
+    picky.edit('pick = "trian"', 'pick = "train"')
+    assert picky.run("plan", str(picky.recipe)).code == 0
+
+
+def test_check_inputs_sees_sweep_members_and_points_at_the_matrix_entry(picky):
+    text = picky.recipe.read_text().replace('mode = "int8"', 'matrix = { mode = ["int8", "float32"] }')
+    picky.write(text + '\n[steps.pick]\nuse = "picky"\ninputs = ["int8"]\npick = "int8-mode_float32"\n')
+    run = picky.run("plan", str(picky.recipe))
+    assert run.code == 0, run.err
+    picky.edit('pick = "int8-mode_float32"', 'matrix = { pick = ["int8-mode_int8", "int8"] }')
+    run = picky.run("plan", str(picky.recipe))
+    assert run.code == 2
+    assert "steps.pick.matrix.pick[1]: no step 'int8' upstream" in run.err
+    assert "upstream: int8-mode_int8, train, int8-mode_float32, train" in run.err
+
+
+def test_a_crashing_check_inputs_is_exit_2_naming_the_step_type(picky):
+    picky.write(picky.recipe.read_text() + '\n[steps.pick]\nuse = "picky"\ninputs = ["fp32"]\ncrash = true\n')
+    run = picky.run("plan", str(picky.recipe))
+    assert run.code == 2 and "Traceback" not in run.err
+    assert "steps.pick: the input check of step type 'picky' failed: RuntimeError: boom" in run.err
+
+
+def test_check_inputs_is_skipped_when_an_input_is_unknown(picky):
+    import pickyplug
+
+    picky.write(picky.recipe.read_text() + '\n[steps.pick]\nuse = "picky"\ninputs = ["fp33"]\npick = "x"\n')
+    count = len(pickyplug.SEEN)
+    run = picky.run("plan", str(picky.recipe))
+    assert run.code == 2 and "no step named 'fp33'" in run.err
+    assert len(pickyplug.SEEN) == count and "steps.pick.pick" not in run.err
+
+
+def test_check_inputs_never_enters_the_cache_key():
+    import dataclasses
+
+    from tinybuild.testing import params_problems, step_key
+    from toy_plugin import STEP_TYPES
+
+    report = next(st for st in STEP_TYPES if st.name == "toy-report")
+    checked = dataclasses.replace(report, check_inputs=lambda params, inputs: [])
+    assert step_key(checked) == step_key(report)
+    # the testing helper runs it when given views
+    from tinybuild.api import ParamProblem, StepView
+
+    failing = dataclasses.replace(report, check_inputs=lambda params, inputs: [
+        ParamProblem("max_size", f"{len(inputs)} inputs")])
+    problems = params_problems(failing, {}, inputs=[StepView("a", "toy-convert", "tflite", ("b",))])
+    assert [(p.key, p.message) for p in problems] == [("steps.test.max_size", "1 inputs")]
+    assert params_problems(failing, {}) == []

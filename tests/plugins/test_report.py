@@ -738,3 +738,127 @@ def test_training_curve_ticks_are_distinct_and_epochs_whole(history):
     epochs = len(history["accuracy"])
     x_ticks = [t for t in panels[0].split("\n") if t]
     assert x_ticks == [str(e) for e in range(1, epochs + 1)], x_ticks
+
+
+# -- variant names are checked at plan time (exit 2), before anything runs -------------------
+
+PLAN_RECIPE = f"""
+[recipe]
+name = "names"
+seed = 0
+
+[dataset]
+use = "idx"
+images = "{MNIST / 't10k-images-idx3-ubyte.gz'}"
+labels = "{MNIST / 't10k-labels-idx1-ubyte.gz'}"
+limit = 300
+
+[model]
+use = "keras"
+architecture = "mlp"
+options = {{ hidden = [8] }}
+
+[steps.fp32]
+use = "tflite"
+input = "model"
+
+[steps.int8]
+use = "tflite"
+input = "model"
+quantize = "int8"
+representative_samples = 20
+
+[steps.eval_model]
+use = "evaluate"
+input = "model"
+
+[steps.eval_fp32]
+use = "evaluate"
+input = "fp32"
+
+[steps.eval_int8]
+use = "evaluate"
+input = "int8"
+
+[steps.report]
+use = "report"
+inputs = ["eval_model", "eval_fp32", "eval_int8"]
+"""
+
+
+def _cli(tmp_path, capsys, command: str, recipe_text: str) -> tuple[int, str]:
+    from tinybuild import cli
+
+    recipe = tmp_path / "names.toml"
+    recipe.write_text(recipe_text)
+    capsys.readouterr()
+    code = cli.main([command, str(recipe), "--cache-dir", str(tmp_path / "cache"),
+                     *(["--plain", "--out", str(tmp_path / "build")] if command == "build" else [])])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line, key, hint", [
+    ('baseline = "int9"', "steps.report.baseline: 'int9' is not a variant", "did you mean 'int8'?"),
+    ('gate = ["int8", "eval_fp32"]', "steps.report.gate[1]: 'eval_fp32' is not a variant",
+     "'eval_fp32' is the evaluate step; name the model it evaluates: 'fp32'."),
+    ('side_by_side = [["model", "int8"], ["fp23"]]', "steps.report.side_by_side[1][0]: 'fp23' is not a variant",
+     "did you mean 'fp32'?"),
+])
+def test_unknown_variant_names_fail_plan_naming_the_key_and_the_variants(tmp_path, capsys, line, key, hint):
+    code, err = _cli(tmp_path, capsys, "plan", PLAN_RECIPE + line + "\n")
+    assert code == 2, err
+    assert f"names.toml: {key}" in err and hint in err and "Traceback" not in err
+    assert "variants (the models the report's evaluate inputs evaluate): model, fp32, int8" in err
+
+
+def test_unknown_variant_name_fails_build_before_any_step_runs(tmp_path, capsys):
+    code, err = _cli(tmp_path, capsys, "build", PLAN_RECIPE + 'gate = ["int9"]\n')
+    assert code == 2 and "steps.report.gate[0]: 'int9' is not a variant" in err
+    written = [p for root in (tmp_path / "cache", tmp_path / "build") if root.exists()
+               for p in root.rglob("*") if p.is_file() and p.suffix in (".json", ".tflite", ".npy")]
+    assert written == []  # not even the dataset step ran
+
+
+def test_valid_variant_names_plan(tmp_path, capsys):
+    code, err = _cli(tmp_path, capsys, "plan", PLAN_RECIPE + textwrap.dedent("""\
+        baseline = "fp32"
+        gate = ["int8", "model"]
+        side_by_side = [["model", "int8"], ["fp32"]]
+    """))
+    assert code == 0, err
+
+
+def test_tflm_on_a_keras_input_fails_plan(tmp_path, capsys):
+    text = PLAN_RECIPE.replace('[steps.eval_model]\nuse = "evaluate"\n', '[steps.eval_model]\nuse = "evaluate"\ntflm = true\n')
+    code, err = _cli(tmp_path, capsys, "plan", text)
+    assert code == 2 and "steps.eval_model.tflm: tflm = true runs a .tflite model" in err
+    assert "'model' produces a keras-model" in err
+    code, err = _cli(tmp_path, capsys, "plan", text.replace('tflm = true\ninput = "model"', 'tflm = true\ninput = "int8"'))
+    assert code == 0, err
+
+
+def _sweep_recipe(extra: str) -> str:
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "mnist_sweep.toml"
+    return recipe.read_text().replace('"../data/mnist/', f'"{MNIST}/') + extra + "\n"
+
+
+def test_sweep_members_are_the_variant_names(tmp_path, capsys):
+    member = "tfl-final_sparsity_0p75-clusters_8-quantize_int8"
+    code, err = _cli(tmp_path, capsys, "plan", _sweep_recipe(
+        f'baseline = "tfl-final_sparsity_0p5-clusters_16-quantize_float16"\ngate = ["{member}"]'))
+    assert code == 0, err
+    code, err = _cli(tmp_path, capsys, "plan", _sweep_recipe('gate = ["tfl"]'))
+    assert code == 2
+    assert "steps.report.gate[0]: 'tfl' is not a variant" in err
+    assert "'tfl' is a sweep; name its members, e.g. 'tfl-final_sparsity_0p5-clusters_8-quantize_float16'." in err
+    assert member in err
+
+
+def test_the_check_is_left_to_the_run_when_an_input_is_not_an_evaluate_step():
+    from tinybuild.api import StepView
+
+    params = STEP.params.model_validate({"baseline": "nope"})
+    evaluated = StepView("eval_int8", "evaluate", "metrics", ("int8",))
+    other = StepView("custom", "acme-metrics", "metrics", ("int8",))
+    assert [p.key for p in report.check_variant_names(params, [evaluated])] == ["baseline"]
+    assert report.check_variant_names(params, [evaluated, other]) == []

@@ -8,6 +8,7 @@ rejects exactly what the schema rejects.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 
@@ -142,6 +143,8 @@ def test_a_step_table_may_declare_a_matrix(name, validator, registry, tmp_path):
     text = MNIST_CNN.read_text()
     assert "final_sparsity = 0.8\n" in text
     text = text.replace("final_sparsity = 0.8\n", line + "\n", 1)
+    # the sweep renames the pruned variants: the report's name lists would (rightly) fail the plan
+    text = re.sub(r"(?m)^(gate|side_by_side) = .*\n", "", text)
     errors = list(validator.iter_errors(tomllib.loads(text)))
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(text)

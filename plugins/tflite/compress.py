@@ -124,6 +124,22 @@ def choose(model_bytes: bytes, max_bits: int) -> tuple[list[dict[str, Any]], lis
     return chosen, skipped
 
 
+def _nothing_to_compress(source: str, skipped: Sequence[dict[str, Any]]) -> str:
+    """Why no tensor was chosen, with the fix that applies: clustering when
+    tensors have too many distinct values, nothing when they are too small
+    for tables to pay off (clustering more would not help)."""
+    worst = max(skipped, key=lambda e: e.get("bytes_before", 0), default=None)
+    largest = f" (largest: {worst['name']} {worst['shape']}, {worst['reason']})" if worst else ""
+    if not skipped:
+        return f"'{source}' has no constant weight tensors to compress"
+    if all(e["reason"].startswith("would grow") for e in skipped):
+        return (f"every weight tensor of '{source}' is too small for LUT compression to save flash: its value "
+                f"tables and DECODE metadata would cost more than the indices save{largest}. It pays off on "
+                f"kilobytes of clustered weights; ship '{source}' as it is")
+    return (f"no weight tensor of '{source}' has few enough distinct values to save flash with LUT "
+            f"compression{largest}; cluster the model first (e.g. clusters = 16)")
+
+
 def _per_channel_axis(tensor: Any) -> int | None:
     """The quantized dimension of a tensor with one scale per channel, else None."""
     quant = tensor.quantization
@@ -163,11 +179,7 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: CompressParams) -> dict[st
     except Exception as exc:  # the editor's own parse errors: a broken or unusual flatbuffer
         raise StepError(f"step '{ctx.step}': cannot read the tensors of '{source.step}': {exc}") from None
     if not chosen:
-        worst = min(skipped, key=lambda e: e.get("bytes_before", 0) * -1, default=None)
-        raise StepError(
-            f"step '{ctx.step}': no weight tensor of '{source.step}' has few enough distinct values to save "
-            f"flash with LUT compression" + (f" (largest: {worst['shape']}, {worst['reason']})" if worst else "")
-            + "; cluster the model first (e.g. clusters = 16)")
+        raise StepError(f"step '{ctx.step}': {_nothing_to_compress(source.step, skipped)}")
     compressed = compress_model(original, chosen)
     out = ctx.out_dir / "model.tflite"
     out.write_bytes(compressed)

@@ -142,3 +142,19 @@ def test_not_a_flatbuffer_fails(tmp_path, dataset):
     bogus = artifact_from_dir("bogus", "tflite", tmp_path)
     with pytest.raises(StepError, match="'bogus' is not a TFLite flatbuffer"):
         run_step(COMPRESS, [bogus], {}, dataset=dataset, step="lut")
+
+
+def test_a_model_too_small_for_tables_is_told_so_not_told_to_cluster():
+    from tinybuild_plugins.tflite.compress import _nothing_to_compress
+
+    small = [{"name": "dense/kernel", "shape": [10, 8], "bytes_before": 80,
+              "reason": "would grow (80 B -> ~466 B with 6 values per table)"},
+             {"name": "conv/kernel", "shape": [8, 3, 3, 1], "bytes_before": 72,
+              "reason": "would grow (72 B -> ~300 B with 5 values per table)"}]
+    message = _nothing_to_compress("clustered_int8", small)
+    assert "too small for LUT compression" in message and "dense/kernel [10, 8]" in message
+    assert "cluster the model first" not in message
+    busy = small + [{"name": "big", "shape": [100, 100], "bytes_before": 10000,
+                     "reason": "too many distinct values for 4-bit indices"}]
+    message = _nothing_to_compress("int8", busy)
+    assert "cluster the model first" in message and "big [100, 100]" in message

@@ -80,7 +80,7 @@ class RecordedParams:
         self._file_fields = dict(file_fields)
 
     def model_dump(self, mode: str = "python", **_: Any) -> dict[str, Any]:
-        return copy.deepcopy(self._dump)
+        return dict(self._dump)  # a fresh top level: keys.params_material replaces file fields in it
 
     def file_fields(self) -> dict[str, Any]:
         """``{field: Path | [Path, ...] | None}``, as ``keys.input_file_fields`` gives them."""
@@ -395,7 +395,7 @@ def record(project: Any, entry: Path, environ: Mapping[str, str] | None = None) 
     a source file modified since this process started, a listed folder
     modified just now, a value that does not survive JSON."""
     from .fastpath import RACY_NS, env_refs
-    from .keys import source_files
+    from .keys import package_version, source_files
 
     env = os.environ if environ is None else environ
     if not enabled(env) or project.recipe.origin is None:
@@ -418,6 +418,7 @@ def record(project: Any, entry: Path, environ: Mapping[str, str] | None = None) 
             steps.append(rec)
             types.setdefault(step.step_type.name, _step_type_record(step.step_type))
         sources = source_files(project.steps.values(), project.registry)
+        versions = {dist: package_version(dist) for t in types.values() for dist in t["toolchain"]}
     except Exception:  # a plugin's input_files/key_extras failing: the key computation reports it
         return False
     code = []
@@ -452,6 +453,7 @@ def record(project: Any, entry: Path, environ: Mapping[str, str] | None = None) 
                    "target": project.recipe.target.model_dump(exclude_none=True)},
         "order": list(project.order),
         "types": types,
+        "versions": versions,
         "steps": steps,
     }
     if not _roundtrips(value["recipe"]):
@@ -554,7 +556,13 @@ def _project(data: Mapping[str, Any], path: Path, origin: tuple[list[int], str, 
     if sorted(order) != sorted(steps):
         raise ValueError("order and steps disagree")
     registry = RecordedRegistry(str(s) for s in data["sources"])
-    return assemble(recipe, registry, None, steps, order, cache_dir=cache_dir, out_dir=out, lock=lock)
+    versions = {str(k): str(v) for k, v in data["versions"].items()}
+    project = assemble(recipe, registry, None, steps, order, cache_dir=cache_dir, out_dir=out, lock=lock)
+    from .keys import VERSIONS
+
+    for dist, version in versions.items():  # as installed when recorded: the import path is unchanged
+        VERSIONS.setdefault(dist, version)
+    return project
 
 
 # -- building from records ----------------------------------------------------------------

@@ -35,7 +35,6 @@ import sys
 import time
 import typing
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -54,12 +53,20 @@ from .safeio import BadPath, NotRegularFile
 Digester = Callable[[Path], str]
 
 
-@lru_cache(maxsize=None)
+#: dist -> installed version, looked up once per process; the configuration
+#: cache fills it from its record (valid while the import path is unchanged)
+VERSIONS: dict[str, str] = {}
+
+
 def package_version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
+    if dist not in VERSIONS:
+        from importlib import metadata  # ~15 ms: not needed when the versions are recorded
+
+        try:
+            VERSIONS[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            VERSIONS[dist] = "not installed"
+    return VERSIONS[dist]
 
 
 def _is_input_file(annotation: Any) -> bool:

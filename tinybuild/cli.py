@@ -207,8 +207,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             reporter = ConsoleReporter(live=False if args.plain else None, verbose=args.verbose)
             executor = configcache.recorded_executor(recorded, reporter)
             return _build(args, recorded, lambda: executor, stamp, eligible)
-        except (configcache.NeedsFullLoad, TinybuildError):
-            pass  # a step must run, or an error to report: the full load does both as always
+        except Exception:  # noqa: BLE001 - NeedsFullLoad, an error to report, any doubt
+            pass  # the full load runs what must run and reports errors, as always
 
     from .executor import Executor
     from .plugins import Hooks
@@ -366,8 +366,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if project is not None:  # the configuration cache: no plugin, no pydantic
         try:
             plan = planned(project)
-        except TinybuildError:
-            plan = None  # reported by the full load, exactly as it always was
+        except Exception:  # noqa: BLE001 - an error, or any doubt about the records
+            plan = None  # the full load answers (and reports errors) exactly as it always has
     if plan is None:
         project = _project(args, record=project is None)
         plan = planned(project)

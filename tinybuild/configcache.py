@@ -393,7 +393,15 @@ def record(project: Any, entry: Path, environ: Mapping[str, str] | None = None) 
     """Record the configuration entry of a project the full load just made;
     False (and nothing written) when something in it cannot be trusted later:
     a source file modified since this process started, a listed folder
-    modified just now, a value that does not survive JSON."""
+    modified just now, a value that does not survive JSON. Never raises: a
+    build must not fail for want of a speed-up."""
+    try:
+        return _record(project, entry, environ)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _record(project: Any, entry: Path, environ: Mapping[str, str] | None) -> bool:
     from .fastpath import RACY_NS, env_refs
     from .keys import package_version, source_files
 
@@ -555,7 +563,10 @@ def _project(data: Mapping[str, Any], path: Path, origin: tuple[list[int], str, 
     order = [str(n) for n in data["order"]]
     if sorted(order) != sorted(steps):
         raise ValueError("order and steps disagree")
-    registry = RecordedRegistry(str(s) for s in data["sources"])
+    # the no-op stamp a build from records writes covers what a full build's
+    # would: the plugins' sources and every core module the full load imported
+    core = os.path.dirname(__file__) + os.sep
+    registry = RecordedRegistry(sorted({str(s) for s in data["sources"]} | {str(p) for p, _ in data["code"] if p.startswith(core)}))
     versions = {str(k): str(v) for k, v in data["versions"].items()}
     project = assemble(recipe, registry, None, steps, order, cache_dir=cache_dir, out_dir=out, lock=lock)
     from .keys import VERSIONS

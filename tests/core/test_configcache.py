@@ -118,7 +118,7 @@ class EchoParams(Params):
 
 PLUGIN = '''\
 from pathlib import Path
-from tinybuild.api import Kind, StepType, hookimpl
+from tinybuild.api import InputFile, Kind, Params, StepType, hookimpl
 
 from cc_params import EchoParams
 
@@ -133,10 +133,41 @@ def run(ctx, inputs, params):
     return {"value": params.value}
 
 
+class ListParams(Params):
+    listing: InputFile
+
+
+def listed(params):
+    """The files the listing names: what they are depends on the listing's content."""
+    base = Path(params.listing).parent
+    return {name: base / name for name in Path(params.listing).read_text().split()}
+
+
+def run_list(ctx, inputs, params):
+    (ctx.out_dir / "out.txt").write_text(" ".join(p.read_text().strip() for p in listed(params).values()))
+
+
+class DirParams(Params):
+    folder: str
+
+
+def dir_files(params):
+    return {p.name: p for p in sorted(Path(params.folder).iterdir()) if p.is_file()}
+
+
+def run_dir(ctx, inputs, params):
+    (ctx.out_dir / "out.txt").write_text(" ".join(dir_files(params)))
+
+
 @hookimpl
 def tinybuild_step_types():
     return [StepType(name="cc-echo", version="1", produces=Kind.METRICS, run=run, params=EchoParams,
-                     arity=(0, None), uses_names=False)]
+                     arity=(0, None), uses_names=False),
+            StepType(name="cc-list", version="1", produces=Kind.METRICS, run=run_list, params=ListParams,
+                     arity=(0, 0), input_files=listed, uses_names=False),
+            StepType(name="cc-dir", version="1", produces=Kind.METRICS, run=run_dir, params=DirParams,
+                     arity=(0, 0), input_files=dir_files, input_folders=lambda params: [Path(params.folder)],
+                     uses_names=False)]
 '''
 
 RECIPE = '''\
@@ -297,6 +328,46 @@ def test_replaced_data_file_is_hashed_afresh(proc):
     assert code == 0 and "ok: 3 built, 0 cached" in err, err
     assert lock_keys(proc)["a"] != before["a"]
     assert "data two" in (proc.root / "build" / "cc" / "c" / "out.txt").read_text()
+
+
+def test_files_a_step_lists_from_its_input_file_are_seen(proc):
+    """``input_files`` read the listing: a new name in it is a miss, and the
+    keys then include the new file, as the full load's do."""
+    proc.recipe.write_text(RECIPE + '\n[steps.d]\nuse = "cc-list"\nlisting = "listing.txt"\n')
+    for name, text in (("listing.txt", "one.txt"), ("one.txt", "1"), ("two.txt", "2")):
+        (proc.root / name).write_text(text)
+        proc.settle(proc.root / name)
+    assert proc.run("build")[0] == 0
+    assert proc.run("plan")[3] == []
+    proc.edit(proc.root / "listing.txt", "one.txt", "one.txt two.txt")
+    code, out, err, loaded = proc.run("plan", "--json")
+    assert code == 0 and "pydantic" in loaded, err
+    assert out == proc.run("plan", "--json", cache=False)[1]
+    assert [i["status"] for i in json.loads(out) if i["step"] == "d"] == ["run"]
+    assert proc.run("build")[0] == 0
+    assert (proc.root / "build" / "cc" / "d" / "out.txt").read_text() == "1 2"
+    served = proc.run("plan", "--json")
+    assert served[3] == [] and served[1] == proc.run("plan", "--json", cache=False)[1]
+
+
+def test_files_a_step_lists_from_a_folder_are_seen(proc):
+    """``input_folders``: a file added to a listed folder is a miss."""
+    clips = proc.root / "clips"
+    clips.mkdir()
+    (clips / "one.txt").write_text("1")
+    proc.recipe.write_text(RECIPE + f'\n[steps.e]\nuse = "cc-dir"\nfolder = "{clips}"\n')
+    for path in (proc.recipe, clips / "one.txt", clips):
+        proc.settle(path)
+    assert proc.run("build")[0] == 0
+    assert proc.run("plan")[3] == []
+    (clips / "two.txt").write_text("2")
+    proc.settle(clips / "two.txt")
+    proc.settle(clips, age=2.0)
+    code, out, err, loaded = proc.run("plan", "--json")
+    assert code == 0 and "pydantic" in loaded, err
+    assert out == proc.run("plan", "--json", cache=False)[1]
+    assert proc.run("build")[0] == 0
+    assert (proc.root / "build" / "cc" / "e" / "out.txt").read_text() == "one.txt two.txt"
 
 
 def test_disabled_plugin_reports_what_the_full_load_reports(proc):

@@ -274,6 +274,16 @@ def test_plan_and_noop_build_import_no_pydantic_and_no_plugin(proc):
     assert proc.lock.read_bytes() == lock  # the same lock file, byte for byte
 
 
+@pytest.mark.parametrize("options", [["--only", "b"], ["--force", "c"], ["--json"], ["--only", "nope"]])
+def test_plan_options_answer_as_the_full_load(proc, options):
+    served = proc.run("plan", *options)
+    assert served[:3] == proc.run("plan", *options, cache=False)[:3]
+    if "nope" in options:  # an error: reported by the full load, word for word as before
+        assert served[0] == 2 and "no step named 'nope'" in served[2] and "pydantic" in served[3]
+    else:
+        assert served[0] == 0 and "pydantic" not in served[3]
+
+
 def test_edited_plugin_default_is_seen(proc):
     assert proc.run("plan")[3] == []  # served from the configuration cache...
     proc.edit(proc.params, "value: int = 1", "value: int = 5")

@@ -335,15 +335,18 @@ def _step_type_record(st: Any) -> dict[str, Any]:
             "description": st.description}
 
 
-def _roundtrips(value: Any) -> bool:
-    """Whether ``value`` reads back from JSON with the same canonical form (a
-    tuple is a list, but an int dict key would sort differently as a string)."""
+def _encoded(value: Any) -> str | None:
+    """``value`` as canonical JSON if it reads back as the same value, else
+    None: a tuple becomes a list (the same key material), but an int dict key
+    would come back as a string and sort differently, and a set or a NaN
+    cannot be written at all. Checked once for the whole entry."""
     from .hashing import canonical_json
 
     try:
-        return canonical_json(json.loads(json.dumps(value))) == canonical_json(value)
+        text = canonical_json(value)
+        return text if canonical_json(json.loads(text)) == text else None
     except (TypeError, ValueError, RecursionError):
-        return False
+        return None
 
 
 def _step_record(step: Any, passes: Mapping[str, Any], data_files: dict[str, Any],
@@ -386,7 +389,7 @@ def _step_record(step: Any, passes: Mapping[str, Any], data_files: dict[str, Any
         "input_files": input_files, "input_folders": input_folders, "extras": extras,
         "fingerprint": step_fingerprint(step),
     }
-    return record if _roundtrips(record) else None
+    return record
 
 
 def record(project: Any, entry: Path, environ: Mapping[str, str] | None = None) -> bool:
@@ -464,13 +467,13 @@ def _record(project: Any, entry: Path, environ: Mapping[str, str] | None) -> boo
         "versions": versions,
         "steps": steps,
     }
-    if not _roundtrips(value["recipe"]):
+    text = _encoded(value)
+    if text is None:
         return False
     from .safefs import atomic_write
 
     try:
-        atomic_write(entry, json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"),
-                     project.cache.root)
+        atomic_write(entry, text.encode("utf-8"), project.cache.root)
     except Exception:  # a read-only or odd cache folder: only this speed-up is lost
         return False
     return True

@@ -101,6 +101,22 @@ def test_recorded_keys_equal_full_load_keys_example(tmp_path, monkeypatch):
     assert_twins(project, recorded_twin(project, monkeypatch))
 
 
+def test_values_that_do_not_survive_json_are_not_recorded(ws, monkeypatch):
+    """Int dict keys sort differently once JSON made them strings: such a
+    step is never recorded (its key from records could differ)."""
+    import dataclasses
+
+    project = load_project(ws.recipe, cache_dir=ws.cache)
+    monkeypatch.setattr(configcache, "STARTED_NS", time.time_ns() + 10**12)
+    entry = project.cache.root / "config" / "x.json"
+    assert configcache.record(project, entry, environ=os.environ)
+    step = project.steps["fp32"]
+    odd = dataclasses.replace(step.step_type, key_extras=lambda params, passes: {2: "a", 10: "b"})
+    project.steps["fp32"] = dataclasses.replace(step, step_type=odd)
+    entry.unlink()
+    assert not configcache.record(project, entry, environ=os.environ) and not entry.exists()
+
+
 # -- fresh processes: what users run ----------------------------------------------------
 
 #: the params live in a helper module that is neither the plugin's registration

@@ -445,8 +445,10 @@ def _record(project: Any, entry: Path, environ: Mapping[str, str] | None) -> boo
     path_folders, cwd_modules = _import_path()
     from .fastpath import has_observers
 
-    plugin_modules = sorted({info.module for info in project.registry.plugins.values()}
-                            | {getattr(st.run, "__module__", None) or "" for st in project.registry.step_types.values()} - {""})
+    # a process that already imported one of these (tests, notebooks) may hold patched
+    # step types: it never answers from records
+    run_modules = {getattr(st.run, "__module__", None) for st in project.registry.step_types.values()}
+    plugin_modules = sorted(({info.module for info in project.registry.plugins.values()} | run_modules) - {None})
     value = {
         "format": FORMAT,
         "recipe_sha": project.recipe.origin[1],

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Mapping, Protocol, Sequence
 
 import pluggy
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
+
+if TYPE_CHECKING:  # pragma: no cover - imported lazily, see __getattr__ below
+    from .paramsbase import InputFile, Params, scalar_kinds  # noqa: F401
 
 PROJECT = "tinybuild"
 
@@ -69,97 +71,8 @@ class Kind:
 # --------------------------------------------------------------------------
 
 
-class Params(BaseModel):
-    """Base class for a step type's parameters.
-
-    Unknown keys are rejected (the recipe loader turns them into "did you
-    mean" errors), and params are frozen so a running step cannot change
-    what its cache key was computed from. A quoted number (``epochs = "3"``)
-    is rejected for a number or boolean field rather than converted, so the
-    loader agrees with the JSON Schema editors check recipes against.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_quoted_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, str) and info.field_name in cls.model_fields:
-            kinds = scalar_kinds(cls.model_fields[info.field_name].annotation)
-            if kinds is not None:
-                from pydantic_core import PydanticCustomError
-
-                kind = "bool" if kinds == {bool} else "int" if kinds == {int} else "float"
-                word = {"bool": "boolean (true/false)", "int": "integer", "float": "number"}[kind]
-                quoted = value.strip().lower() in ("true", "false") or _is_number(value)
-                raise PydanticCustomError(f"{kind}_type", "Input should be a valid {word}, not a string{fix}",
-                                          {"word": word, "fix": "; remove the quotes" if quoted else ""})
-        return value
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def scalar_kinds(annotation: Any) -> set[type] | None:
-    """The number/boolean types a field admits ({int}, {int, float}, {bool}),
-    or None when it admits anything else (a string, a path, a list...): for
-    such fields a string is a mistake, not something to coerce."""
-    import types
-    import typing
-
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return scalar_kinds(typing.get_args(annotation)[0])
-    if origin is typing.Union or origin is types.UnionType:
-        found: set[type] = set()
-        for arg in typing.get_args(annotation):
-            if arg is type(None):
-                continue
-            kinds = scalar_kinds(arg)
-            if kinds is None:
-                return None
-            found |= kinds
-        return found or None
-    if annotation in (bool, int, float):
-        return {annotation}
-    return None
-
-
-def _resolve_against_recipe(value: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    value = Path(value).expanduser()
-    if base is not None and not value.is_absolute():
-        value = Path(base) / value
-    return value
-
-
 #: pydantic error type of an ``InputFile`` that names no regular file
 INPUT_FILE_ERROR = "input_file"
-
-
-def _only_regular_files(value: Path) -> Path:
-    """Refuse, when the recipe is loaded (exit 2, naming the key), a path that
-    names a FIFO, a device, a folder or a socket, or that cannot name a file
-    at all (NUL byte, name too long): reading those hangs or fills memory.
-    A missing file passes here and is reported when the plan hashes it."""
-    from .safeio import check_regular
-
-    try:
-        check_regular(value)
-    except FileNotFoundError:
-        return value
-    except OSError as exc:
-        from pydantic_core import PydanticCustomError
-
-        # its own error type, so that the recipe loader can say how to fix it
-        raise PydanticCustomError(INPUT_FILE_ERROR, "{problem}: {path}",
-                                  {"problem": exc.strerror or str(exc), "path": str(exc.filename or value)}) from None
-    return value
 
 
 class _InputFileMarker:
@@ -171,13 +84,22 @@ class _InputFileMarker:
 
 INPUT_FILE = _InputFileMarker()
 
-#: A params field holding a path to a file the step reads. Relative paths are
-#: resolved against the recipe's folder; the file's *content digest* (not its
-#: path) enters the step's cache key, so moving data with ``${VAR}`` does not
-#: invalidate the cache while editing the data does.
-#: Only regular files are accepted (see :mod:`tinybuild.safeio`); plugins read
-#: them with :func:`open_input_file`, which checks again at open time.
-InputFile = Annotated[Path, AfterValidator(_resolve_against_recipe), AfterValidator(_only_regular_files), INPUT_FILE]
+
+#: moved to :mod:`tinybuild.paramsbase` (pydantic), imported on first use
+_PYDANTIC_NAMES = ("Params", "InputFile", "scalar_kinds")
+
+
+def __getattr__(name: str) -> Any:
+    """``Params``, ``InputFile`` and ``scalar_kinds`` live in
+    :mod:`tinybuild.paramsbase` and are imported (with pydantic) only when a
+    plugin asks for them: a build answered from the configuration cache never does."""
+    if name in _PYDANTIC_NAMES:
+        from . import paramsbase
+
+        value = getattr(paramsbase, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_input_file(path: Path, max_bytes: int | None = None) -> "BinaryIO":
@@ -279,7 +201,8 @@ class StepType:
     run: RunFunction
     #: artifact kinds accepted as inputs (checked at plan time)
     consumes: tuple[str, ...] = ()
-    params: type[Params] = Params
+    #: the params model (a :class:`Params` subclass); default: :class:`Params` itself (no params)
+    params: type[Params] = None  # type: ignore[assignment]  # set in __post_init__: pydantic is imported lazily
     #: (minimum, maximum) number of inputs; maximum None = unbounded
     arity: tuple[int, int | None] = (1, 1)
     #: input used when the recipe names none (e.g. "model" for train)
@@ -379,6 +302,12 @@ class StepView:
     produces: str
     #: the names of its own inputs, in order
     inputs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.params is None:  # the default, resolved here so that importing this module needs no pydantic
+            from .paramsbase import Params
+
+            object.__setattr__(self, "params", Params)
 
 
 @dataclass(frozen=True)

@@ -156,13 +156,21 @@ def _error_text(exc: TinybuildError) -> str:
 # -- commands -----------------------------------------------------------------
 
 
-def _project(args: argparse.Namespace, extra: Sequence[tuple[str, Any]] = ()):
+def _project(args: argparse.Namespace, extra: Sequence[tuple[str, Any]] = (), record: bool = False):
+    """The full load (plugins, pydantic); with ``record``, its resolution is
+    kept in the configuration cache for the next ``plan``/``build``."""
     import os
 
     from .project import load_project
 
     project = load_project(args.recipe, cache_dir=args.cache_dir, out_dir=args.out, lock=args.lock,
                            disabled=args.disable_plugin, extra_plugins=extra)
+    if record:
+        from . import configcache
+
+        if configcache.enabled(os.environ):
+            configcache.record(project, configcache.entry_path(Path(args.recipe), args.cache_dir, args.out,
+                                                               args.disable_plugin, os.environ, args.lock))
     url = args.remote_cache or os.environ.get("TINYBUILD_REMOTE_CACHE")
     if url:
         from .remote import RemoteCache, secret_from_env
@@ -189,13 +197,31 @@ def cmd_build(args: argparse.Namespace) -> int:
             return 0
     fastpath.invalidate(stamp)
 
-    from . import buildfolder, locks
     from .console import ConsoleReporter
-    from .executor import BuildOptions, Executor
+
+    recorded = _recorded_project(args, build=True) if _replayable(args) else None
+    if recorded is not None:  # the configuration cache: replay the cache hits without loading plugins
+        from . import configcache
+
+        try:
+            reporter = ConsoleReporter(live=False if args.plain else None, verbose=args.verbose)
+            executor = configcache.recorded_executor(recorded, reporter)
+            return _build(args, recorded, lambda: executor, stamp, eligible)
+        except Exception:  # noqa: BLE001 - NeedsFullLoad, an error to report, any doubt
+            pass  # the full load runs what must run and reports errors, as always
+
+    from .executor import Executor
     from .plugins import Hooks
 
     reporter = ConsoleReporter(live=False if args.plain else None, verbose=args.verbose)
-    project = _project(args, extra=[(REPORTER, reporter)])
+    project = _project(args, extra=[(REPORTER, reporter)], record=recorded is None)
+    return _build(args, project, lambda: Executor(project, Hooks(project.pm), _scheduler(args, project)), stamp, eligible)
+
+
+def _build(args: argparse.Namespace, project: Any, make_executor: Any, stamp: Path, eligible: bool) -> int:
+    from . import buildfolder, fastpath, locks
+    from .executor import BuildOptions
+
     _check_build_folder(project.out_dir)
     buildfolder.check_inputs_outside(project)
     # The build folder's lock serializes builds of one folder (outputs, logs,
@@ -207,7 +233,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
         buildfolder.claim(project.out_dir, read_lock(project.lock_path))  # never write into a folder tinybuild did not create
         listed = fastpath.listed_folders(project) if eligible else None  # before the build lists them
-        result = Executor(project, Hooks(project.pm), _scheduler(args, project)).build(BuildOptions(only=args.only, force=args.force, keep_going=args.keep_going))
+        result = make_executor().build(BuildOptions(only=args.only, force=args.force, keep_going=args.keep_going))
         if result.exit_code == 0:
             print(f"outputs: {project.out_dir}", file=sys.stderr)
             if eligible:
@@ -216,6 +242,29 @@ def cmd_build(args: argparse.Namespace) -> int:
                 except OSError as exc:  # e.g. a read-only cache: the next build takes the normal path
                     _warn(f"could not record the no-op stamp ({exc.strerror or exc}); the next build takes the normal path")
     return result.exit_code
+
+
+def _replayable(args: argparse.Namespace) -> bool:
+    """Whether a build may be replayed from the configuration cache: only cache
+    hits are, so nothing that forces a run, selects steps or runs elsewhere."""
+    import os
+
+    env = os.environ
+    jobs = args.jobs if args.jobs is not None else env.get("TINYBUILD_JOBS") or 1
+    return (not (args.only or args.force or args.ray_address) and str(jobs) == "1"
+            and (args.executor or env.get("TINYBUILD_EXECUTOR") or "local") == "local")
+
+
+def _recorded_project(args: argparse.Namespace, build: bool = False) -> Any:
+    """The project from the configuration cache, or None (a miss, a remote cache, any doubt)."""
+    import os
+
+    from . import configcache
+
+    if args.remote_cache or os.environ.get("TINYBUILD_REMOTE_CACHE") or not configcache.enabled(os.environ):
+        return None
+    return configcache.load(Path(args.recipe), cache_dir=args.cache_dir, out=args.out, lock=args.lock,
+                            disabled=args.disable_plugin, build=build)
 
 
 def _note(message: str) -> None:
@@ -308,9 +357,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .lockfile import read_lock
     from .plan import make_plan, plan_lines
 
-    project = _project(args)
-    project.check_names(args.force, "--force")
-    plan = make_plan(project, project.select(args.only), read_lock(project.lock_path), args.force)
+    def planned(project: Any) -> Any:
+        project.check_names(args.force, "--force")
+        return make_plan(project, project.select(args.only), read_lock(project.lock_path), args.force)
+
+    project = _recorded_project(args)
+    plan = None
+    if project is not None:  # the configuration cache: no plugin, no pydantic
+        try:
+            plan = planned(project)
+        except Exception:  # noqa: BLE001 - an error, or any doubt about the records
+            plan = None  # the full load answers (and reports errors) exactly as it always has
+    if plan is None:
+        project = _project(args, record=project is None)
+        plan = planned(project)
     project.cache.memo.save()
     if args.json:
         print(json.dumps([{"step": i.name, "step_type": i.step_type, "status": i.status, "reasons": i.reasons, "key": i.key,

@@ -18,10 +18,11 @@ import heapq
 from typing import TYPE_CHECKING, Iterable
 
 from .errors import Problem, RecipeError
-from .resolve import ResolvedStep
 
 if TYPE_CHECKING:
     import networkx as nx
+
+    from .resolve import ResolvedStep
 
 
 def checked_order(steps: dict[str, ResolvedStep], file: str) -> list[str]:

@@ -35,28 +35,38 @@ import sys
 import time
 import typing
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 if typing.TYPE_CHECKING:
     from pydantic import BaseModel
 
-from .api import INPUT_FILE, GraphPass, Params
+    from .api import GraphPass, Params
+    from .resolve import ResolvedStep
+
+from .api import INPUT_FILE
+from .configcache import RecordedParams
 from .hashing import bytes_digest, json_digest, stat_signature
 from .plugins import module_file
-from .resolve import ResolvedStep
 from .safeio import BadPath, NotRegularFile
 
 Digester = Callable[[Path], str]
 
 
-@lru_cache(maxsize=None)
+#: dist -> installed version, looked up once per process; the configuration
+#: cache fills it from its record (valid while the import path is unchanged)
+VERSIONS: dict[str, str] = {}
+
+
 def package_version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
+    if dist not in VERSIONS:
+        from importlib import metadata  # ~15 ms: not needed when the versions are recorded
+
+        try:
+            VERSIONS[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            VERSIONS[dist] = "not installed"
+    return VERSIONS[dist]
 
 
 def _is_input_file(annotation: Any) -> bool:
@@ -75,6 +85,8 @@ def _input_file_names(cls: type) -> tuple[str, ...]:
 
 def input_file_fields(params: BaseModel) -> dict[str, Any]:
     """``{field: value}`` for every field typed (optionally, or as a list) ``InputFile``."""
+    if isinstance(params, RecordedParams):  # from the configuration cache: the paths as validated then
+        return params.file_fields()
     return {name: getattr(params, name) for name in _input_file_names(type(params))}
 
 
@@ -173,13 +185,18 @@ def pass_modules(graph_pass: GraphPass) -> tuple[str, ...]:
 
 
 def step_fingerprint(step: ResolvedStep) -> str:
-    return fingerprint(step_modules(step))
+    recorded = getattr(step, "recorded_fingerprint", None)  # a configuration-cache step: its sources are stamped
+    return recorded if recorded is not None else fingerprint(step_modules(step))
 
 
 def source_files(steps: Any, registry: Any) -> list[str]:
     """Every source file a key of these steps can depend on: fingerprinted
     modules, graph passes, and the plugins' registration modules (which hold
-    versions and params defaults). The no-op fast path stamps exactly these."""
+    versions and params defaults). The no-op fast path stamps exactly these.
+    Steps from the configuration cache come with the list the full load made."""
+    recorded = getattr(registry, "recorded_sources", None)
+    if recorded is not None:
+        return list(recorded)
     modules = {m for step in steps for m in step_modules(step)}
     modules |= {m for gp in registry.passes.values() for m in pass_modules(gp)}
     modules |= {info.module for info in registry.plugins.values()}

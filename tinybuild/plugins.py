@@ -16,7 +16,6 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pluggy
@@ -110,6 +109,8 @@ def _extra_plugins(environ: Mapping[str, str]) -> list[tuple[str, str]]:
 
 def _candidates(environ: Mapping[str, str]) -> list[tuple[str, str, str, str, Callable[[], Any]]]:
     """(name, module, version, dist, loader) for every plugin we could load."""
+    from importlib import metadata  # ~15 ms: only when plugins are loaded
+
     found = []
     dists: dict[int, tuple[str, str]] = {}  # name and version parse the METADATA file: once per distribution
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):

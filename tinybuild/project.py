@@ -9,19 +9,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-import pluggy
-
 from .cache import ENV_CACHE_DIR, Cache
 from .keys import KeyMemo
 from .graph import build_dag, checked_order, with_upstream
 from .errors import UsageError, did_you_mean
-from .plugins import Registry, load_plugins
-from .recipe import Recipe, load_recipe
-from .resolve import ResolvedStep, resolve_recipe
 from .safeio import not_regular_message
 
 if TYPE_CHECKING:
     import networkx as nx
+    import pluggy
+
+    from .plugins import Registry
+    from .recipe import Recipe
+    from .resolve import ResolvedStep
 
 ENV_OUT_DIR = "TINYBUILD_OUT"
 
@@ -89,10 +89,23 @@ def default_out_dir(recipe: Recipe) -> Path:
 def load_project(recipe_path: str | Path, *, cache_dir: str | Path | None = None, out_dir: str | Path | None = None,
                  lock: str | Path | None = None, disabled: Iterable[str] = (),
                  extra_plugins: Sequence[tuple[str, Any]] = ()) -> Project:
+    from .plugins import load_plugins  # pydantic and the plugins: only for a full load
+    from .recipe import load_recipe
+    from .resolve import resolve_recipe
+
     recipe = load_recipe(recipe_path)
     pm, registry = load_plugins(disabled=disabled, extra=extra_plugins)
     steps = resolve_recipe(recipe, registry)
     order = checked_order(steps, str(recipe.path))  # cycles and artifact kinds, before anything else
+    return assemble(recipe, registry, pm, steps, order, cache_dir=cache_dir, out_dir=out_dir, lock=lock)
+
+
+def assemble(recipe: Any, registry: Any, pm: Any, steps: dict[str, Any], order: list[str], *,
+             cache_dir: str | Path | None = None, out_dir: str | Path | None = None,
+             lock: str | Path | None = None) -> Project:
+    """A :class:`Project` from a resolved recipe, after the checks of the
+    folders it will write: shared by the full load and the configuration
+    cache (:mod:`tinybuild.configcache`), whose recipe and steps are records."""
     cache = Cache(Path(cache_dir).expanduser().resolve() if cache_dir else default_cache_dir(recipe))
     out = Path(out_dir).expanduser().resolve() / recipe.meta.name if out_dir else default_out_dir(recipe)
     lock_file = Path(lock).expanduser().resolve() if lock else None

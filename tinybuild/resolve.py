@@ -8,13 +8,16 @@ runs, and all problems are reported together.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pydantic import ValidationError
+from typing import TYPE_CHECKING
 
-from .api import Kind, ParamProblem, Params, StepType, StepView
+from .api import Kind, ParamProblem, StepType, StepView
 from .errors import Problem, RecipeError, did_you_mean
-from .plugins import Registry
 from . import matrix
-from .recipe import Recipe, StepSpec, validation_problems
+
+if TYPE_CHECKING:  # pydantic (through recipe and the params models) is imported only to resolve
+    from .api import Params
+    from .plugins import Registry
+    from .recipe import Recipe, StepSpec
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,10 @@ def _once(problems: list[Problem]) -> list[Problem]:
 
 
 def _validate_params(spec: StepSpec, step_type: StepType, recipe: Recipe, problems: list[Problem]) -> Params | None:
+    from pydantic import ValidationError
+
+    from .recipe import validation_problems
+
     try:
         return step_type.params.model_validate(spec.raw_params, context={"base_dir": recipe.dir})
     except ValidationError as exc:

@@ -283,6 +283,12 @@ class StepType:
     #: check as the second line of defence).
     check_inputs: Callable[[Any, Sequence["StepView"]], Iterable["ParamProblem"]] | None = None
 
+    def __post_init__(self) -> None:
+        if self.params is None:  # the default, resolved here so that importing this module needs no pydantic
+            from .paramsbase import Params
+
+            object.__setattr__(self, "params", Params)
+
 
 @dataclass(frozen=True)
 class StepView:
@@ -302,12 +308,6 @@ class StepView:
     produces: str
     #: the names of its own inputs, in order
     inputs: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.params is None:  # the default, resolved here so that importing this module needs no pydantic
-            from .paramsbase import Params
-
-            object.__setattr__(self, "params", Params)
 
 
 @dataclass(frozen=True)

@@ -169,8 +169,8 @@ def run(ctx: Any, inputs: Sequence[Artifact], params: CArrayParams) -> dict[str,
         (ctx.out_dir / f"{ident}_tflm.h").write_text(header, encoding="utf-8")
         metrics["files"].append(f"{ident}_tflm.h")
         metrics["tflm"] = facts
-        ctx.log(f"{ident}_tflm.h: kTensorArenaSize {facts['tensor_arena_size']:,} B (measured "
-                f"{facts['arena_bytes']:,} B), MicroMutableOpResolver<{len(facts['operators'])}>")
+        ctx.log(f"{ident}_tflm.h: kTensorArenaSize {facts['tensor_arena_size']:,} B (needs "
+                f"{facts['arena_bytes']:,} B on TFLM), MicroMutableOpResolver<{len(facts['operators'])}>")
     return metrics
 
 

@@ -11,9 +11,13 @@ The interpreter runs in ``tflm_child`` (see there for why); this module
 starts it, turns a crash or a hang into a :class:`StepError` naming the
 cause, and turns its outputs into the ``tflm`` metrics of ``metrics.json``::
 
-    {"runs", "reason", "arena_bytes", "arena_min_bytes", "accuracy", "correct",
-     "samples", "per_class", "confusion_matrix", "max_abs_diff_vs_litert",
-     "argmax_agreement"}
+    {"runs", "reason", "arena_bytes", "arena_recorded_bytes", "arena_min_bytes",
+     "accuracy", "correct", "samples", "per_class", "confusion_matrix",
+     "max_abs_diff_vs_litert", "argmax_agreement"}
+
+``arena_bytes`` is what the model needs (:func:`needed_arena`: the larger of
+the recording allocator's total, ``arena_recorded_bytes``, and the smallest
+arena that allocated and invoked, ``arena_min_bytes``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from tinybuild.api import StepError
 
@@ -38,6 +42,20 @@ DEFAULT_ARENA_KB = 1024
 DEFAULT_MARGIN = 0.10
 #: TFLM aligns arena allocations to 16 bytes
 ALIGN = 16
+
+
+def needed_arena(section: Mapping[str, Any]) -> int | None:
+    """The arena a model needs on TFLM: the larger of the recording
+    allocator's total and the smallest ``arena_size`` that allocated and
+    invoked. They usually agree; when alignment or the allocator's own
+    bookkeeping makes the smallest working arena larger, an arena of the
+    recorded size fails ``AllocateTensors()`` on the device, so every
+    verdict (gates, report, ``kTensorArenaSize``) uses this figure."""
+    recorded = section.get("arena_recorded_bytes", section.get("arena_bytes"))
+    if not isinstance(recorded, int):
+        return None
+    smallest = section.get("arena_min_bytes")
+    return max(recorded, smallest) if isinstance(smallest, int) else recorded
 
 
 def arena_with_margin(arena_bytes: int, margin: float) -> int:
@@ -111,7 +129,8 @@ def tflm_metrics(result: dict[str, Any], outputs: Any | None, litert_outputs: An
     import numpy as np
 
     if not result.get("runs"):
-        return {"runs": False, "reason": result.get("reason"), "arena_bytes": None, "arena_min_bytes": None,
+        return {"runs": False, "reason": result.get("reason"), "arena_bytes": None, "arena_recorded_bytes": None,
+                "arena_min_bytes": None,
                 "accuracy": None, "correct": 0, "samples": int(len(y)), "per_class": [],
                 "confusion_matrix": [], "max_abs_diff_vs_litert": None, "argmax_agreement": None}
     predictions = np.argmax(outputs, axis=1)
@@ -122,7 +141,8 @@ def tflm_metrics(result: dict[str, Any], outputs: Any | None, litert_outputs: An
         agreement = float(np.mean(predictions == np.argmax(litert_outputs, axis=1)))
     return {
         "runs": True, "reason": None,
-        "arena_bytes": int(result["arena_bytes"]),
+        "arena_bytes": needed_arena(result),  # what it needs: see needed_arena
+        "arena_recorded_bytes": int(result["arena_bytes"]),
         "arena_min_bytes": result.get("arena_min_bytes"),
         "accuracy": scores["accuracy"], "correct": scores["correct"], "samples": scores["samples"],
         "per_class": scores["per_class"], "confusion_matrix": scores["confusion_matrix"],

@@ -48,9 +48,10 @@ def bundle(ctx: Any, source: Artifact, ident: str, data: bytes) -> tuple[str, di
     measured = measure(ctx, source)
     margin = (ctx.target or {}).get("arena_margin")
     margin = tflm.DEFAULT_MARGIN if margin is None else float(margin)
-    needed = max(int(measured["arena_bytes"]), int(measured.get("arena_min_bytes") or 0))
+    needed = tflm.needed_arena(measured)
     size = tflm.arena_with_margin(needed, margin)
-    facts = {"arena_bytes": int(measured["arena_bytes"]), "arena_min_bytes": measured.get("arena_min_bytes"),
+    facts = {"arena_bytes": needed, "arena_recorded_bytes": int(measured["arena_bytes"]),
+             "arena_min_bytes": measured.get("arena_min_bytes"),
              "arena_margin": margin, "tensor_arena_size": size, "operators": operators}
     return render(ident, source.step, facts, methods), facts
 
@@ -73,9 +74,9 @@ def render(ident: str, source_step: str, facts: dict[str, Any], methods: list[st
         "",
         f"namespace {ident}_tflm {{",
         "",
-        f"// TFLM's recording allocator measured {facts['arena_bytes']:,} B for this model (smallest",
-        f"// arena that allocates and invokes: {facts['arena_min_bytes'] or facts['arena_bytes']:,} B), "
-        f"plus arena_margin {facts['arena_margin']:g},",
+        f"// TFLM's recording allocator measured {facts['arena_recorded_bytes']:,} B for this model (smallest",
+        f"// arena that allocates and invokes: {facts['arena_min_bytes'] or facts['arena_recorded_bytes']:,} B); "
+        f"the larger, {facts['arena_bytes']:,} B, plus arena_margin {facts['arena_margin']:g},",
         "// rounded up to 16 bytes.",
         f"constexpr int kTensorArenaSize = {facts['tensor_arena_size']};",
         "",

@@ -103,3 +103,18 @@ def test_report_step_fails_naming_the_variant_and_the_refusal(tmp_path):
         STEP.run(ctx, variants, STEP.params.model_validate({}))
     saved = json.loads((out / "report.json").read_text())
     assert saved["variants"][1]["tflm"]["reason"] == reason
+
+
+def test_gates_use_the_smallest_working_arena_when_it_exceeds_the_recorded_one():
+    """TFLM's recording allocator can report less than the smallest arena
+    that allocates (alignment, allocator bookkeeping): an arena of the
+    recorded size then fails AllocateTensors() on the device, so a budget
+    between the two must fail."""
+    section = {**tflm_section(arena=1_584), "arena_min_bytes": 2_048}
+    section["arena_bytes"] = 1_584  # as an older evaluate wrote it: the recorded total only
+    rows = [row(tflm=section)]
+    checks = texts(gates.check_gates(rows, ["int8"], {"max_arena_kb": 1.6, "ram_kb": 1.8, "arena_margin": 0}))
+    assert checks["max_arena_kb"][0] is False and "2,048 B" in checks["max_arena_kb"][1]
+    assert checks["ram_kb"][0] is False and "2,048 B" in checks["ram_kb"][1]
+    fits = texts(gates.check_gates(rows, ["int8"], {"max_arena_kb": 2, "ram_kb": 2, "arena_margin": 0}))
+    assert fits["max_arena_kb"][0] is True and fits["ram_kb"][0] is True

@@ -170,9 +170,10 @@ def load_plugins(disabled: Iterable[str] = (), environ: Mapping[str, str] | None
             continue
         try:
             module = load()
-        except Exception as exc:  # any import-time failure is the plugin's
+        except (Exception, SystemExit) as exc:  # any import-time failure is the plugin's; so is sys.exit()
+            what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
             fail(name, PluginError(
-                f"plugin '{name}' ({module_name}) failed to import: {type(exc).__name__}: {exc}\n"
+                f"plugin '{name}' ({module_name}) failed to import: {what}\n"
                 f"  fix: reinstall or fix the plugin, or skip it with --disable-plugin {name} (or {ENV_DISABLE}={name})"
             ), exc)
             continue
@@ -204,8 +205,9 @@ def _call_registry_hook(pm: pluggy.PluginManager, hook_name: str,
         name = impl.plugin_name
         try:
             declared = impl.function()
-        except Exception as exc:
-            fail(name, PluginError(f"plugin '{name}' failed in hook {hook_name}: {type(exc).__name__}: {exc}"), exc)
+        except (Exception, SystemExit) as exc:  # a plugin must not end the run (and choose its exit code)
+            what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+            fail(name, PluginError(f"plugin '{name}' failed in hook {hook_name}: {what}"), exc)
             continue
         if declared is None:
             continue

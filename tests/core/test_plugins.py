@@ -51,6 +51,20 @@ def test_disabling_an_unknown_plugin_is_an_error(ws):
     assert run.code == 2 and "no such plugin" in run.err and "did you mean 'toy'" in run.err
 
 
+@pytest.mark.parametrize("code, where", [
+    ("import sys\nsys.exit(0)\n", "failed to import: called sys.exit(0)"),
+    ("import sys\nfrom tinybuild.api import hookimpl\n\n@hookimpl\ndef tinybuild_step_types():\n    sys.exit(0)\n",
+     "failed in hook tinybuild_step_types: called sys.exit(0)"),
+], ids=["at-import", "in-a-hook"])
+def test_a_plugin_that_calls_sys_exit_is_an_error_not_a_silent_success(ws, tmp_path, monkeypatch, code, where):
+    write_module(tmp_path, monkeypatch, "exitplug", code)
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_plugin,quitter=exitplug")
+    for command in ("plan", "build"):
+        run = ws.run(command, str(ws.recipe))
+        assert run.code == 2, (command, run.err)
+        assert f"plugin 'quitter'" in run.err and where in run.err and "Traceback" not in run.err
+
+
 def test_broken_plugin_names_itself(ws, tmp_path, monkeypatch):
     write_module(tmp_path, monkeypatch, "brokenplug", "import does_not_exist_anywhere\n")
     monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_plugin,broken=brokenplug")

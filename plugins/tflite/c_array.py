@@ -49,8 +49,25 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 #: valid identifiers that still cannot name a global array: C++ forbids a
 #: global variable called ``main`` ("cannot declare '::main' to be a global
-#: variable"), and in C it would clash with the firmware's entry point
-RESERVED_NAMES = frozenset({"main"})
+#: variable"), and in C it would clash with the firmware's entry point;
+#: ``std`` and ``tflite`` are namespaces (of the C++ library and of TFLM, which
+#: the generated files include: "redeclared as different kind of entity");
+#: the rest are types and macros of the standard headers they include
+#: (<stddef.h>, <stdint.h>, <cstdint>), which a global of that name would clash
+#: with or be rewritten by
+RESERVED_NAMES = frozenset({
+    "main", "std", "tflite",
+    "size_t", "ptrdiff_t", "max_align_t", "nullptr_t", "wchar_t", "NULL", "offsetof",
+    "int8_t", "int16_t", "int32_t", "int64_t", "uint8_t", "uint16_t", "uint32_t", "uint64_t",
+    "int_least8_t", "int_least16_t", "int_least32_t", "int_least64_t",
+    "uint_least8_t", "uint_least16_t", "uint_least32_t", "uint_least64_t",
+    "int_fast8_t", "int_fast16_t", "int_fast32_t", "int_fast64_t",
+    "uint_fast8_t", "uint_fast16_t", "uint_fast32_t", "uint_fast64_t",
+    "intptr_t", "uintptr_t", "intmax_t", "uintmax_t",
+    "INT8_MAX", "INT16_MAX", "INT32_MAX", "INT64_MAX", "UINT8_MAX", "UINT16_MAX", "UINT32_MAX", "UINT64_MAX",
+    "INT8_MIN", "INT16_MIN", "INT32_MIN", "INT64_MIN", "SIZE_MAX", "PTRDIFF_MAX", "PTRDIFF_MIN",
+    "INTPTR_MAX", "INTPTR_MIN", "UINTPTR_MAX", "INTMAX_MAX", "INTMAX_MIN", "UINTMAX_MAX",
+})
 
 
 def identifier_problem(name: str) -> str | None:
@@ -59,8 +76,11 @@ def identifier_problem(name: str) -> str | None:
         return "a C identifier has only letters, digits and '_' and does not start with a digit"
     if name in C_KEYWORDS:
         return f"'{name}' is a C/C++ keyword"
-    if name in RESERVED_NAMES:
+    if name == "main":
         return f"'{name}' is the program's entry point; a global array cannot take that name"
+    if name in RESERVED_NAMES:
+        return (f"'{name}' is a namespace, type or macro of the headers the generated C/C++ includes; "
+                f"a global array of that name would not compile (e.g. name = \"{name}_model\")")
     if name.startswith("__") or re.match(r"^_[A-Z]", name):
         return "identifiers starting with '__' or '_' + capital letter are reserved for the compiler"
     if len(name) > 200:

@@ -129,7 +129,8 @@ def _nothing_to_compress(source: str, skipped: Sequence[dict[str, Any]]) -> str:
     tensors have too many distinct values, nothing when they are too small
     for tables to pay off (clustering more would not help)."""
     worst = max(skipped, key=lambda e: e.get("bytes_before", 0), default=None)
-    largest = f" (largest: {worst['name']} {worst['shape']}, {worst['reason']})" if worst else ""
+    label = " ".join(str(part) for part in (worst.get("name"), worst["shape"]) if part) if worst else ""
+    largest = f" (largest: {label}, {worst['reason']})" if worst else ""  # converters may strip tensor names
     if not skipped:
         return f"'{source}' has no constant weight tensors to compress"
     if all(e["reason"].startswith("would grow") for e in skipped):

@@ -75,6 +75,8 @@ def test_output_is_deterministic(tflite_artifact):
     ("8bit", "model_8bit"),
     ("float", "float_model"),
     ("main", "main_model"),  # C++ refuses a global variable named main
+    ("std", "std_model"),  # the C++ library's namespace
+    ("uint8_t", "uint8_t_model"),  # a type of <cstdint>, which the files include
     ("my model.v2", "my_model_v2"),
     ("--", "model"),
     ("__init", "init"),
@@ -86,7 +88,8 @@ def test_identifiers_derived_from_odd_step_names_are_valid(step_name, expected):
     assert c_array.identifier_problem(ident) is None
 
 
-@pytest.mark.parametrize("bad", ["1abc", "int", "class", "a-b", "__x", "_Model", "", "a b", "café", "main"])
+@pytest.mark.parametrize("bad", ["1abc", "int", "class", "a-b", "__x", "_Model", "", "a b", "café", "main", "std",
+                                 "tflite", "size_t", "uint8_t", "NULL", "INT8_MAX"])
 def test_name_param_rejects_invalid_identifiers(bad):
     with pytest.raises(ValidationError):
         STEP.params.model_validate({"name": bad})
@@ -98,7 +101,7 @@ def test_name_param_accepts_valid_identifiers():
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) on this machine")
-@pytest.mark.parametrize("step_name, ident", [("8-bit", "model_8_bit"), ("main", "main_model")])
+@pytest.mark.parametrize("step_name, ident", [("8-bit", "model_8_bit"), ("main", "main_model"), ("std", "std_model")])
 def test_generated_code_compiles_links_and_holds_the_bytes(tflite_artifact, tmp_path, step_name, ident):
     out = run_step(STEP, [tflite_artifact], step=step_name)
     for name in out.files:

@@ -158,3 +158,5 @@ def test_a_model_too_small_for_tables_is_told_so_not_told_to_cluster():
                      "reason": "too many distinct values for 4-bit indices"}]
     message = _nothing_to_compress("int8", busy)
     assert "cluster the model first" in message and "big [100, 100]" in message
+    unnamed = _nothing_to_compress("int8", [{**small[0], "name": None}])
+    assert "None" not in unnamed and "largest: [10, 8]" in unnamed

@@ -35,7 +35,8 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
 from .cache import MAX_ENTRY_BYTES, ActionEntry, Cache, CorruptObject, entry_is_consistent
 from .hashing import CHUNK, canonical_json
@@ -85,15 +86,50 @@ class Transfer:
     seconds: float = 0.0
 
 
+_LOCAL_PROTOCOLS = frozenset({"file", "local"})
+
+
+def url_problem(url: str, known: Iterable[str]) -> str | None:
+    """Why ``url`` cannot name a remote cache, or None. fsspec reads
+    ``s3:/bucket`` or ``s3://`` (an unset ``$BUCKET`` in CI) as a *local*
+    folder named ``s3:``: the build would then "push" into the current
+    folder and share its cache with nobody, saying nothing."""
+    protocol, sep, rest = url.partition("://")
+    if not sep:
+        head = url.split(":", 1)[0].lower()
+        if ":" in url and head in known and head not in _LOCAL_PROTOCOLS | {""}:
+            return f"not a URL: write {head}://BUCKET/PATH (two slashes after '{head}:')"
+        if ":" in url and head in _LOCAL_PROTOCOLS:
+            return "not a URL: write file:///absolute/path (three slashes)"
+        return None  # a plain local folder
+    protocol = protocol.lower()
+    if protocol not in known:
+        return f"unknown protocol '{protocol}://'"
+    if protocol in _LOCAL_PROTOCOLS:
+        if not rest.startswith("/"):
+            return "a file:// URL needs an absolute path: file:///absolute/path (three slashes)"
+        return None
+    bucket = rest.split("/", 1)[0]
+    if not bucket:
+        return (f"no bucket or host after '{protocol}://' (an empty variable in {protocol}://$BUCKET/...?); "
+                f"write {protocol}://BUCKET/PATH")
+    return None
+
+
 class RemoteCache:
     def __init__(self, url: str, push: bool = True, warn: Callable[[str], None] = lambda _m: None,
                  secret: bytes | None = None):
         import fsspec  # imported only when a remote cache is configured
 
+        problem = url_problem(url, fsspec.available_protocols())
+        if problem:
+            raise ValueError(problem)
         self.url = url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options(self.url))
         self.root = self.root.rstrip("/")
         self.fs.invalidate_cache()  # fsspec reuses instances: never trust listings from before this build
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else tuple(self.fs.protocol)
+        self._local = bool(set(protocols) & _LOCAL_PROTOCOLS)
         self.push_enabled = push
         self.warn = warn
         self.secret = secret
@@ -303,7 +339,12 @@ class RemoteCache:
         """Write under a temporary name, then move: readers never see half a file
         on filesystems with atomic rename (object stores write whole objects anyway)."""
         parent = target.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
+        if self._local:  # a shared folder: a link planted at a shard must not carry our writes elsewhere
+            from . import safefs
+
+            safefs.ensure_dir(Path(parent), Path(self.root))
+        else:
+            self.fs.makedirs(parent, exist_ok=True)
         staging = f"{target}.{uuid.uuid4().hex}.tmp"
         try:
             with self.fs.open(staging, "wb") as f:

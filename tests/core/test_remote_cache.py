@@ -477,3 +477,32 @@ def test_malformed_remote_entry_is_ignored(ws, tmp_path, first, case):
     assert run.code == 0 and "Traceback" not in run.err
     assert built_steps(run) == ["train"] and "ignoring action" in run.err
     assert _outputs(tmp_path / "out2" / "toy") == good
+
+
+@pytest.mark.parametrize("url", ["s3://", "s3:///ci", "s3:/mybucket/ci", "gs://", "file://relative/path", "file:/tmp/x",
+                                 "nosuchproto://bucket"])
+def test_a_malformed_remote_url_is_a_usage_error_not_a_local_folder(ws, url):
+    for command in ("build", "plan"):
+        run = ws.run(command, str(ws.recipe), "--remote-cache", url)
+        assert run.code == 2, (command, run.err)
+        assert f"--remote-cache {url}" in run.err and "Traceback" not in run.err
+    assert not any(p.name.endswith(":") for p in ws.root.rglob("*"))  # no s3: folder appeared
+    assert not (ws.root / "build").exists()
+
+
+def test_a_planted_link_in_a_folder_remote_never_carries_pushes_outside(ws, tmp_path):
+    remote = tmp_path / "remote"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    first = ws.build("--remote-cache", remote.as_uri(), "--cache-dir", str(tmp_path / "c1"), "--out", str(tmp_path / "o1"))
+    assert first.code == 0
+    shards = sorted(p for p in (remote / "objects").iterdir() if p.is_dir())
+    for shard in shards:  # every shard becomes a link to the victim folder
+        for item in shard.iterdir():
+            item.unlink()
+        shard.rmdir()
+        shard.symlink_to(victim, target_is_directory=True)
+    again = ws.build("--remote-cache", remote.as_uri(), "--cache-dir", str(tmp_path / "c2"), "--out", str(tmp_path / "o2"))
+    assert again.code == 0, again.err
+    assert not any(victim.iterdir())
+    assert all(shard.is_dir() and not shard.is_symlink() for shard in shards)

@@ -10,6 +10,7 @@ changed underneath, the result is used for this build but not cached.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 import traceback
@@ -90,6 +91,11 @@ def _jsonable(value: Any) -> Any:
 STOPPED = "build stopped after a failure (use --keep-going to build other branches)"
 
 
+#: what a step name may look like (``tinybuild.recipe.STEP_NAME``, not imported:
+#: a build replayed from the configuration cache never loads the recipe module)
+_STEP_FOLDER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
 class Executor:
     """The driver: plans, keys, early cutoff, lock file and console events.
 
@@ -126,6 +132,7 @@ class Executor:
                 result.remote = project.remote.describe()
             if new_lock != lock:
                 write_lock(project.lock_path, project.recipe.meta.name, new_lock)
+                self._remove_stale_outputs(lock)
             self.cache.register_lock(project.lock_path)
             self.cache.memo.save()
         self.hooks.build_finished(str(project.recipe.path), result.summary())
@@ -154,6 +161,21 @@ class Executor:
                 self.record_failure(name, failure, result, selected)
                 if not options.keep_going:
                     stopped = True
+
+    def _remove_stale_outputs(self, lock: Mapping[str, Any]) -> None:
+        """Remove the output folders of steps the lock file lists but the
+        recipe no longer has (renamed or deleted): left behind, an old
+        ``fw/`` next to the new ``firmware/`` is a firmware image nobody
+        builds any more. Only those names, only below the build folder,
+        never through a link (:mod:`tinybuild.safefs`)."""
+        project = self.project
+        for name in lock:
+            if name in project.steps or not _STEP_FOLDER.fullmatch(name):
+                continue
+            try:
+                safefs.remove(project.step_out_dir(name), project.out_dir)
+            except (OSError, safefs.UnsafePath):
+                pass  # left for `tinybuild clean`; a failed cleanup must not fail the build
 
     def record_failure(self, name: str, failure: "_StepFailure", result: BuildResult, selected: Sequence[str]) -> None:
         (result.gated if failure.gate else result.failed)[name] = str(failure)

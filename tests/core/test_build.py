@@ -336,3 +336,30 @@ def test_run_wrapped_in_partial_is_fingerprinted_by_its_own_module():
     from tinybuild.keys import defining_module
 
     assert defining_module(functools.partial(toy_plugin.run_train, None)) == "toy_plugin"
+
+
+def test_renamed_or_removed_steps_leave_no_stale_output_folder(ws, tmp_path):
+    assert ws.build().code == 0
+    folder = ws.root / "build" / "toy"
+    (folder / "notes").mkdir()  # not a step the lock file knows: never touched
+    (folder / "notes" / "mine.txt").write_text("keep\n")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep\n")
+    ws.edit('[steps.int8]', '[steps.int8b]')
+    ws.edit('inputs = ["fp32", "int8"]', 'inputs = ["fp32", "int8b"]')
+    import shutil
+
+    shutil.rmtree(folder / "fp32")
+    (folder / "fp32").symlink_to(victim, target_is_directory=True)  # a link where a live step's folder was
+    run = ws.build()
+    assert run.code == 0, run.err
+    assert not (folder / "int8").exists() and (folder / "int8b").is_dir()
+    assert (folder / "notes" / "mine.txt").read_text() == "keep\n"
+    assert (victim / "precious.txt").read_text() == "keep\n"
+    # a step dropped from the recipe goes too
+    ws.edit('[steps.fp32]\nuse = "toy-convert"\ninput = "train"\n', '')
+    ws.edit('inputs = ["fp32", "int8b"]', 'inputs = ["int8b"]')
+    assert ws.build().code == 0
+    assert not os.path.lexists(folder / "fp32")
+    assert (victim / "precious.txt").read_text() == "keep\n"

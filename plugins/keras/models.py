@@ -26,7 +26,7 @@ from typing import Any, Literal, Mapping, Sequence, get_args
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from tinybuild.api import InputFile, Kind, Params, StepContext, StepError, StepType, hookimpl
+from tinybuild.api import InputFile, Kind, ParamProblem, Params, StepContext, StepError, StepType, hookimpl
 
 from tinybuild_plugins.sdk import tf as _tf
 from tinybuild_plugins.sdk.dataset import load_meta
@@ -110,9 +110,71 @@ def _refuse_special_file(path: Path) -> None:
         raise ValueError(f"builder file {exc.strerror}: {exc.filename or path}") from None
 
 
+#: most Python files a builder's folder may hold (they all enter the key)
+MAX_BUILDER_SOURCES = 500
+
+
+def _builder_sources(folder: Path) -> list[Path]:
+    """The Python a builder can import from beside it: the ``*.py`` files of
+    its folder and of the packages (folders with ``__init__.py``) below it.
+    A plain subfolder is not searched (the recipe's own folder may hold a
+    virtual environment); nor is anything that is not a regular file."""
+    found: list[Path] = []
+
+    def scan(current: Path, packages_only: bool) -> None:
+        try:
+            entries = sorted(current.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name == "__pycache__" or entry.is_symlink():
+                continue
+            if entry.is_dir():
+                if (entry / "__init__.py").is_file():
+                    scan(entry, True)
+            elif entry.suffix == ".py" and entry.is_file():
+                found.append(entry)
+            if len(found) > MAX_BUILDER_SOURCES:
+                return  # check_builder_folder refuses this at plan time
+
+    scan(folder, False)
+    return found
+
+
+def check_builder_folder(params: KerasModelParams, registry: Any) -> list[ParamProblem]:
+    """Plan time: every Python file beside the builder enters the key, so a
+    builder in a folder of thousands (a checkout's root) is refused."""
+    path = params.builder_path
+    if path is None or len(_builder_sources(path.parent)) <= MAX_BUILDER_SOURCES:
+        return []
+    return [ParamProblem("builder", f"the builder's folder {path.parent} holds more than {MAX_BUILDER_SOURCES} "
+                                    "Python files (its .py files and packages enter the model's cache key)",
+                         "put the builder and the modules it imports in a folder of their own")]
+
+
 def builder_input_files(params: KerasModelParams) -> Mapping[str, Path]:
-    """The builder's source file: its content digest enters the cache key."""
-    return {"builder": params.builder_path} if params.builder_path is not None else {}
+    """The builder's source file and the Python beside it that it may import
+    (see :func:`_builder_sources`): their content digests enter the cache
+    key, so editing a helper module rebuilds the model, as editing the
+    builder does."""
+    path = params.builder_path
+    if path is None:
+        return {}
+    files = {"builder": path}
+    for source in _builder_sources(path.parent):
+        if source != path:
+            files[f"builder folder: {source.relative_to(path.parent).as_posix()}"] = source
+    return files
+
+
+def builder_input_folders(params: KerasModelParams) -> list[Path]:
+    """Folders whose listing :func:`builder_input_files` reads: a helper
+    module added beside the builder makes the next build look again."""
+    path = params.builder_path
+    if path is None:
+        return []
+    folders = {path.parent} | {source.parent for source in _builder_sources(path.parent)}
+    return sorted(folders)
 
 
 # -- the three sources ---------------------------------------------------------
@@ -297,6 +359,8 @@ KERAS = StepType(
         "tinybuild_plugins.keras.builder_process",
     ),
     input_files=builder_input_files,
+    input_folders=builder_input_folders,
+    check=check_builder_folder,
 )
 
 

@@ -150,3 +150,43 @@ def test_keras_file_with_bzip2_members_is_refused_before_loading(tmp_path):
         archive.writestr("config.json", b"{}")
     with pytest.raises(StepError, match="odd.keras uses zip compression method 12"):
         models.from_file(path, "model 'model'")
+
+
+def test_modules_beside_the_builder_enter_its_key(tmp_path):
+    """A builder that imports a helper from its own folder: editing the helper
+    (or adding a module there) changes the model's key, as editing the builder does."""
+    from tinybuild.testing import params_problems, step_key
+
+    folder = tmp_path / "nets"
+    (folder / "parts").mkdir(parents=True)
+    (folder / "net.py").write_text("from helper import HIDDEN\n\ndef build(input_shape, num_classes):\n    ...\n")
+    (folder / "helper.py").write_text("HIDDEN = 8\n")
+    (folder / "parts" / "__init__.py").write_text("")
+    (folder / "parts" / "blocks.py").write_text("WIDTH = 4\n")
+    (folder / "venv").mkdir()  # a plain folder (no __init__.py): never searched
+    (folder / "venv" / "big.py").write_text("X = 1\n")
+    params = {"builder": "nets/net.py:build"}
+    first = step_key(KERAS, params, recipe_dir=tmp_path)
+    (folder / "venv" / "big.py").write_text("X = 2\n")
+    assert step_key(KERAS, params, recipe_dir=tmp_path) == first
+    keys = {first}
+    for path, text in [(folder / "helper.py", "HIDDEN = 64\n"), (folder / "parts" / "blocks.py", "WIDTH = 5\n"),
+                       (folder / "extra.py", "Y = 1\n")]:
+        path.write_text(text)
+        keys.add(step_key(KERAS, params, recipe_dir=tmp_path))
+    assert len(keys) == 4
+    folders = models.builder_input_folders(KERAS.params.model_validate(params, context={"base_dir": tmp_path}))
+    assert folders == [folder, folder / "parts"]
+    assert params_problems(KERAS, params, recipe_dir=tmp_path, registry=object()) == []
+
+
+def test_a_builder_in_a_folder_of_thousands_of_modules_is_refused_at_plan(tmp_path, monkeypatch):
+    from tinybuild.testing import params_problems
+
+    monkeypatch.setattr(models, "MAX_BUILDER_SOURCES", 3)
+    for i in range(4):
+        (tmp_path / f"m{i}.py").write_text("")
+    (tmp_path / "net.py").write_text("def build(input_shape, num_classes): ...\n")
+    problems = params_problems(KERAS, {"builder": "net.py:build"}, recipe_dir=tmp_path, registry=object())
+    assert len(problems) == 1 and "more than 3 Python files" in problems[0].message
+    assert problems[0].key == "steps.test.builder"

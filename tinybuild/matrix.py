@@ -183,6 +183,38 @@ def expand(steps: Mapping[str, Any], problems: list[Problem]) -> dict[str, Any]:
     return result
 
 
+def repeats(steps: Iterable[Any]) -> list[Problem]:
+    """Matrix values that differ as written but are one value once the step
+    type's params read them (``epochs = [1, 1.0]``: both are the integer 1):
+    their members would be the same step under two names. ``steps`` are
+    resolved steps (``.spec``, ``.params``) whose params validated."""
+    import json
+
+    seen: dict[tuple[str, str], dict[str, tuple[int, Any]]] = {}
+    found: dict[tuple[str, str, int], Problem] = {}
+    for step in steps:
+        spec = step.spec
+        if not spec.combination:
+            continue
+        dumped = step.params.model_dump(mode="json")
+        for param, index in spec.combination:
+            if param not in dumped:
+                continue
+            values = seen.setdefault((spec.key, param), {})
+            text = json.dumps(dumped[param], sort_keys=True)
+            first, raw = values.setdefault(text, (index, spec.raw_params.get(param)))
+            if first != index and (spec.key, param, max(first, index)) not in found:
+                i, j = sorted((first, index))
+                later = spec.raw_params.get(param) if j == index else raw
+                earlier = raw if j == index else spec.raw_params.get(param)
+                found[(spec.key, param, j)] = Problem(
+                    f"{spec.key}.{KEY}.{param}[{j}]",
+                    f"{later!r} is the same {param} as {param}[{i}] = {earlier!r} once read as the parameter's type "
+                    f"(both are {dumped[param]!r})",
+                    "remove the repeated value")
+    return list(found.values())
+
+
 def _gather(inputs: tuple[str, ...], steps: Mapping[str, Any], expand_one: Any, self_name: str) -> tuple[str, ...]:
     """``inputs`` with each swept step replaced by its members, in order;
     unknown names and self-references stay, for resolve to report."""

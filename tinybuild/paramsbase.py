@@ -23,27 +23,94 @@ class Params(BaseModel):
 
     Unknown keys are rejected (the recipe loader turns them into "did you
     mean" errors), and params are frozen so a running step cannot change
-    what its cache key was computed from. A quoted number (``epochs = "3"``)
-    is rejected for a number or boolean field rather than converted, so the
-    loader agrees with the JSON Schema editors check recipes against.
+    what its cache key was computed from.
+
+    Numbers and booleans are taken as the JSON Schema editors check recipes
+    against takes them, not as pydantic's lax mode would: a quoted number
+    (``epochs = "3"``), a boolean for a number (``patience = true``) and a
+    number for a boolean (``tflm = 1``) are errors rather than conversions.
+    A float with an integral value for an integer (``epochs = 2.0``) is an
+    integer in JSON Schema, so it is accepted and normalized to ``2``, and an
+    integer for a float field to a float, so ``1`` and ``1.0`` always give
+    the same params (and cache key). Lists and tuples of numbers
+    (``test_folds = [1, 2]``) are checked item by item.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_quoted_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, str) and info.field_name in cls.model_fields:
-            kinds = scalar_kinds(cls.model_fields[info.field_name].annotation)
-            if kinds is not None:
-                from pydantic_core import PydanticCustomError
+    def _numbers_as_written(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        return value if field is None else as_written(value, field.annotation)
 
-                kind = "bool" if kinds == {bool} else "int" if kinds == {int} else "float"
-                word = {"bool": "boolean (true/false)", "int": "integer", "float": "number"}[kind]
-                quoted = value.strip().lower() in ("true", "false") or _is_number(value)
-                raise PydanticCustomError(f"{kind}_type", "Input should be a valid {word}, not a string{fix}",
-                                          {"word": word, "fix": "; remove the quotes" if quoted else ""})
+
+_WORDS = {"bool": "boolean (true/false)", "int": "integer", "float": "number"}
+
+
+def as_written(value: Any, annotation: Any, at: str = "") -> Any:
+    """``value`` with integral floats for integer fields made ints and ints
+    for float fields made floats (walking lists and tuples), or a
+    ``PydanticCustomError`` when a scalar would only pass by coercion.
+    ``at`` is the item's path below the field (``[1]``), carried in the
+    error's context so the loader can name the exact key."""
+    kinds = scalar_kinds(annotation)
+    if kinds is not None:
+        return _scalar(value, kinds, at)
+    if isinstance(value, list):
+        items = item_annotations(annotation, len(value))
+        if items is not None:
+            return [as_written(v, a, f"{at}[{i}]") for i, (v, a) in enumerate(zip(value, items))] + value[len(items):]
+    return value
+
+
+def _scalar(value: Any, kinds: set[type], at: str) -> Any:
+    from pydantic_core import PydanticCustomError
+
+    kind = "bool" if kinds == {bool} else "int" if kinds == {int} else "float" if float in kinds else "int"
+    if isinstance(value, str):
+        quoted = value.strip().lower() in ("true", "false") or _is_number(value)
+        fix = "remove the quotes" if quoted else f"write a {_WORDS[kind]}"
+        raise PydanticCustomError(f"{kind}_type", "Input should be a valid {word}, not a string",
+                                  {"word": _WORDS[kind], "fix": fix, "at": at, "got": value})
+    if isinstance(value, bool):
+        if bool not in kinds:
+            raise PydanticCustomError(f"{kind}_type", "Input should be a valid {word}, not a boolean",
+                                      {"word": _WORDS[kind], "at": at, "got": value,
+                                       "fix": f"write a number, e.g. {int(value)}: a boolean is not a number here"})
         return value
+    if isinstance(value, (int, float)):
+        if kinds == {bool}:
+            raise PydanticCustomError("bool_type", "Input should be a valid {word}, not a number",
+                                      {"word": _WORDS["bool"], "at": at, "got": value,
+                                       "fix": "write true or false: a number is not a boolean here"})
+        if isinstance(value, float) and kinds <= {int, bool} and value.is_integer():
+            return int(value)  # JSON Schema's integer: 2.0 is 2
+        if isinstance(value, int) and float in kinds and int not in kinds:
+            return float(value)
+    return value
+
+
+def item_annotations(annotation: Any, n: int) -> list[Any] | None:
+    """The annotations of a list value's n items under ``list[X]``,
+    ``tuple[X, ...]``, ``tuple[X, Y]`` (possibly ``| None`` or Annotated);
+    None when the annotation is no such sequence."""
+    import collections.abc
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Annotated:
+        return item_annotations(args[0], n)
+    if origin is typing.Union or origin is types.UnionType:
+        found = [a for a in (item_annotations(arg, n) for arg in args if arg is not type(None)) if a is not None]
+        return found[0] if len(found) == 1 else None
+    if origin in (list, set, frozenset, collections.abc.Sequence) and len(args) == 1:
+        return [args[0]] * n
+    if origin is tuple and args:
+        return [args[0]] * n if len(args) == 2 and args[1] is Ellipsis else list(args)
+    return None
 
 
 def _is_number(text: str) -> bool:
@@ -57,13 +124,17 @@ def _is_number(text: str) -> bool:
 def scalar_kinds(annotation: Any) -> set[type] | None:
     """The number/boolean types a field admits ({int}, {int, float}, {bool}),
     or None when it admits anything else (a string, a path, a list...): for
-    such fields a string is a mistake, not something to coerce."""
+    such fields a string is a mistake, not something to coerce. A ``Literal``
+    of numbers or booleans admits their types."""
     import types
     import typing
 
     origin = typing.get_origin(annotation)
     if origin is Annotated:
         return scalar_kinds(typing.get_args(annotation)[0])
+    if origin is typing.Literal:
+        found = {type(v) for v in typing.get_args(annotation)}
+        return found if found and found <= {bool, int, float} else None
     if origin is typing.Union or origin is types.UnionType:
         found: set[type] = set()
         for arg in typing.get_args(annotation):

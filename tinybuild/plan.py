@@ -97,10 +97,12 @@ def _compute_material(project: Project, step: ResolvedStep, digests: Mapping[str
             input_metrics=stable_input_metrics,
         )
     except MissingInputFile as exc:
-        raise RecipeError(str(project.recipe.path), [Problem(
+        from .recipe import note_empty_vars  # pydantic, but only on this error's path
+
+        raise RecipeError(str(project.recipe.path), note_empty_vars([Problem(
             f"{step.key}.{exc.field}", f"{exc.problem}: {exc.path}",
             "fix the path (relative paths resolve against the recipe's folder) or set the ${VAR} it uses",
-        )]) from None
+        )], getattr(project.recipe, "empty_vars", {}))) from None
 
 
 def run_reasons(material: Mapping[str, Any], step: ResolvedStep, lock: Mapping[str, Any], forced: bool) -> list[str]:

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from .errors import Problem, RecipeError, did_you_mean
+from .paramsbase import Params
 from .hashing import bytes_digest, stat_signature
 from .safeio import MAX_RECIPE_BYTES, BadPath, FileTooLarge, NotRegularFile, open_regular, stat_of
 from . import matrix
@@ -46,13 +47,15 @@ MAX_NAME = 100
 MAX_DEPTH = 32
 #: TOML integers are 64-bit signed (TOML 1.0: "an error must be thrown" beyond).
 INT_RANGE = (-(2**63), 2**63 - 1)
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: ``$$``, ``${VAR}``, ``${VAR:-default}`` (unset or empty) and ``${VAR-default}`` (unset only), as in the shell
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
+#: A UTF-8 byte order mark, which Windows editors may write at the start of a file
+BOM = "\ufeff"
 
 
-class RecipeMeta(BaseModel):
-    """The ``[recipe]`` table."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+class RecipeMeta(Params):
+    """The ``[recipe]`` table. Numbers and booleans are checked as in step
+    params (:class:`tinybuild.paramsbase.Params`): as the JSON Schema takes them."""
 
     name: str = Field(description="Name of the recipe; names the build folder.", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=MAX_NAME)
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for every random choice (splits, initialization, training).")
@@ -60,10 +63,8 @@ class RecipeMeta(BaseModel):
     description: str = Field("", description="Free text, shown by `tinybuild plan`.")
 
 
-class Target(BaseModel):
+class Target(Params):
     """The optional ``[target]`` table: a device's budgets, enforced as gates."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     name: str | None = Field(None, description="Device name, for reports.")
     flash_kb: float | None = Field(None, gt=0, description="Flash budget in KiB: max model file size.")
@@ -102,6 +103,9 @@ class Recipe:
     steps: dict[str, StepSpec] = field(default_factory=dict)
     #: (stat signature, sha256, when read) of the bytes this recipe was parsed from
     origin: tuple[list[int], str, int] | None = None
+    #: dotted key -> the variables that expanded to "" in its value, so that the
+    #: problem an empty ``${DATA_DIR}`` causes (a path that is not found) names it
+    empty_vars: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def dir(self) -> Path:
@@ -125,12 +129,15 @@ def load_recipe(path: str | Path, environ: dict[str, str] | None = None) -> Reci
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RecipeError(file, [Problem("", f"cannot read the recipe: {exc}", "the recipe must be a UTF-8 text file")]) from None
-    data = _parse_toml(text, file)
+    # TOML forbids a byte order mark, but Windows editors write one: the origin
+    # digest above still covers the bytes as they are on disk
+    data = _parse_toml(text.removeprefix(BOM), file)
     problems: list[Problem] = []
     _check_values(data, problems)
     if problems:
         raise RecipeError(file, problems)
-    data = _interpolate(data, "", environ if environ is not None else dict(os.environ), problems)
+    empty: dict[str, list[str]] = {}
+    data = _interpolate(data, "", environ if environ is not None else dict(os.environ), problems, empty)
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             problems.append(Problem(key, f"unknown section '{key}'", _suggest(key, TOP_LEVEL_KEYS)))
@@ -165,10 +172,11 @@ def load_recipe(path: str | Path, environ: dict[str, str] | None = None) -> Reci
     if not steps and not problems:
         problems.append(Problem("steps", "the recipe declares no steps", "add a [dataset], a [model] and [steps.<name>] tables"))
 
+    empty_vars = {key: tuple(names) for key, names in empty.items()}
     if problems:
-        raise RecipeError(file, problems)
+        raise RecipeError(file, note_empty_vars(problems, empty_vars))
     assert meta is not None
-    return Recipe(path=path.resolve(), meta=meta, target=target, steps=steps, origin=origin)
+    return Recipe(path=path.resolve(), meta=meta, target=target, steps=steps, origin=origin, empty_vars=empty_vars)
 
 
 def _read_recipe(path: Path, file: str) -> tuple[bytes, os.stat_result]:
@@ -293,6 +301,7 @@ def validation_problems(exc: ValidationError, prefix: str, model: type[BaseModel
     for err in exc.errors(include_url=False):
         loc = [str(p) for p in err["loc"]]
         key = ".".join([prefix, *loc]) if prefix else ".".join(loc)
+        key += str((err.get("ctx") or {}).get("at", ""))  # an item of a list field (tinybuild.paramsbase)
         kind = err["type"]
         if kind == "extra_forbidden":
             field_names = _field_names(model, loc[:-1])
@@ -303,7 +312,8 @@ def validation_problems(exc: ValidationError, prefix: str, model: type[BaseModel
         elif kind == "missing":
             out.append(Problem(key, "missing required key", f"add {loc[-1]} = ..."))
         else:
-            got = err.get("input")
+            ctx = err.get("ctx") or {}
+            got = ctx["got"] if "got" in ctx else err.get("input")  # "got": the list item, not the list
             shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
             shown = shown if len(shown) <= 80 else shown[:60] + "..." + shown[-10:]
             msg = err["msg"].removeprefix("Value error, ")
@@ -336,10 +346,14 @@ def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:
 
 def _hint_for(kind: str, err: dict[str, Any]) -> str:
     ctx = err.get("ctx") or {}
+    if "fix" in ctx:  # tinybuild.paramsbase says how to write the value
+        return str(ctx["fix"])
     if kind == "input_file":  # tinybuild.api.INPUT_FILE_ERROR
         return "give the path of a regular file (relative paths resolve against the recipe's folder)"
     if kind == "literal_error" and "expected" in ctx:
         return f"use one of {ctx['expected']}"
+    if kind == "int_from_float":
+        return "write a whole number (the key takes an integer)"
     if kind.startswith(("greater_than", "less_than")):
         return "change the value to satisfy the bound"
     if kind == "string_pattern_mismatch" and "pattern" in ctx:
@@ -367,24 +381,51 @@ def _toml_problem(exc: tomllib.TOMLDecodeError) -> Problem:
     return Problem("", f"invalid TOML: {msg}", "fix the syntax at that position (strings need quotes; tables are [name])", line, col)
 
 
-def _interpolate(value: Any, key: str, environ: dict[str, str], problems: list[Problem]) -> Any:
-    """Expand ``${VAR}`` / ``${VAR:-default}`` (and ``$$`` → ``$``) in every string."""
+def _interpolate(value: Any, key: str, environ: dict[str, str], problems: list[Problem],
+                 empty: dict[str, list[str]]) -> Any:
+    """Expand ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}`` (and ``$$`` → ``$``)
+    in every string, recording in ``empty`` which variables expanded to "" where.
+
+    As in the shell, ``:-`` takes the default when VAR is unset *or empty* (CI
+    systems often define variables they leave empty), ``-`` only when unset."""
     if isinstance(value, dict):
-        return {k: _interpolate(v, f"{key}.{k}" if key else k, environ, problems) for k, v in value.items()}
+        return {k: _interpolate(v, f"{key}.{k}" if key else k, environ, problems, empty) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, f"{key}[{i}]", environ, problems) for i, v in enumerate(value)]
+        return [_interpolate(v, f"{key}[{i}]", environ, problems, empty) for i, v in enumerate(value)]
     if not isinstance(value, str) or "$" not in value:
         return value
 
     def substitute(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
-        name, default = m.group(1), m.group(2)
-        if name in environ:
-            return environ[name]
-        if default is not None:
-            return default
-        problems.append(Problem(key, f"environment variable {name} is not set", f"set {name}, or give a default: ${{{name}:-value}}"))
-        return m.group(0)
+        name, op, default = m.group(1), m.group(2), m.group(3)
+        found = environ.get(name)
+        if op == ":-" and not found or op == "-" and found is None:
+            found = default
+        if found is None:
+            problems.append(Problem(key, f"environment variable {name} is not set", f"set {name}, or give a default: ${{{name}:-value}}"))
+            return m.group(0)
+        if not found:
+            empty.setdefault(key, []).append(name)
+        return found
 
     return _VAR.sub(substitute, value)
+
+
+def note_empty_vars(problems: list[Problem], empty_vars: dict[str, tuple[str, ...]]) -> list[Problem]:
+    """Problems at a key whose value had a variable expand to "" say so: an
+    empty ``${DATA_DIR}`` makes ``${DATA_DIR}/x.npz`` the path ``/x.npz``,
+    and "file not found: /x.npz" alone does not say why."""
+    if not empty_vars:
+        return problems
+    out = []
+    for p in problems:
+        names = [n for key, found in empty_vars.items() if p.key == key or p.key.startswith((key + ".", key + "["))
+                 for n in found]
+        if names:
+            shown = ", ".join(dict.fromkeys(f"${{{n}}}" for n in names))
+            first = names[0]
+            p = p._replace(message=f"{p.message} ({shown} expanded to an empty string)",
+                           hint=f"{p.hint}; set {first} to a non-empty value, or give a default: ${{{first}:-value}}")
+        out.append(p)
+    return out

@@ -64,13 +64,16 @@ def resolve_recipe(recipe: Recipe, registry: Registry) -> dict[str, ResolvedStep
                                         "add a [dataset] table (e.g. use = \"idx\")"))
         if params is not None and inputs is not None:
             resolved[name] = ResolvedStep(name, spec.key, spec, step_type, registry.step_plugin[spec.use], params, inputs, dataset)
+    problems.extend(matrix.repeats(resolved.values()))  # [1, 1.0]: one value once validated
     problems.extend(_check_inputs(resolved))  # needs every step bound: it looks at the inputs
     if "dataset" in resolved and resolved["dataset"].step_type.produces != Kind.DATASET:
         st = resolved["dataset"].step_type
         problems.append(Problem("dataset.use", f"step type '{st.name}' produces {st.produces}, not a dataset",
                                 "use a dataset step type (e.g. \"idx\" or \"npz\")"))
     if problems:  # sweep members share their table: report each problem once
-        raise RecipeError(str(recipe.path), _once(problems))
+        from .recipe import note_empty_vars
+
+        raise RecipeError(str(recipe.path), note_empty_vars(_once(problems), getattr(recipe, "empty_vars", {})))
     return resolved
 
 

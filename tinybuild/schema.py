@@ -132,11 +132,15 @@ def _step_schema(st: StepType, defs: dict[str, Any], with_inputs: bool) -> dict[
 
 def _matrix_schema(param_props: dict[str, Any]) -> dict[str, Any]:
     """A sweep: each key a parameter of the step type, each value a non-empty
-    list of values that parameter accepts (see tinybuild.matrix)."""
+    list of values that parameter accepts (see tinybuild.matrix), each a
+    number, string or boolean as the loader requires (no tables or lists),
+    none repeated. ``uniqueItems`` compares as the loader does once params
+    are read: 1 and 1.0 are equal in JSON Schema, true and 1 are not."""
     return {"type": "object", "minProperties": 1, "additionalProperties": False,
             "description": "a sweep: one step per combination of these parameter values (cartesian product), "
                            "named <step>-<param>_<value>...; see the README's Sweeps section",
-            "properties": {name: {"type": "array", "minItems": 1, "items": sub,
+            "properties": {name: {"type": "array", "minItems": 1, "uniqueItems": True,
+                                  "items": {"allOf": [sub, {"type": ["boolean", "number", "string"]}]},
                                   "description": f"values of {name} to sweep"}
                            for name, sub in param_props.items()}}
 

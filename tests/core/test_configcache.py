@@ -457,3 +457,15 @@ def test_disabled_by_environment(proc):
     assert proc.run("plan", cache=False)[3] != []
     code, _, _, loaded = proc.run("build", env={"TINYBUILD_NO_CONFIG_CACHE": "1"})
     assert code == 0 and "pydantic" in loaded
+
+
+def test_a_recipe_with_a_byte_order_mark_is_answered_from_records(proc):
+    """The entry records the digest of the recipe's bytes as read, BOM included,
+    and the loader drops the BOM only to parse: the next plan is answered from records."""
+    proc.recipe.write_bytes(b"\xef\xbb\xbf" + proc.recipe.read_bytes())
+    proc.settle(proc.recipe, age=2.0)
+    first = proc.run("plan")  # other bytes: the full load, which records them
+    assert first[0] == 0 and "pydantic" in first[3], first[2]
+    code, out, err, loaded = proc.run("plan")
+    assert code == 0 and loaded == [], err
+    assert (code, out, err) == first[:3]

@@ -277,3 +277,25 @@ def test_the_normal_path_key_covers_a_folder_listing(ws, monkeypatch):
     assert built_steps(ws.build()) == []
     (data / "b.txt").write_text("3\n")
     assert built_steps(ws.build()) == ["dataset"]
+
+
+def test_a_recipe_with_a_byte_order_mark_takes_the_fast_path(quiet):
+    """The stamp hashes the file's bytes (BOM included), the loader parses them
+    without the BOM: the two agree, so an unchanged file is a no-op."""
+    quiet.recipe.write_bytes(b"\xef\xbb\xbf" + quiet.recipe.read_bytes())
+    first = quiet.build()  # other bytes: a real build, which finds every step cached
+    assert first.code == 0 and NOOP not in first.err and built_steps(first) == [], first.err
+    assert NOOP in quiet.build().err
+
+
+def test_an_empty_variable_is_another_stamp(ws, monkeypatch):
+    """${VAR:-default} takes the default for an empty VAR as for an unset one;
+    the stamp still tells them apart (a real build, which runs nothing)."""
+    monkeypatch.setenv("TINYBUILD_PLUGINS", "toy=toy_quiet")
+    ws.edit('file = "numbers.txt"', 'file = "${TOY_DIR:-.}/numbers.txt"')
+    monkeypatch.delenv("TOY_DIR", raising=False)
+    assert ws.build().code == 0
+    monkeypatch.setenv("TOY_DIR", "")
+    run = ws.build()
+    assert run.code == 0 and NOOP not in run.err and built_steps(run) == [], run.err
+    assert NOOP in ws.build().err

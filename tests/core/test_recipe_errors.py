@@ -63,6 +63,18 @@ CASES = [
     ("missing-input-file", replace('file = "numbers.txt"', 'file = "nope.txt"'), ["dataset.file: file not found:", "nope.txt", "relative paths resolve against the recipe's folder"]),
     ("input-file-is-folder", replace('file = "numbers.txt"', 'file = "."'), ["dataset.file: is a folder, not a file"]),
     ("steps-not-table", "steps = 3\n" + HEAD, ["steps: must be a table of steps"]),
+    # numbers and booleans are taken as the JSON Schema takes them, never converted
+    ("bool-for-int", replace("epochs = 3", "epochs = true"), ["steps.train.epochs:", "valid integer, not a boolean", "write a number"]),
+    ("bool-for-optional-int", replace("epochs = 3", "epochs = 3\nexit_with = false"), ["steps.train.exit_with:", "not a boolean"]),
+    ("int-for-bool", replace("epochs = 3", "epochs = 3\ncrash = 1"), ["steps.train.crash:", "valid boolean (true/false), not a number", "write true or false"]),
+    ("zero-for-bool", replace("epochs = 3", "epochs = 3\ncrash = 0"), ["steps.train.crash:", "valid boolean"]),
+    ("float-for-bool", replace("epochs = 3", "epochs = 3\ncrash = 1.0"), ["steps.train.crash:", "valid boolean"]),
+    ("bool-for-float", replace("epochs = 3", "epochs = 3\nlearning_rate = true"), ["steps.train.learning_rate:", "valid number, not a boolean"]),
+    ("fractional-int", replace("epochs = 3", "epochs = 2.5"), ["steps.train.epochs:", "fractional part", "write a whole number"]),
+    ("bool-in-nested-table", replace("epochs = 3", "epochs = 3\nschedule = { warmup = true }"), ["steps.train.schedule.warmup:", "not a boolean"]),
+    ("quoted-number", replace("epochs = 3", 'epochs = "3"'), ["steps.train.epochs:", "not a string", "remove the quotes"]),
+    ("bool-seed", replace("seed = 3", "seed = true"), ["recipe.seed:", "valid integer, not a boolean"]),
+    ("bool-budget", TOY_RECIPE + "\n[target]\nflash_kb = true\n", ["target.flash_kb:", "valid number, not a boolean"]),
     ("no-steps", '[recipe]\nname = "t"\n', ["steps: the recipe declares no steps"]),
 ]
 
@@ -123,3 +135,72 @@ def test_unusable_locations_are_usage_errors(ws, option, make):
     run = ws.run("build", str(ws.recipe), "--plain", option, str(target))
     assert run.code == 2, run.err
     assert option in run.err and "Traceback" not in run.err
+
+
+def test_an_integral_float_is_the_integer_and_an_int_the_float(ws):
+    """JSON Schema counts 2.0 as an integer, so the loader accepts it too, as
+    the same value: same params, same cache key (and 1 for a float is 1.0)."""
+    ws.edit("epochs = 3", "epochs = 3\nlearning_rate = 1")
+    assert ws.build().code == 0
+    ws.edit("epochs = 3\nlearning_rate = 1", "epochs = 3.0\nlearning_rate = 1.0")
+    plan = ws.plan()
+    assert plan["train"][0] == "cached", plan["train"]
+
+
+def test_list_items_are_checked_one_by_one():
+    from pydantic import ValidationError
+
+    from tinybuild.api import Params
+    from tinybuild.recipe import validation_problems
+
+    class Folds(Params):
+        folds: list[int] = []
+        pair: tuple[float, float] | None = None
+
+    assert Folds.model_validate({"folds": [1, 2.0], "pair": [1, 2]}).model_dump() == {"folds": [1, 2], "pair": (1.0, 2.0)}
+    with pytest.raises(ValidationError) as info:
+        Folds.model_validate({"folds": [1, True], "pair": [1, False]})
+    problems = {p.key: p for p in validation_problems(info.value, "steps.s", Folds)}
+    assert set(problems) == {"steps.s.folds[1]", "steps.s.pair[1]"}
+    assert "not a boolean (got True)" in problems["steps.s.folds[1]"].message
+
+
+@pytest.mark.parametrize("text, env, expected", [
+    # as in the shell: ":-" takes the default for an unset or empty variable, "-" only for an unset one
+    ("${TOY_DIR:-.}/numbers.txt", {"TOY_DIR": ""}, "./numbers.txt"),
+    ("${TOY_DIR:-.}/numbers.txt", {}, "./numbers.txt"),
+    ("${TOY_DIR:-.}/numbers.txt", {"TOY_DIR": "d"}, "d/numbers.txt"),
+    ("${TOY_DIR-.}/numbers.txt", {"TOY_DIR": ""}, "/numbers.txt"),
+    ("${TOY_DIR-.}/numbers.txt", {}, "./numbers.txt"),
+    ("${TOY_DIR}/numbers.txt", {"TOY_DIR": ""}, "/numbers.txt"),
+    ("$${TOY_DIR}", {"TOY_DIR": "d"}, "${TOY_DIR}"),
+])
+def test_interpolation_defaults(tmp_path, text, env, expected):
+    from tinybuild.recipe import load_recipe
+
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(TOY_RECIPE.replace('file = "numbers.txt"', f'file = "{text}"'))
+    assert load_recipe(recipe, environ=env).steps["dataset"].raw_params["file"] == expected
+
+
+def test_an_empty_variable_that_breaks_a_path_is_named(ws, monkeypatch):
+    ws.edit('file = "numbers.txt"', 'file = "${TOY_DATA_DIR}/numbers.txt"')
+    monkeypatch.setenv("TOY_DATA_DIR", "")
+    run = ws.build()
+    assert run.code == 2 and "Traceback" not in run.err
+    assert "dataset.file: file not found" in run.err
+    assert "${TOY_DATA_DIR} expanded to an empty string" in run.err, run.err
+    assert "set TOY_DATA_DIR to a non-empty value, or give a default: ${TOY_DATA_DIR:-value}" in run.err
+
+
+def test_a_recipe_with_a_byte_order_mark_is_read(ws):
+    """Windows editors save UTF-8 with a byte order mark, which TOML forbids:
+    the loader drops it, and the recipe means what it means without one."""
+    ws.recipe.write_bytes(b"\xef\xbb\xbf" + TOY_RECIPE.encode("utf-8"))
+    first = ws.build()
+    assert first.code == 0, first.err
+    ws.recipe.write_bytes(TOY_RECIPE.encode("utf-8"))
+    assert all(status == "cached" for status, _ in ws.plan().values())
+    # a BOM is not dropped anywhere else: inside the file it is still a TOML error
+    ws.recipe.write_bytes(TOY_RECIPE.encode("utf-8") + b"\xef\xbb\xbf\n")
+    assert ws.build().code == 2

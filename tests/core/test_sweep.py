@@ -134,6 +134,13 @@ def test_member_names_work_with_only_force_and_show(sweep):
     ("[1, 2]", ["steps.train.matrix: must be a table of parameter lists"]),
     ("{}", ["steps.train.matrix: is empty"]),
     ("{ epochs = [2, 2] }", ["steps.train.matrix.epochs[1]: 2 repeats epochs[0] = 2"]),
+    # repeats are found on the values the params read, not as written
+    ("{ epochs = [1, 2, 1.0] }", ["steps.train.matrix.epochs[2]: 1.0 is the same epochs as epochs[0] = 1",
+                                  "(both are 1)", "remove the repeated value"]),
+    ("{ learning_rate = [1, 0.5, 1.0] }", ["steps.train.matrix.learning_rate[2]: 1.0 is the same learning_rate as "
+                                           "learning_rate[0] = 1", "(both are 1.0)"]),
+    ("{ epochs = [1, true] }", ["steps.train.matrix.epochs[1]:", "valid integer, not a boolean", "write a number"]),
+    ("{ crash = [false, 1] }", ["steps.train.matrix.crash[1]:", "valid boolean (true/false), not a number"]),
     ('{ note = ["a-b", "a_b"] }', ["steps.train.matrix.note[1]:", "gives the same member name as note[0]"]),
     ("{ epochs = [[1]] }", ["steps.train.matrix.epochs[0]: a matrix value must be a number, a string or a boolean"]),
 ])

@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 
 from tinybuild import cli
+from tinybuild.api import Kind
 from tinybuild.errors import RecipeError
 from tinybuild.plugins import load_plugins
 from tinybuild.recipe import load_recipe
@@ -134,6 +135,10 @@ SWEEP_CASES = {
     "empty-list": ("matrix = { final_sparsity = [] }", ["steps", "pruned", "matrix", "final_sparsity"]),
     "not-a-list": ("matrix = { final_sparsity = 0.5 }", ["steps", "pruned", "matrix", "final_sparsity"]),
     "value-out-of-range": ("matrix = { final_sparsity = [0.5, 1.5] }", ["steps", "pruned", "matrix", "final_sparsity", 1]),
+    # 0 and 0.0 are one integer to both (JSON Schema's uniqueItems, the loader once params are read)
+    "repeat-once-read": ("final_sparsity = 0.8\nmatrix = { begin_step = [0, 0.0] }", ["steps", "pruned", "matrix", "begin_step"]),
+    "bool-for-int": ("final_sparsity = 0.8\nmatrix = { begin_step = [0, true] }", ["steps", "pruned", "matrix", "begin_step", 1]),
+    "table-value": ("final_sparsity = 0.8\nmatrix = { augment = [{ shift = 0.1 }] }", ["steps", "pruned", "matrix", "augment", 0]),
 }
 
 
@@ -158,3 +163,105 @@ def test_a_step_table_may_declare_a_matrix(name, validator, registry, tmp_path):
         resolve_recipe(load_recipe(recipe), registry)
     where = ".".join(str(p) for p in path[:4]) + (f"[{path[4]}]" if len(path) > 4 else "")
     assert f"{where}" in str(info.value)
+
+
+# -- numbers and booleans: the loader and the schema agree on every built-in param ----------
+
+#: what a recipe may write where a number or boolean is expected; JSON Schema
+#: counts 1.0 as an integer, never true as 1 nor 1 as true
+SCALARS = [True, False, 0, 1, 3, 1.0, 3.0, 0.5, 2.5, -1, "1", "true"]
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+
+
+def scalar_slots(model) -> list[tuple[str, object, str]]:
+    """(field, how to place a scalar there, where below the field it lands)
+    for each number/boolean in a params model: the field itself, the items
+    of a list or tuple of numbers, each number field of a nested table."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from tinybuild.paramsbase import item_annotations, scalar_kinds
+
+    slots = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if scalar_kinds(ann) is not None:
+            slots.append((name, lambda v: v, ""))
+            continue
+        items = item_annotations(ann, 1)
+        if items and all(scalar_kinds(a) is not None for a in items):
+            count = len(item_annotations(ann, 0)) or 1  # a fixed tuple's length, else one item
+            slots.append((name, lambda v, n=count: [v] * n, "["))
+            continue
+        nested = [a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        for sub_name, sub in (nested[0].model_fields.items() if nested else ()):
+            if scalar_kinds(sub.annotation) is not None:
+                slots.append((name, lambda v, s=sub_name: {s: v}, f".{sub_name}"))
+    return slots
+
+
+def test_every_builtin_step_type_has_number_or_boolean_params(registry):
+    # the check below must have something to check
+    assert sum(len(scalar_slots(st.params)) for st in registry.step_types.values()) > 60
+
+
+@pytest.mark.parametrize("table", ["recipe", "target", "step"])
+def test_the_loader_and_the_schema_agree_on_numbers_and_booleans(table, registry, validator, tmp_path):
+    """For every number/boolean param of every built-in step type (and of
+    [recipe] and [target]), each value in SCALARS, written plainly and in a
+    matrix: what the schema rejects the loader rejects, and a value the loader
+    rejects for itself (a problem at the value's own key: its type or range,
+    not a check across the table such as split fractions summing to 1) the
+    schema rejects too."""
+    from tinybuild.recipe import RecipeMeta, Target
+
+    head = '[recipe]\nname = "t"\n'
+    cases = []  # (label, recipe text, key of the field, key of the value itself)
+    if table in ("recipe", "target"):
+        model = RecipeMeta if table == "recipe" else Target
+        for name, place, tail in scalar_slots(model):
+            for value in SCALARS:
+                line = f"{name} = {toml_value(place(value))}\n"
+                text = head + line if table == "recipe" else head + f"[target]\n{line}"
+                cases.append((f"{table}.{name}={value!r}", text, f"{table}.{name}", f"{table}.{name}{tail}"))
+    else:
+        for st in sorted(registry.step_types.values(), key=lambda s: s.name):
+            section = "dataset" if st.produces == Kind.DATASET else "steps.s"
+            for name, place, tail in scalar_slots(st.params):
+                for value in SCALARS:
+                    written = toml_value(place(value))
+                    forms = [(f"{name} = {written}", f"{section}.{name}", tail)]
+                    if section != "dataset":
+                        forms.append((f"matrix = {{ {name} = [{written}] }}", f"{section}.matrix.{name}", f"[0]{tail}"))
+                    for form, key, below in forms:
+                        text = head + f'[{section}]\nuse = "{st.name}"\n{form}\n'
+                        cases.append((f"{st.name}: {form}", text, key, key + below))
+    disagree = []
+    recipe = tmp_path / "recipe.toml"
+    for label, text, key, own in cases:
+        paths = [".".join(map(str, e.absolute_path)) for e in validator.iter_errors(tomllib.loads(text))]
+        schema_rejects = any(p == key or p.startswith(key + ".") for p in paths)
+        recipe.write_text(text)
+        try:
+            resolve_recipe(load_recipe(recipe, environ={}), registry)
+            problems = []
+        except RecipeError as exc:
+            problems = [p.key for p in exc.problems]
+        loader_rejects = any(k == key or k.startswith((key + ".", key + "[")) for k in problems)
+        loader_rejects_value = any(k == own or k.startswith(own) and own.endswith("[") for k in problems)
+        if schema_rejects and not loader_rejects:
+            disagree.append(f"{label}: the schema rejects it, the loader accepts it")
+        if loader_rejects_value and not schema_rejects:
+            disagree.append(f"{label}: the loader rejects the value ({problems}), the schema accepts it")
+    assert len(cases) >= {"recipe": 12, "target": 6 * 12, "step": 1000}[table]
+    assert not disagree, "\n".join(disagree[:40])

@@ -240,8 +240,11 @@ class StepType:
     uses_names: bool = True
     #: whether the step reads ``ctx.target`` (device budgets): if so the
     #: recipe's ``[target]`` table enters its key, so tightening a budget
-    #: re-checks the gates instead of replaying a cached verdict
-    uses_target: bool = False
+    #: re-checks the gates instead of replaying a cached verdict. A tuple of
+    #: key names (e.g. ``("arena_margin",)``) narrows it: only those keys
+    #: enter the key and ``ctx.target`` holds only them, so changing a budget
+    #: the step never reads reruns nothing
+    uses_target: bool | tuple[str, ...] = False
     #: whether the output depends on the inputs' *metrics* (``Artifact.metrics``),
     #: not only on their files: if so, digests of those metrics enter the key
     uses_input_metrics: bool = False

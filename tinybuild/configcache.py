@@ -121,7 +121,9 @@ class RecordedStepType:
         self.toolchain: tuple[str, ...] = tuple(data["toolchain"])
         self.fingerprint_modules: tuple[str, ...] = tuple(data["fingerprint_modules"])
         self.uses_names: bool = bool(data["uses_names"])
-        self.uses_target: bool = bool(data["uses_target"])
+        uses_target = data["uses_target"]
+        self.uses_target: bool | tuple[str, ...] = (tuple(uses_target) if isinstance(uses_target, list)
+                                                    else bool(uses_target))
         self.uses_input_metrics: bool = bool(data["uses_input_metrics"])
         self.volatile_metrics: tuple[str, ...] = tuple(data["volatile_metrics"])
         self.heavy: bool = bool(data["heavy"])
@@ -330,7 +332,8 @@ def _step_type_record(st: Any) -> dict[str, Any]:
             "input_names": list(st.input_names), "uses_dataset": st.uses_dataset,
             "dataset_optional": st.dataset_optional, "toolchain": list(st.toolchain),
             "fingerprint_modules": list(st.fingerprint_modules), "uses_names": st.uses_names,
-            "uses_target": st.uses_target, "uses_input_metrics": st.uses_input_metrics,
+            "uses_target": list(st.uses_target) if isinstance(st.uses_target, tuple) else bool(st.uses_target),
+            "uses_input_metrics": st.uses_input_metrics,
             "volatile_metrics": list(st.volatile_metrics), "heavy": st.heavy, "gpus": st.gpus,
             "description": st.description}
 

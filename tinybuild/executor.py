@@ -25,7 +25,7 @@ from .capture import output_to, tail
 from .context import RunContext
 from .graph import downstream
 from .hashing import artifact_digest, canonical_json, list_files
-from .keys import step_input_paths
+from .keys import step_input_paths, target_for
 from .lockfile import lock_entry, read_lock, write_lock
 from .plan import keyed_material, make_plan, run_reasons
 from .plugins import Hooks
@@ -258,7 +258,7 @@ class Executor:
         ctx = RunContext(
             step=step.name, out_dir=out, seed=project.recipe.meta.seed, recipe_dir=project.recipe.dir,
             dataset=dataset, recipe_name=project.recipe.meta.name,
-            target=project.recipe.target.model_dump(exclude_none=True) if step.step_type.uses_target else {},
+            target=target_for(step.step_type.uses_target, project.recipe.target.model_dump(exclude_none=True)) or {},
             passes=project.registry.passes, on_progress=self.hooks.step_progress, on_log=self.hooks.step_log,
         )
         log = self._logs() / f"{step.name}.log"

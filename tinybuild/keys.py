@@ -241,11 +241,21 @@ def key_material(
         "salt": salt,
         "extras": extras,
         "names": {"recipe": recipe_name, "step": step.name, "inputs": list(step.inputs)} if st.uses_names else None,
-        "target": dict(target or {}) if st.uses_target else None,
+        "target": target_for(st.uses_target, target),
         "input_metrics": ([json_digest(dict((input_metrics or {}).get(name, {}))) for name in step.inputs]
                           if st.uses_input_metrics else None),
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
     }
+
+
+def target_for(uses_target: bool | tuple[str, ...], target: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The part of the recipe's ``[target]`` a step type reads (and that
+    enters its key): all of it, the keys it names, or None."""
+    if not uses_target:
+        return None
+    if uses_target is True:
+        return dict(target or {})
+    return {k: v for k, v in (target or {}).items() if k in uses_target}
 
 
 def stable_metrics(metrics: Mapping[str, Any], volatile: tuple[str, ...]) -> dict[str, Any]:

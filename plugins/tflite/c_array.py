@@ -205,7 +205,7 @@ def tinybuild_step_types() -> list[StepType]:
             params=CArrayParams,
             run=run,
             toolchain=("tflite-micro",),
-            uses_target=True,  # [target] arena_margin sizes kTensorArenaSize
+            uses_target=("arena_margin",),  # it sizes kTensorArenaSize; budgets and labels do not rerun it
             fingerprint_modules=("tinybuild_plugins.tflite.tflm_bundle", "tinybuild_plugins.tflite.tflm",
                                  "tinybuild_plugins.tflite.tflm_child", "tinybuild_plugins.tflite.op_resolver",
                                  "tinybuild_plugins.tflite.arena"),

@@ -151,3 +151,17 @@ int main() {
     assert lines[:-2] == [op_resolver.ADD_METHODS[op] for op in ops]
     assert lines[-2] == (f"count {len(ops)} arena {out.metrics['tflm']['tensor_arena_size']} "
                          f"model {len(models['lut'].file('model.tflite').read_bytes())}")
+
+
+def test_only_the_arena_margin_of_the_target_enters_the_key(models):
+    """c-array reads [target] arena_margin alone: a new budget or device label
+    must not rerun it (its files would be identical), a new margin must."""
+    from tinybuild.keys import target_for
+    from tinybuild.testing import step_key
+
+    base = {"name": "mcu", "ram_kb": 32, "flash_kb": 64, "arena_margin": 0.1}
+    key = step_key(STEP, {"name": "g_model"}, [models["int8"]], step="fw", target=base)
+    for change in ({"ram_kb": 16}, {"name": "other"}, {"flash_kb": 8, "min_accuracy": 0.5}):
+        assert step_key(STEP, {"name": "g_model"}, [models["int8"]], step="fw", target={**base, **change}) == key
+    assert step_key(STEP, {"name": "g_model"}, [models["int8"]], step="fw", target={**base, "arena_margin": 0.2}) != key
+    assert target_for(STEP.uses_target, base) == {"arena_margin": 0.1}  # all ctx.target holds in a build

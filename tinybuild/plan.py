@@ -130,7 +130,8 @@ def make_plan(project: Project, selected: Sequence[str], lock: Mapping[str, Any]
             for dep in pending:
                 guess[dep] = old_inputs.get(dep) or (old.get("dataset") if dep == step.dataset else None) or "pending"
             material = material_for(project, step, guess)
-            own = [r for r in run_reasons(material, step, lock, forced) if r != "no cache entry"]
+            # pending inputs' metrics are unknown until they run: "input metrics changed" would be a guess
+            own = [r for r in run_reasons(material, step, lock, forced) if r not in ("no cache entry", "input metrics changed")]
             upstream = [] if "new step" in own else [f"upstream {dep} reruns" for dep in pending]
             items[name] = PlanItem(name, step.step_type.name, RUN, upstream + own)
             continue

@@ -363,3 +363,15 @@ def test_renamed_or_removed_steps_leave_no_stale_output_folder(ws, tmp_path):
     assert ws.build().code == 0
     assert not os.path.lexists(folder / "fp32")
     assert (victim / "precious.txt").read_text() == "keep\n"
+
+
+def test_plan_does_not_guess_that_pending_inputs_change_their_metrics(ws):
+    """Downstream of a step that must run, the inputs' metrics are unknown:
+    the plan says the upstream reruns, not that metrics changed."""
+    ws.write(ws.recipe.read_text() + '\n[steps.summary]\nuse = "toy-report"\ninputs = ["train"]\n')
+    assert ws.build().code == 0
+    ws.edit("epochs = 3", 'epochs = 3\nnote = "same bytes"')
+    run = ws.run("plan", str(ws.recipe))
+    assert run.code == 0
+    line = next(line for line in run.out.splitlines() if " summary " in f" {line} ")
+    assert "upstream train reruns" in line and "input metrics changed" not in line, run.out

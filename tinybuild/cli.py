@@ -410,6 +410,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     if len(args.args) > 2:
         raise UsageError("usage: tinybuild show [RECIPE] STEP")
+    if len(args.args) == 1 and args.args[0].endswith(".toml"):
+        raise UsageError(f"name the step to show: tinybuild show {args.args[0]} STEP "
+                         f"(`tinybuild plan {args.args[0]}` lists the steps)")
     args.recipe, step = (args.args if len(args.args) == 2 else (DEFAULT_RECIPE, args.args[0]))
     project = _project(args)
     project.check_names([step], "show")

@@ -375,3 +375,8 @@ def test_plan_does_not_guess_that_pending_inputs_change_their_metrics(ws):
     assert run.code == 0
     line = next(line for line in run.out.splitlines() if " summary " in f" {line} ")
     assert "upstream train reruns" in line and "input metrics changed" not in line, run.out
+
+
+def test_show_with_only_a_recipe_asks_for_the_step(ws):
+    run = ws.run("show", str(ws.recipe))
+    assert run.code == 2 and "name the step to show" in run.err and "Traceback" not in run.err

@@ -67,7 +67,11 @@ def explain(new: Mapping[str, Any], new_inputs: Sequence[str],
     reasons += diff_params(old.get("params", {}), new.get("params", {}))
     old_files, new_files = old.get("files", {}), new.get("files", {})
     for label in sorted(set(old_files) | set(new_files)):
-        if old_files.get(label) != new_files.get(label):
+        if label not in old_files:
+            reasons.append(f"file {label} added")
+        elif label not in new_files:
+            reasons.append(f"file {label} removed")
+        elif old_files[label] != new_files[label]:
             reasons.append(f"file {label} changed")
     old_in, new_in = list(old.get("inputs", [])), list(new.get("inputs", []))
     if list(old_inputs) != list(new_inputs):

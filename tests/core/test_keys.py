@@ -162,3 +162,12 @@ def test_the_key_memo_never_serves_a_key_of_a_file_that_changed_since(ws):
     assert keyed_material(project, dataset, {}) == (material, key) and project.keys.computed == 1
     (ws.root / "numbers.txt").write_text("7 8 9 10\n")
     assert keyed_material(project, dataset, {})[1] != key and project.keys.computed == 2
+
+
+def test_explain_says_whether_a_file_was_added_removed_or_changed():
+    from tinybuild.explain import explain
+
+    old = {"files": {"clip a/1.wav": "d1", "clip a/2.wav": "d2"}}
+    new = {"files": {"clip a/1.wav": "d1x", "clip a/3.wav": "d3"}}
+    assert explain(new, [], old, []) == ["file clip a/1.wav changed", "file clip a/2.wav removed",
+                                         "file clip a/3.wav added"]

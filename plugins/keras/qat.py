@@ -94,7 +94,9 @@ def quantize(model: Any, layers: Sequence[str] | None, where: str, scheme: Any =
             )
         quantized = qkeras.quantize_apply(annotated, scheme or preserve_scheme(None))
     except (ValueError, RuntimeError) as exc:  # unsupported layer, subclassed model...
-        raise StepError(f"{where}: tfmot cannot quantize this model: {exc}") from exc
+        raise StepError(f"{where}: tfmot cannot quantize this model: {exc}. Fix: quantize after training "
+                        'instead (a tflite step with quantize = "int8" or "int8-only" on this step\'s input '
+                        "converts these layers), or leave the layers tfmot cannot wrap out of `layers`") from exc
     wrapper = qkeras.QuantizeWrapperV2
     names = [layer.layer.name for layer in quantized.layers if isinstance(layer, wrapper)]
     return quantized, names

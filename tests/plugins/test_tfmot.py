@@ -280,3 +280,18 @@ def test_tiny_recipe_builds_deterministically_through_the_cli(tmp_path):
         values = model.get_layer(layer).kernel.numpy()
         assert np.unique(values).size <= 8
         assert zeros(values) == pytest.approx(0.75, abs=0.02)
+
+
+def test_qat_of_a_layer_tfmot_cannot_wrap_points_to_post_training_int8(mnist_dataset, tmp_path):
+    from tinybuild.testing import artifact_from_dir
+
+    keras = _tf.keras()
+    model = keras.Sequential([keras.layers.InputLayer(input_shape=(28, 28, 1)), keras.layers.Reshape((28, 28)),
+                              keras.layers.Conv1D(2, 3), keras.layers.Flatten(), keras.layers.Dense(10)])
+    folder = tmp_path / "conv1d"
+    save_keras_model(model, folder)
+    conv1d = artifact_from_dir("conv1d", "keras-model", folder)
+    with pytest.raises(StepError) as info:
+        step(QAT, conv1d, mnist_dataset, tmp_path, {})
+    message = str(info.value)
+    assert "tfmot cannot quantize this model" in message and 'quantize = "int8"' in message

@@ -54,6 +54,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .shapes import RecipeLocation, StepDependencies
+
 FORMAT = 1
 ENV_DISABLE = "TINYBUILD_NO_CONFIG_CACHE"
 ENTRY_LIMIT = 64 << 20
@@ -146,7 +148,7 @@ class RecordedSpec:
         self.combination = tuple((str(p), int(i)) for p, i in data["combination"])
 
 
-class RecordedStep:
+class RecordedStep(StepDependencies):
     """A :class:`tinybuild.resolve.ResolvedStep` as recorded (same attributes)."""
 
     def __init__(self, data: Mapping[str, Any], step_type: RecordedStepType):
@@ -170,13 +172,6 @@ class RecordedStep:
             extras = data["extras"]
             self.step_type.key_extras = lambda params, passes, extras=extras: copy.deepcopy(extras)
 
-    @property
-    def dependencies(self) -> tuple[str, ...]:
-        deps = list(self.inputs)
-        if self.dataset and self.dataset not in deps:
-            deps.append(self.dataset)
-        return tuple(deps)
-
 
 class _Meta:
     def __init__(self, data: Mapping[str, Any]):
@@ -194,7 +189,7 @@ class _Target:
         return copy.deepcopy(self._data)  # recorded with exclude_none=True, the only way the core asks
 
 
-class RecordedRecipe:
+class RecordedRecipe(RecipeLocation):
     """A :class:`tinybuild.recipe.Recipe` as recorded (same attributes)."""
 
     def __init__(self, path: Path, data: Mapping[str, Any], origin: tuple[list[int], str, int]):
@@ -203,14 +198,6 @@ class RecordedRecipe:
         self.target = _Target(data["target"])
         self.origin = origin
         self.steps: dict[str, Any] = {}
-
-    @property
-    def dir(self) -> Path:
-        return self.path.parent
-
-    @property
-    def lock_path(self) -> Path:
-        return self.path.with_name(self.path.stem + ".lock.json")
 
 
 class RecordedRegistry:
@@ -276,39 +263,6 @@ def _code_files() -> list[str]:
             continue
         files.add(file)
     return sorted(files)
-
-
-def _import_path() -> tuple[list[list[Any]], dict[str, list[str]]]:
-    """(folder, mtime) of each ``sys.path`` folder, the current one by its module names."""
-    from .fastpath import _is_cwd, module_names
-
-    folders: list[list[Any]] = []
-    modules: dict[str, list[str]] = {}
-    for folder in sys.path:
-        try:
-            if _is_cwd(folder):
-                modules[folder] = module_names(folder)
-                folders.append([folder, None])
-            else:
-                folders.append([folder, os.stat(folder or ".").st_mtime_ns])
-        except OSError:
-            continue
-    return folders, modules
-
-
-def _import_path_unchanged(folders: list[list[Any]], modules: Mapping[str, list[str]]) -> bool:
-    from .fastpath import module_names
-
-    for folder, mtime in folders:
-        try:
-            if mtime is None:
-                if modules.get(folder) != module_names(folder):
-                    return False
-            elif os.stat(folder or ".").st_mtime_ns != mtime:
-                return False
-        except OSError:
-            return False
-    return True
 
 
 def _signature(path: str) -> list[int] | None:
@@ -445,8 +399,9 @@ def _record(project: Any, entry: Path, environ: Mapping[str, str] | None) -> boo
     now = time.time_ns()
     if any(now - mtime <= RACY_NS for mtime in folders.values()):
         return False
-    path_folders, cwd_modules = _import_path()
-    from .fastpath import has_observers
+    from .fastpath import has_observers, import_path_state
+
+    path_folders, cwd_modules = import_path_state()
 
     # a process that already imported one of these (tests, notebooks) may hold patched
     # step types: it never answers from records
@@ -502,7 +457,7 @@ def _read_entry(path: Path) -> Any:
 
 def _holds(data: Any, raw: bytes, environ: Mapping[str, str]) -> bool:
     """Whether the entry's environment signature matches this process and disk."""
-    from .fastpath import _file_ok, env_refs
+    from .fastpath import _file_ok, env_refs, folders_unchanged
 
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return False
@@ -513,7 +468,7 @@ def _holds(data: Any, raw: bytes, environ: Mapping[str, str]) -> bool:
         return False
     if any(m in sys.modules for m in data["plugin_modules"]):
         return False  # this process already has the plugins (and maybe patched them): use them
-    if not _import_path_unchanged(data["folders"], data["modules"]):
+    if not folders_unchanged(data["folders"], data.get("modules") or {}):
         return False
     for path, sig in data["code"]:
         if _signature(path) != sig:

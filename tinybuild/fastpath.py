@@ -130,15 +130,8 @@ def _check(data: Any, recipe_text: str, environ: Mapping[str, str]) -> dict[str,
         return None
     if data.get("format") != FORMAT or data.get("env") != env_refs(recipe_text, environ):
         return None
-    for folder, mtime in data["folders"]:
-        try:
-            if mtime is None:  # the current folder: only what could be imported from it counts
-                if data["modules"].get(folder) != module_names(folder):
-                    return None
-            elif os.stat(folder or ".").st_mtime_ns != mtime:  # "" (python -c) is the current folder, as recorded
-                return None
-        except OSError:
-            return None
+    if not folders_unchanged(data["folders"], data.get("modules") or {}):
+        return None
     if not all(_file_ok(entry) for entry in data["files"]):
         return None
     summary = data["summary"]
@@ -176,6 +169,40 @@ def _is_cwd(folder: str) -> bool:
         return os.path.samefile(folder or ".", ".")
     except OSError:
         return False
+
+
+def import_path_state() -> tuple[list[list[Any]], dict[str, list[str]]]:
+    """What the import path looks like now: ``[folder, mtime]`` for each
+    ``sys.path`` folder (``pip install`` changes them), with the current
+    folder recorded by the module names it holds instead (mtime None; see
+    :func:`module_names`), and those names by folder."""
+    folders: list[list[Any]] = []
+    modules: dict[str, list[str]] = {}
+    for folder in sys.path:
+        try:
+            if _is_cwd(folder):
+                modules[folder] = module_names(folder)
+                folders.append([folder, None])
+            else:
+                folders.append([folder, os.stat(folder or ".").st_mtime_ns])
+        except OSError:
+            continue
+    return folders, modules
+
+
+def folders_unchanged(folders: Iterable[Any], modules: Mapping[str, Any]) -> bool:
+    """Whether every folder recorded by :func:`import_path_state` (or a data
+    folder, ``[folder, mtime]``) is as it was."""
+    for folder, mtime in folders:
+        try:
+            if mtime is None:  # the current folder: only what could be imported from it counts
+                if modules.get(folder) != module_names(folder):
+                    return False
+            elif os.stat(folder or ".").st_mtime_ns != mtime:  # "" (python -c) is the current folder, as recorded
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def module_names(folder: str) -> list[str]:
@@ -227,17 +254,7 @@ def record(stamp: Path, *, recipe_text: str, observations: Mapping[str, Observat
 
     env = os.environ if environ is None else environ
     entries = [[path, list(sig), digest, seen] for path, (sig, digest, seen) in sorted(observations.items())]
-    folders: list[list[Any]] = []
-    modules: dict[str, list[str]] = {}
-    for folder in sys.path:
-        try:
-            if _is_cwd(folder):
-                modules[folder] = module_names(folder)
-                folders.append([folder, None])
-            else:
-                folders.append([folder, os.stat(folder or ".").st_mtime_ns])
-        except OSError:
-            continue
+    folders, modules = import_path_state()
     folders.extend([folder, mtime] for folder, mtime in sorted((listed or {}).items()))  # data folders steps list
     atomic_write_json(stamp, {"format": FORMAT, "env": env_refs(recipe_text, env), "folders": folders,
                               "modules": modules, "files": entries, "summary": dict(summary)}, root=root)

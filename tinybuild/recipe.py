@@ -32,6 +32,7 @@ from .paramsbase import Params
 from .hashing import bytes_digest, stat_signature
 from .safeio import MAX_RECIPE_BYTES, BadPath, FileTooLarge, NotRegularFile, open_regular, stat_of
 from . import matrix
+from .shapes import RecipeLocation
 
 #: Sections of the recipe that become steps with a fixed name.
 SECTION_STEPS = ("dataset", "model")
@@ -96,7 +97,7 @@ class StepSpec:
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Recipe(RecipeLocation):
     path: Path
     meta: RecipeMeta
     target: Target
@@ -106,14 +107,6 @@ class Recipe:
     #: dotted key -> the variables that expanded to "" in its value, so that the
     #: problem an empty ``${DATA_DIR}`` causes (a path that is not found) names it
     empty_vars: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-    @property
-    def dir(self) -> Path:
-        return self.path.parent
-
-    @property
-    def lock_path(self) -> Path:
-        return self.path.with_name(self.path.stem + ".lock.json")
 
 
 # -- phase 1 -----------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from .api import Kind, ParamProblem, StepType, StepView
 from .errors import Problem, RecipeError, did_you_mean
 from . import matrix
+from .shapes import StepDependencies
 
 if TYPE_CHECKING:  # pydantic (through recipe and the params models) is imported only to resolve
     from .api import Params
@@ -21,7 +22,7 @@ if TYPE_CHECKING:  # pydantic (through recipe and the params models) is imported
 
 
 @dataclass(frozen=True)
-class ResolvedStep:
+class ResolvedStep(StepDependencies):
     name: str
     key: str  # dotted path of the step's table in the recipe
     spec: StepSpec
@@ -30,13 +31,6 @@ class ResolvedStep:
     params: Params
     inputs: tuple[str, ...]
     dataset: str | None  # name of the dataset step it reads, if any
-
-    @property
-    def dependencies(self) -> tuple[str, ...]:
-        deps = list(self.inputs)
-        if self.dataset and self.dataset not in deps:
-            deps.append(self.dataset)
-        return tuple(deps)
 
 
 def resolve_recipe(recipe: Recipe, registry: Registry) -> dict[str, ResolvedStep]:

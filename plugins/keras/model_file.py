@@ -114,8 +114,18 @@ def _check_members(infos: list[Any], where: str, source: str) -> None:
     member past its declared size, so the declaration bounds the cost)."""
     import zipfile
 
+    methods = {info.compress_type for info in infos} - {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+    if methods:  # bzip2/LZMA chunks are inflated whole, whatever the declared size
+        raise StepError(f"{where}: {source} uses zip compression method {min(methods)}; Keras writes stored or "
+                        "deflate members only: the file is not a Keras model, or was repacked")
+    declared = sum(info.file_size for info in infos)
+    if declared > MAX_MODEL_BYTES:
+        raise StepError(f"{where}: {source} unpacks to {declared:,} bytes, over the limit of {MAX_MODEL_BYTES:,} "
+                        "for a model file; it is corrupt or a zip bomb")
+    from collections import Counter
+
     names = [info.filename for info in infos]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
         raise StepError(f"{where}: {source} holds the member(s) {', '.join(duplicates)} more than once; Keras "
                         "writes each once: the file was crafted or repacked")
@@ -126,14 +136,6 @@ def _check_members(infos: list[Any], where: str, source: str) -> None:
                         + "; ".join(filter(None, [unknown and f"unexpected member(s) {', '.join(unknown)}",
                                                   missing and f"missing {', '.join(missing)}"]))
                         + f" (expected {', '.join(sorted(KERAS_MEMBERS))})")
-    methods = {info.compress_type for info in infos} - {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
-    if methods:  # bzip2/LZMA chunks are inflated whole, whatever the declared size
-        raise StepError(f"{where}: {source} uses zip compression method {min(methods)}; Keras writes stored or "
-                        "deflate members only: the file is not a Keras model, or was repacked")
-    declared = sum(info.file_size for info in infos)
-    if declared > MAX_MODEL_BYTES:
-        raise StepError(f"{where}: {source} unpacks to {declared:,} bytes, over the limit of {MAX_MODEL_BYTES:,} "
-                        "for a model file; it is corrupt or a zip bomb")
 
 
 # -- .h5 ---------------------------------------------------------------------------

@@ -244,13 +244,20 @@ def _keras_function(config):
         "module": "keras.layers", "class_name": "function", "config": "deserialize"}
 
 
+def _typespec(config):
+    _layer(config, "dense")["config"]["kernel_initializer"] = {
+        "class_name": "__typespec__", "spec_name": "C", "module": "keras.layers", "registered_name": None,
+        "config": []}
+
+
 @pytest.mark.parametrize("edit,words", [
     (_set("registered_name", "Custom>Scale"), "registered object 'Custom>Scale'"),
+    (_typespec, "holds a '__typespec__' object"),
     (_set("class_name", "Custom>Scale"), "names the class 'Custom>Scale'"),
     (_builtins_function, "module 'builtins'"),
     (_keras_function, "holds a 'function' object ('deserialize')"),
     (_set("function_type", "function"), "has a 'function_type' entry"),
-], ids=["registered_name", "registered class_name", "builtins function", "keras function", "function_type"])
+], ids=["registered_name", "typespec", "registered class_name", "builtins function", "keras function", "function_type"])
 def test_registered_objects_and_functions_are_refused(tmp_path, edit, words):
     path = tmp_path / "odd.keras"
     _dense_model().save(path)
@@ -400,6 +407,12 @@ def _external_storage(f):
     f.create_dataset("outside", shape=(16,), dtype="float32", external=[(str(raw), 0, 64)])
 
 
+def _virtual(f):
+    layout = h5py.VirtualLayout(shape=(16,), dtype="float32")
+    layout[:] = h5py.VirtualSource("/etc/hostname", "data", shape=(16,))
+    f.create_virtual_dataset("mapped", layout, fillvalue=0)
+
+
 def _strings(f):
     f.create_dataset("words", data=np.array([b"a", b"b"], dtype=object), dtype=h5py.string_dtype())
 
@@ -409,8 +422,9 @@ def _strings(f):
     (_external_link, "/elsewhere is a ExternalLink"),
     (_hard_link_twice, "linked more than once"),
     (_external_storage, "dataset /outside keeps its data outside the file"),
+    (_virtual, "dataset /mapped keeps its data outside the file"),
     (_strings, "dataset /words holds object values"),
-], ids=["soft link", "external link", "hard link twice", "external storage", "strings"])
+], ids=["soft link", "external link", "hard link twice", "external storage", "virtual", "strings"])
 def test_hdf5_links_and_storage_keras_never_writes_are_refused(tmp_path, plant, words):
     path = tmp_path / "odd.h5"
     _dense_model().save(path)
@@ -428,6 +442,35 @@ def test_a_keras_archive_with_unexpected_members_is_refused(tmp_path):
     with pytest.raises(StepError, match=r"extra.keras is not a .keras model as tf_keras writes it: unexpected "
                                         r"member\(s\) model.weights.npz"):
         models.from_file(path, WHERE)
+
+
+def test_a_keras_archive_with_a_duplicate_member_is_refused(tmp_path):
+    """zipfile and other readers may pick different copies: the checked one must be the loaded one."""
+    path = tmp_path / "twice.keras"
+    _dense_model().save(path)
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("config.json", b"{}")
+    with pytest.raises(StepError, match=r"twice.keras holds the member\(s\) config.json more than once"):
+        models.from_file(path, WHERE)
+
+
+def test_the_loader_reads_the_vetted_private_copy(tmp_path, monkeypatch):
+    """What was checked is what is loaded: a copy named for its checked format, removed afterwards."""
+    keras = _tf.keras()
+    path = tmp_path / "given.h5"  # an .h5 file's content named .keras would be loaded as .h5, as checked
+    _dense_model().save(path)
+    named = tmp_path / "misnamed.keras"
+    shutil.copyfile(path, named)
+    loaded_from = []
+    real_load = keras.models.load_model
+
+    def spy(file, *args, **kwargs):
+        loaded_from.append(Path(file))
+        return real_load(file, *args, **kwargs)
+    monkeypatch.setattr(keras.models, "load_model", spy)
+    models.from_file(named, WHERE)
+    assert loaded_from[0].name == "model.h5" and loaded_from[0].parent != tmp_path
+    assert not loaded_from[0].exists()
 
 
 def test_a_file_that_is_both_zip_and_hdf5_is_refused(tmp_path):

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,7 @@ def vetted_copy(path: Path, folder: Path, where: str) -> Path:
 
     source = str(path)
     copy = folder / "model.bin"
-    shutil.copyfile(path, copy)
+    _copy_bounded(path, copy, MAX_MODEL_BYTES + MAX_CONFIG_BYTES, where)
     is_zip, is_hdf5 = zipfile.is_zipfile(copy), h5py.is_hdf5(str(copy))
     if is_zip and is_hdf5:
         raise StepError(f"{where}: {source} is both a zip archive and an HDF5 file; Keras writes one or the "
@@ -80,6 +79,24 @@ def vetted_copy(path: Path, folder: Path, where: str) -> Path:
     else:
         _vet_hdf5_model(target, where, source)
     return target
+
+
+def _copy_bounded(path: Path, copy: Path, limit: int, where: str) -> None:
+    """Copy a regular file of at most ``limit`` bytes (a model within the
+    limits cannot be bigger on disk), reading at most ``limit + 1``: a FIFO
+    swapped in, or a file growing meanwhile, cannot hang or fill the disk."""
+    from tinybuild.safeio import open_regular
+
+    try:
+        with open_regular(path, max_bytes=limit) as src, open(copy, "wb") as dst:
+            left = limit + 1
+            while chunk := src.read(min(left, 1 << 20)):
+                dst.write(chunk)
+                left -= len(chunk)
+                if left <= 0:
+                    raise StepError(f"{where}: {path} grew past {limit:,} bytes while being read")
+    except OSError as exc:
+        raise StepError(f"{where}: model file {path} {exc.strerror}") from None
 
 
 # -- .keras ----------------------------------------------------------------------

@@ -501,3 +501,12 @@ def test_the_check_is_a_pure_json_walk_that_names_the_nested_layer():
     planted["config"]["layers"][-1]["config"]["bias_initializer"]["module"] = "subprocess"
     with pytest.raises(StepError, match=r"m.keras: layer 'dense\w*' names module 'subprocess'"):
         check_config(planted, WHERE, "m.keras")
+
+
+def test_a_model_file_bigger_than_any_model_within_the_limits_is_refused_before_copying(tmp_path, monkeypatch):
+    path = tmp_path / "huge.h5"
+    _dense_model().save(path)
+    monkeypatch.setattr(model_file, "MAX_MODEL_BYTES", 1000)
+    monkeypatch.setattr(model_file, "MAX_CONFIG_BYTES", 1000)
+    with pytest.raises(StepError, match=r"model file .*huge.h5 is [\d,]+ bytes, over the limit of 2,000"):
+        models.from_file(path, WHERE)

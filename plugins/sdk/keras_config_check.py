@@ -20,7 +20,8 @@ and normalization layers, compiled models, and tfmot-wrapped models):
   globally registered custom object) and never one of
   :data:`REFUSED_CLASSES` (``Lambda``, bare functions, lambdas, type specs);
 * ``registered_name``: absent, null or the class name itself;
-* no ``function`` / ``function_type`` entries (a Lambda's payload).
+* no ``function`` / ``function_type`` entries (a Lambda's payload);
+* no ``vocabulary`` naming a file (lookup layers would read any path).
 
 Custom layers and functions are supported only through a builder
 (``builder = "file.py:function"``), whose code is the user's own recipe.
@@ -46,6 +47,9 @@ KERAS_MODULES = frozenset({
     "keras.losses",
     "keras.metrics",
     "tf_keras.src.engine.functional",
+    # what Keras 2.13-2.15 (TensorFlow's bundled keras) write for a functional
+    # model; tf_keras maps a "keras..." module to "tf_keras...", the same class
+    "keras.src.engine.functional",
 })
 
 #: Modules tfmot writes for its wrappers: allowed in tinybuild's own
@@ -124,6 +128,9 @@ def check_config(config: Any, where: str, source: str, *, extra_modules: frozens
             if key in node:
                 refuse(layer, f"has a '{key}' entry ({str(node[key])[:80]!r}), which names a Python function "
                               "to call")
+        if isinstance(node.get("vocabulary"), str):  # StringLookup, IntegerLookup, TextVectorization
+            refuse(layer, f"reads its vocabulary from the file {node['vocabulary'][:200]!r}, which a model file may "
+                          "not name (give the vocabulary inline)")
         if "class_name" in node:
             name = node["class_name"]
             if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):

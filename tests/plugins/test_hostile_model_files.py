@@ -320,6 +320,34 @@ def test_ordinary_model_files_still_load(tmp_path, kind, suffix):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
 
 
+def test_a_functional_model_saved_by_keras_2_15_still_loads(tmp_path):
+    """Keras 2.13-2.15 name the functional class's module keras.src.engine.functional."""
+    model = _residual_model()
+    path = tmp_path / "old.keras"
+    model.save(path)
+
+    def as_keras_2_15(config):
+        assert config["module"] == "tf_keras.src.engine.functional"
+        config["module"] = "keras.src.engine.functional"
+    _rewrite_keras_config(path, as_keras_2_15)
+    x = np.random.default_rng(0).random((2, 12, 12, 1), dtype=np.float32)
+    np.testing.assert_allclose(models.from_file(path, WHERE).predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-6)
+
+
+def test_a_shared_object_id_does_not_hide_a_node_from_the_check():
+    """tf_keras returns an earlier object for a repeated shared_object_id without
+    looking at the node: the check looks at every node anyway."""
+    from tinybuild_plugins.sdk.keras_config_check import check_config
+
+    config = json.loads(_residual_model().to_json())
+    dense = config["config"]["layers"][-1]["config"]
+    dense["kernel_initializer"] = {**dense["kernel_initializer"], "shared_object_id": 1}
+    dense["bias_initializer"] = {**dense["kernel_initializer"], "module": "subprocess"}
+    with pytest.raises(StepError, match="names module 'subprocess'"):
+        check_config(config, WHERE, "m.keras")
+
+
 def test_tfmot_wrapped_artifacts_still_load(tmp_path):
     mot = _tf.tfmot()
     keras = _tf.keras()
@@ -510,3 +538,17 @@ def test_a_model_file_bigger_than_any_model_within_the_limits_is_refused_before_
     monkeypatch.setattr(model_file, "MAX_CONFIG_BYTES", 1000)
     with pytest.raises(StepError, match=r"model file .*huge.h5 is [\d,]+ bytes, over the limit of 2,000"):
         models.from_file(path, WHERE)
+
+
+def test_a_lookup_layer_reading_a_vocabulary_file_is_refused():
+    """StringLookup(vocabulary="/dev/zero") would read (and hang on) any path the config names."""
+    from tinybuild_plugins.sdk.keras_config_check import check_config
+
+    keras = _tf.keras()
+    inline = keras.Sequential([keras.layers.InputLayer(input_shape=(1,), dtype="string"),
+                               keras.layers.StringLookup(vocabulary=["a", "b"], name="lookup")])
+    config = json.loads(inline.to_json())
+    check_config(config, WHERE, "m.keras")  # an inline vocabulary is data, not a path
+    _layer(config, "lookup")["config"]["vocabulary"] = "/dev/zero"
+    with pytest.raises(StepError, match=r"m.keras: layer 'lookup' reads its vocabulary from the file '/dev/zero'"):
+        check_config(config, WHERE, "m.keras")

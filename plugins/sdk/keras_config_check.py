@@ -102,14 +102,13 @@ def _walk(node: Any, layer: str) -> Iterator[tuple[Mapping[str, Any], str]]:
             stack.extend((value, layer) for value in node)
 
 
-def check_config(config: Any, where: str, source: str, *, extra_modules: frozenset[str] = frozenset(),
-                 extra_classes: frozenset[str] = frozenset()) -> None:
+def check_config(config: Any, where: str, source: str, *, extra_modules: frozenset[str] = frozenset()) -> None:
     """Raise :class:`StepError` naming ``source``, the layer and the offending
     entry if deserializing ``config`` could import a module or fetch code that
     tf_keras does not write for its own objects.
 
-    ``extra_modules``/``extra_classes`` widen the allowlist for tinybuild's
-    own artifacts (tfmot wrappers; the builder-layer placeholder)."""
+    ``extra_modules`` widens the module allowlist for tinybuild's own
+    artifacts (:data:`TFMOT_MODULES`)."""
     modules = KERAS_MODULES | extra_modules
 
     def refuse(layer: str, what: str) -> None:
@@ -136,7 +135,7 @@ def check_config(config: Any, where: str, source: str, *, extra_modules: frozens
             if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
                 refuse(layer, f"names the class {name!r}, which is not a Keras class (a registered or custom "
                               "object)")
-            if name in REFUSED_CLASSES and name not in extra_classes:
+            if name in REFUSED_CLASSES:
                 if name == "Lambda":
                     refuse(layer, "is a Lambda layer, which holds Python code (bytecode, or a function named by "
                                   "its module)")

@@ -6,8 +6,10 @@ Exactly one source per recipe:
 * ``builder = "models/cnn.py:build"`` -- a user function, called as
   ``build(input_shape, num_classes, **options)``; the file's bytes enter the
   cache key (``StepType.input_files``), so editing it rebuilds the model;
-* ``file = "model.keras"`` / ``"model.h5"`` -- an existing model, loaded in
-  safe mode (no Python lambdas, no custom layer classes).
+* ``file = "model.keras"`` / ``"model.h5"`` -- an existing model, vetted
+  before loading (:mod:`tinybuild_plugins.keras.model_file`: its config may
+  name only Keras' own modules and classes, its weights must fit in
+  ``MAX_MODEL_BYTES``), then loaded in safe mode.
 
 A builder's model may use custom layer classes and ``Lambda`` layers: its
 artifact then records "call this builder" (the source, verbatim, and the
@@ -210,7 +212,14 @@ def from_builder(path: Path, function: str, options: Mapping[str, Any], input_sh
 
 
 def from_file(path: Path, where: str) -> Any:
+    """Load a model file from outside, after vetting a private copy of it
+    (:mod:`tinybuild_plugins.keras.model_file`): no config that could import
+    or call code, no unpacking past the memory limit; then safe mode."""
+    import tempfile
+
     from tinybuild.safeio import check_regular
+
+    from tinybuild_plugins.keras.model_file import vetted_copy
 
     try:
         check_regular(path)
@@ -218,43 +227,16 @@ def from_file(path: Path, where: str) -> Any:
         raise StepError(f"{where}: model file not found: {path}") from None
     except OSError as exc:
         raise StepError(f"{where}: model file {path} {exc.strerror}") from None
-    _refuse_zip_bomb(path, where)
-    keras = _tf.keras()
-    from tf_keras.src.saving import serialization_lib  # SafeModeScope: not public API
+    with tempfile.TemporaryDirectory(prefix="tinybuild-model-") as folder:
+        copy = vetted_copy(path, Path(folder), where)
+        keras = _tf.keras()
+        from tf_keras.src.saving import serialization_lib  # SafeModeScope: not public API
 
-    try:
-        with serialization_lib.SafeModeScope(True):
-            return keras.models.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:
-        raise StepError(f"{where}: cannot load {path} in safe mode: {type(exc).__name__}: {exc}") from exc
-
-
-#: Most bytes a ``.keras`` archive may declare once unpacked (1 GiB): the
-#: models tinybuild targets are kilobytes to megabytes.
-MAX_MODEL_BYTES = 1 << 30
-
-
-def _refuse_zip_bomb(path: Path, where: str) -> None:
-    """A ``.keras`` file is a zip: refuse one whose members declare more than
-    :data:`MAX_MODEL_BYTES` (zipfile never inflates a member past its
-    declared size, so the declaration bounds what loading can cost)."""
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return  # HDF5, or not a model: the loader says so
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-            declared = sum(info.file_size for info in infos)
-            methods = {info.compress_type for info in infos} - {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise StepError(f"{where}: {path} is not a readable .keras archive: {exc}") from None
-    if methods:  # bzip2/LZMA chunks are inflated whole, whatever the declared size
-        raise StepError(f"{where}: {path} uses zip compression method {min(methods)}; Keras writes stored or "
-                        "deflate members only: the file is not a Keras model, or was repacked")
-    if declared > MAX_MODEL_BYTES:
-        raise StepError(f"{where}: {path} unpacks to {declared:,} bytes, over the limit of {MAX_MODEL_BYTES:,} "
-                        "for a model file; it is corrupt or a zip bomb")
+        try:
+            with serialization_lib.SafeModeScope(True):
+                return keras.models.load_model(copy, compile=False, safe_mode=True)
+        except Exception as exc:
+            raise StepError(f"{where}: cannot load {path} in safe mode: {type(exc).__name__}: {exc}") from exc
 
 
 def _file_format(path: Path) -> str:
@@ -350,6 +332,8 @@ KERAS = StepType(
     description="A tf_keras model from a built-in architecture, a builder function or a saved file.",
     uses_names=False,  # output depends on content only: renames rerun nothing
     fingerprint_modules=(
+        "tinybuild_plugins.keras.model_file",
+        "tinybuild_plugins.sdk.keras_config_check",
         "tinybuild_plugins.sdk.tf",
         "tinybuild_plugins.sdk.keras_model",
         "tinybuild_plugins.sdk.keras_builder",

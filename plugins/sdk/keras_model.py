@@ -14,8 +14,9 @@ byte-deterministic::
     builder.json      only for models with custom or Lambda layers made by a
     builder.py        builder: "call this builder" (see sdk.keras_builder)
 
-Loading rebuilds the architecture from JSON (never pickle, never bytecode:
-``Lambda`` layers holding a Python lambda are refused) under the tfmot
+Loading rebuilds the architecture from JSON (never pickle, never code: the
+config is vetted first by :mod:`tinybuild_plugins.sdk.keras_config_check`,
+which refuses ``Lambda`` layers and any module outside Keras and tfmot) under the tfmot
 custom-object scopes it needs, so plain models, stripped pruned/clustered
 models and quantization-aware (quantize-wrapped) models all round-trip. In
 an artifact with ``builder.json`` the layers that need code come from
@@ -65,24 +66,6 @@ def _walk_configs(node: Any) -> Iterator[Mapping[str, Any]]:
 
 def _class_names(config: Any) -> set[str]:
     return {str(d["class_name"]) for d in _walk_configs(config) if "class_name" in d}
-
-
-def _refuse_unsafe(config: Any, where: str) -> None:
-    """Reject configs whose deserialization would run Python bytecode.
-
-    tf_keras' legacy JSON path does not enforce safe mode on its own, so this
-    check is what makes loading an untrusted artifact harmless.
-    """
-    for node in _walk_configs(config):
-        if node.get("class_name") == "Lambda":
-            inner = node.get("config", {})
-            if isinstance(inner, Mapping) and inner.get("function_type") == "lambda":
-                name = inner.get("name", "?")
-                raise StepError(
-                    f"{where}: layer '{name}' is a Lambda layer holding Python bytecode; "
-                    "tinybuild loads models in safe mode and refuses it. Replace the lambda "
-                    "with a registered custom layer or a built-in layer."
-                )
 
 
 def output_kind(model: Any) -> str:
@@ -238,12 +221,15 @@ def model_from_config_safely(architecture: Any, where: str, builder_layers: Mapp
     placeholders (see :mod:`tinybuild_plugins.sdk.keras_builder`)."""
     import contextlib
 
-    from tinybuild_plugins.sdk import keras_builder
+    from tinybuild_plugins.sdk import keras_builder, keras_config_check
 
     keras = _tf.keras()
     from tf_keras.src.saving import serialization_lib  # SafeModeScope is not public API
 
-    _refuse_unsafe(architecture, where)
+    # tf_keras imports any module a config names, safe mode or not: an artifact
+    # from a remote cache (or an edited local one) must not be able to run code
+    keras_config_check.check_config(architecture, where, ARCHITECTURE_FILE,
+                                    extra_modules=keras_config_check.TFMOT_MODULES)
     if builder_layers is None and keras_builder.placeholder_names(architecture):
         raise StepError(f"{where}: the architecture names builder layers "
                         f"({', '.join(keras_builder.placeholder_names(architecture))}) but no builder was given")

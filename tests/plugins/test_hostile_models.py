@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from tinybuild.api import StepError
 from tinybuild.testing import run_step
-from tinybuild_plugins.keras import models
+from tinybuild_plugins.keras import model_file, models
 from tinybuild_plugins.keras.models import KERAS
 
 MODEL = """
@@ -127,7 +127,7 @@ def test_keras_file_that_is_a_zip_bomb_is_refused_before_loading(tmp_path, monke
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("config.json", bytes(4 << 20))  # 4 MiB of zeros in a few KiB
     assert path.stat().st_size < 64 << 10
-    monkeypatch.setattr(models, "MAX_MODEL_BYTES", 1 << 20)
+    monkeypatch.setattr(model_file, "MAX_MODEL_BYTES", 1 << 20)
     with pytest.raises(StepError, match=r"bomb\.keras unpacks to 4,194,304 bytes, over the limit"):
         models.from_file(path, "model 'model'")
 

@@ -221,17 +221,34 @@ def mel_filterbank(rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float)
     return bank
 
 
+#: Bytes of STFT intermediates (complex spectrum + power, 24 bytes a bin) that
+#: :func:`log_mel` holds at once: windows are processed in chunks under it.
+#: Each window's features are computed on their own, so chunking changes no value.
+STFT_CHUNK_BYTES = 256 << 20
+
+
 def log_mel(x: np.ndarray, rate: int, frame: int, hop: int, n_mels: int) -> np.ndarray:
     """``(n, frames, n_mels)`` log mel energies of ``(n, length)`` windows
-    (Hann frames of ``frame`` samples every ``hop``; log(energy + 1e-10))."""
-    from scipy import signal as sps
-
+    (Hann frames of ``frame`` samples every ``hop``; log(energy + 1e-10)),
+    in chunks of windows so the spectra never take more than
+    :data:`STFT_CHUNK_BYTES` (they are ~30x the size of the features)."""
     if frame > x.shape[1]:
         raise ValueError(f"frame of {frame} samples is longer than the window ({x.shape[1]} samples)")
+    bank = mel_filterbank(rate, frame, n_mels, 0.0, rate / 2.0)
+    frames = 1 + (x.shape[1] - frame) // hop
+    rows = max(1, STFT_CHUNK_BYTES // ((frame // 2 + 1) * frames * 24))
+    out = np.empty((x.shape[0], frames, n_mels), dtype=np.float64)
+    for start in range(0, x.shape[0], rows):
+        out[start:start + rows] = _log_mel_rows(x[start:start + rows], rate, frame, hop, bank)
+    return out
+
+
+def _log_mel_rows(x: np.ndarray, rate: int, frame: int, hop: int, bank: np.ndarray) -> np.ndarray:
+    from scipy import signal as sps
+
     _, _, spec = sps.stft(x, fs=rate, window="hann", nperseg=frame, noverlap=frame - hop,
                           boundary=None, padded=False, axis=-1)
     power = np.abs(spec) ** 2  # (n, freqs, frames)
-    bank = mel_filterbank(rate, frame, n_mels, 0.0, rate / 2.0)
     mel = np.einsum("mf,nft->ntm", bank, power)
     return np.log(mel + 1e-10)
 

@@ -54,11 +54,15 @@ MAX_CLIP_SECONDS = 300
 #: Largest decoded clip (frames x channels x 8 bytes, float64) before the
 #: channels are mixed down: 1 GiB, the per-file limit of every dataset step.
 MAX_CLIP_BYTES = 1 << 30
-#: Largest windowed dataset, checked from the headers before any clip is read:
-#: windows x values per window x 4 bytes (the float32 the artifact stores)
-#: summed over every clip. 2 GiB. The step's peak memory is a small multiple
-#: of it (the raw windows are float64).
-MAX_DATASET_BYTES = 2 << 30
+#: Largest windowed data set, checked from the headers before any clip is
+#: read: windows x the larger of (window samples x 8 bytes: the float64
+#: windows the step cuts) and (values per window x 4 bytes: the float32
+#: features the artifact stores), over every clip. 4 GiB: full ESC-50 at
+#: 16 kHz (1 s windows, 0.5 s hop) is 2.3 GB. The step's peak memory is up
+#: to ~4x this (measured; see the README). ``$TINYBUILD_AUDIO_MAX_BYTES``
+#: (bytes; no part of any cache key) raises it on a machine that has the memory.
+MAX_DATASET_BYTES = 4 << 30
+MAX_DATASET_BYTES_ENV = "TINYBUILD_AUDIO_MAX_BYTES"
 #: Most windows per window length: hop_s must be at least window_s / 100
 #: (frame_hop_s at least frame_s / 100). Closer windows repeat >99% of their
 #: samples: they multiply the data set, not the information.
@@ -304,12 +308,13 @@ def _values_per_window(params: AudioParams, window: int) -> int:
     return frames * bands
 
 
-def check_sizes(params: AudioParams, clips: Sequence[Clip], fix: str) -> list[Any]:
+def check_sizes(params: AudioParams, clips: Sequence[Clip], fix: str) -> tuple[list[Any], int]:
     """Every clip's WAV header, checked against the limits before any audio is
     read or resampled: the clip's length (:data:`MAX_CLIP_SECONDS`), its
     decoded size (:data:`MAX_CLIP_BYTES`) and the windowed data set they add
     up to (:data:`MAX_DATASET_BYTES`), each error naming the file or the keys
-    and the fix."""
+    and the fix. Returns the headers and the windowed bytes compared with the
+    limit."""
     from tinybuild_plugins.data import audio_signal as sig
 
     window = int(round(params.window_s * params.sample_rate))
@@ -333,14 +338,31 @@ def check_sizes(params: AudioParams, clips: Sequence[Clip], fix: str) -> list[An
         headers.append(head)
         length = sig.resampled_length(head.frames, head.rate, params.sample_rate)
         windows += sig.window_count(length, window, hop, params.pad_final)
-    total = windows * _values_per_window(params, window) * 4
-    if total > MAX_DATASET_BYTES:
+    total = windows * max(window * 8, _values_per_window(params, window) * 4)
+    limit = dataset_limit()
+    if total > limit:
         raise StepError(
             f"the {len(clips):,} clips would make {windows:,} windows of {params.window_s} s every {params.hop} s "
-            f"at {params.sample_rate} Hz, {total:,} bytes of float32 features; the limit is "
-            f"{MAX_DATASET_BYTES:,} bytes. Raise hop_s, lower sample_rate, shorten window_s "
-            "(or raise frame_hop_s with features), or use fewer clips (classes)")
-    return headers
+            f"at {params.sample_rate} Hz, {total:,} bytes of windows and features; the limit is {limit:,} bytes. "
+            "Raise hop_s, lower sample_rate, shorten window_s (or raise frame_hop_s with features), or use "
+            f"fewer clips (classes); on a machine with the memory (the step needs up to ~4x), set "
+            f"{MAX_DATASET_BYTES_ENV} to more bytes")
+    return headers, total
+
+
+def dataset_limit() -> int:
+    """:data:`MAX_DATASET_BYTES`, or ``$TINYBUILD_AUDIO_MAX_BYTES`` where set."""
+    raw = os.environ.get(MAX_DATASET_BYTES_ENV, "").strip()
+    if not raw:
+        return MAX_DATASET_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise StepError(f"{MAX_DATASET_BYTES_ENV} = {raw!r} is not a positive number of bytes; set it to one "
+                        f"(e.g. {8 << 30} for 8 GiB) or unset it for the default {MAX_DATASET_BYTES:,}")
+    return value
 
 
 def _clip_windows(params: AudioParams, clips: Sequence[Clip], fix: str) -> tuple[np.ndarray, list[int], list[float]]:

@@ -463,23 +463,30 @@ def test_a_clip_too_large_to_decode_is_refused(one_good_clip_each, tmp_path, mon
 @pytest.mark.parametrize("extra", [{"layout": "square"}, {"layout": "1d", "hop_s": 0.01},
                                    {"features": "log-mel", "n_mels": 8}, {"features": "mfcc", "n_mfcc": 5}],
                          ids=["square", "1d", "log-mel", "mfcc"])
-def test_the_dataset_size_limit_is_the_artifact_size_computed_from_headers(one_good_clip_each, tmp_path,
-                                                                           monkeypatch, extra):
-    """The size estimated from the headers and params (before reading) is exactly
-    the bytes of features the artifact holds: one byte under it is refused, at
-    it the build passes."""
+def test_the_dataset_size_limit_is_exact_and_computed_from_headers(one_good_clip_each, tmp_path,
+                                                                  monkeypatch, extra):
+    """The size estimated from the headers and params (before reading) is
+    exactly the larger of the float64 windows and the float32 features the
+    artifact holds: one byte under it is refused, at it the build passes."""
     from tinybuild_plugins.data import audio as audio_mod
 
     params = {"folder": str(one_good_clip_each), "window_s": 0.25, "sample_rate": 6000, **extra}
     built = audio(params, tmp_path / "free")
-    size = sum(np.load(built.path / f"x_{s}.npy").size * 4 for s in ("train", "val", "test"))
+    x, y, meta = arrays(built)
+    windows = sum(len(v) for v in y.values())
+    size = max(windows * meta["audio"]["window_samples"] * 8, sum(v.size * 4 for v in x.values()))
     monkeypatch.setattr(audio_mod, "MAX_DATASET_BYTES", size)
     audio(params, tmp_path / "at")
     monkeypatch.setattr(audio_mod, "MAX_DATASET_BYTES", size - 1)
     with pytest.raises(StepError) as err:
         audio(params, tmp_path / "over")
     message = str(err.value)
-    assert f"{size:,} bytes of float32 features" in message and "Raise hop_s, lower sample_rate" in message
+    assert f"{size:,} bytes of windows and features" in message and "Raise hop_s, lower sample_rate" in message
+    monkeypatch.setenv("TINYBUILD_AUDIO_MAX_BYTES", str(size))  # the override, for a machine with the memory
+    audio(params, tmp_path / "env")
+    monkeypatch.setenv("TINYBUILD_AUDIO_MAX_BYTES", "lots")
+    with pytest.raises(StepError, match="TINYBUILD_AUDIO_MAX_BYTES = 'lots' is not a positive number"):
+        audio(params, tmp_path / "bad-env")
 
 
 @pytest.mark.parametrize("params, words", [

@@ -100,7 +100,7 @@ class AudioParams(Params):
     classes: list[str] | None = Field(None, description="Classes to keep, in index order; default: every class found, sorted by name.")
     sample_rate: int = Field(16000, gt=0, le=384_000, description="Rate (Hz) every clip is resampled to.")
     window_s: float = Field(1.0, gt=0, description="Window length in seconds.")
-    hop_s: float | None = Field(None, gt=0, description="Seconds between window starts; default: half the window.")
+    hop_s: float | None = Field(None, gt=0, description="Seconds between window starts; default: half the window. At least window_s / 100.")
     pad_final: bool = Field(True, description="Zero-pad the final window (and clips shorter than a window) to full length.")
     scale: Literal["standardize", "none"] = Field(
         "standardize", description='"standardize": z = (x - mean) / std with the train split\'s mean and std; "none": as read.')
@@ -109,7 +109,7 @@ class AudioParams(Params):
         'shape [side, side, 1]; "1d": shape [n, 1]. Ignored with features.')
     features: Literal["none", "log-mel", "mfcc"] = Field("none", description="Spectral features instead of raw samples; shape [frames, bands, 1].")
     frame_s: float = Field(0.025, gt=0, description="Feature frame length in seconds (Hann window).")
-    frame_hop_s: float = Field(0.010, gt=0, description="Seconds between feature frames.")
+    frame_hop_s: float = Field(0.010, gt=0, description="Seconds between feature frames. At least frame_s / 100.")
     n_mels: int = Field(40, ge=1, le=512, description="Mel bands (log-mel, and the input of mfcc).")
     n_mfcc: int = Field(13, ge=1, le=512, description="MFCC coefficients kept.")
     split: Split = Field(default_factory=Split, description="Train/val/test fractions of the groups (clips or source recordings).")

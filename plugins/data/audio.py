@@ -44,6 +44,30 @@ np = lazy_module("numpy")  # imported on first use: loading this plugin stays Nu
 VERSION = "1.0"
 WAV_SUFFIXES = (".wav", ".wave")
 
+#: Longest clip the step reads, in seconds (frames / sample rate, from the
+#: WAV header, checked before any audio is read): 5 minutes. A clip becomes
+#: one float64 array at ``sample_rate`` (up to 384 kHz: 115 M samples,
+#: 0.9 GB); a longer recording is split into clips first, which also lets
+#: the group split keep its parts apart. It catches headers that lie, too: a
+#: 100 KB file declaring a 1 Hz rate is 50,000 s, 4e8 samples at 8 kHz.
+MAX_CLIP_SECONDS = 300
+#: Largest decoded clip (frames x channels x 8 bytes, float64) before the
+#: channels are mixed down: 1 GiB, the per-file limit of every dataset step.
+MAX_CLIP_BYTES = 1 << 30
+#: Largest windowed data set, checked from the headers before any clip is
+#: read: windows x the larger of (window samples x 8 bytes: the float64
+#: windows the step cuts) and (values per window x 4 bytes: the float32
+#: features the artifact stores), over every clip. 4 GiB: full ESC-50 at
+#: 16 kHz (1 s windows, 0.5 s hop) is 2.3 GB. The step's peak memory is up
+#: to ~4x this (measured; see the README). ``$TINYBUILD_AUDIO_MAX_BYTES``
+#: (bytes; no part of any cache key) raises it on a machine that has the memory.
+MAX_DATASET_BYTES = 4 << 30
+MAX_DATASET_BYTES_ENV = "TINYBUILD_AUDIO_MAX_BYTES"
+#: Most windows per window length: hop_s must be at least window_s / 100
+#: (frame_hop_s at least frame_s / 100). Closer windows repeat >99% of their
+#: samples: they multiply the data set, not the information.
+MAX_OVERLAP_FACTOR = 100
+
 
 def _resolve_folder(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
@@ -76,7 +100,7 @@ class AudioParams(Params):
     classes: list[str] | None = Field(None, description="Classes to keep, in index order; default: every class found, sorted by name.")
     sample_rate: int = Field(16000, gt=0, le=384_000, description="Rate (Hz) every clip is resampled to.")
     window_s: float = Field(1.0, gt=0, description="Window length in seconds.")
-    hop_s: float | None = Field(None, gt=0, description="Seconds between window starts; default: half the window.")
+    hop_s: float | None = Field(None, gt=0, description="Seconds between window starts; default: half the window. At least window_s / 100.")
     pad_final: bool = Field(True, description="Zero-pad the final window (and clips shorter than a window) to full length.")
     scale: Literal["standardize", "none"] = Field(
         "standardize", description='"standardize": z = (x - mean) / std with the train split\'s mean and std; "none": as read.')
@@ -85,7 +109,7 @@ class AudioParams(Params):
         'shape [side, side, 1]; "1d": shape [n, 1]. Ignored with features.')
     features: Literal["none", "log-mel", "mfcc"] = Field("none", description="Spectral features instead of raw samples; shape [frames, bands, 1].")
     frame_s: float = Field(0.025, gt=0, description="Feature frame length in seconds (Hann window).")
-    frame_hop_s: float = Field(0.010, gt=0, description="Seconds between feature frames.")
+    frame_hop_s: float = Field(0.010, gt=0, description="Seconds between feature frames. At least frame_s / 100.")
     n_mels: int = Field(40, ge=1, le=512, description="Mel bands (log-mel, and the input of mfcc).")
     n_mfcc: int = Field(13, ge=1, le=512, description="MFCC coefficients kept.")
     split: Split = Field(default_factory=Split, description="Train/val/test fractions of the groups (clips or source recordings).")
@@ -105,7 +129,28 @@ class AudioParams(Params):
             raise ValueError("classes must be a non-empty list of distinct names")
         if self.features == "mfcc" and self.n_mfcc > self.n_mels:
             raise ValueError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})")
+        self._check_hops()
         return self
+
+    def _check_hops(self) -> None:
+        """Plan-time bounds that need no file: a hop that rounds to no sample,
+        or one so small that windows (or feature frames) repeat >99% of each
+        other and the data set balloons (a 1-sample hop on nine 2 s clips
+        took 2.5 GB and then failed)."""
+        rate = self.sample_rate
+        for key, length_key, length, hop in (("hop_s", "window_s", self.window_s, self.hop),
+                                             ("frame_hop_s", "frame_s", self.frame_s, self.frame_hop_s)):
+            if key == "frame_hop_s" and self.features == "none":
+                continue
+            if round(length * rate) < 1 or round(hop * rate) < 1:
+                raise ValueError(f"{length_key} = {length} s / {key} = {hop} s give less than one sample at "
+                                 f"sample_rate = {rate} Hz; raise {length_key} / {key} or the sample_rate")
+            if hop * MAX_OVERLAP_FACTOR < length:
+                raise ValueError(
+                    f"{key} = {hop} s is below {length_key} / {MAX_OVERLAP_FACTOR} = {length / MAX_OVERLAP_FACTOR:g} s: "
+                    f"consecutive windows would repeat more than 99% of their samples and multiply the data "
+                    f"{length / hop:,.0f}-fold; raise {key} to at least {length / MAX_OVERLAP_FACTOR:g} s "
+                    f"(common: half of {length_key})")
 
     @property
     def hop(self) -> float:
@@ -249,7 +294,81 @@ def input_folders(params: AudioParams) -> list[Path]:
 # -- turning clips into windows ------------------------------------------------------------
 
 
-def _clip_windows(params: AudioParams, clips: Sequence[Clip], fix: str) -> tuple[list[np.ndarray], list[float]]:
+def _values_per_window(params: AudioParams, window: int) -> int:
+    """Values one window becomes in the artifact (square padding or
+    [frames, bands]), computed from the params alone."""
+    from tinybuild_plugins.data import audio_signal as sig
+
+    if params.features == "none":
+        return sig.square_side(window) ** 2 if params.layout == "square" else window
+    frame = int(round(params.frame_s * params.sample_rate))
+    frame_hop = int(round(params.frame_hop_s * params.sample_rate))
+    frames = 1 + max(window - frame, 0) // max(frame_hop, 1)
+    bands = params.n_mfcc if params.features == "mfcc" else params.n_mels
+    return frames * bands
+
+
+def check_sizes(params: AudioParams, clips: Sequence[Clip], fix: str) -> tuple[list[Any], int]:
+    """Every clip's WAV header, checked against the limits before any audio is
+    read or resampled: the clip's length (:data:`MAX_CLIP_SECONDS`), its
+    decoded size (:data:`MAX_CLIP_BYTES`) and the windowed data set they add
+    up to (:data:`MAX_DATASET_BYTES`), each error naming the file or the keys
+    and the fix. Returns the headers and the windowed bytes compared with the
+    limit."""
+    from tinybuild_plugins.data import audio_signal as sig
+
+    window = int(round(params.window_s * params.sample_rate))
+    hop = int(round(params.hop * params.sample_rate))
+    headers, windows = [], 0
+    for clip in clips:
+        head = sig.probe(clip.path, fix)
+        if head.seconds > MAX_CLIP_SECONDS:
+            raise StepError(
+                f"{clip.path}: its header declares {head.frames:,} frames at {head.rate:,} Hz, "
+                f"{head.seconds:,.1f} s; clips are limited to {MAX_CLIP_SECONDS} s "
+                f"({MAX_CLIP_SECONDS * params.sample_rate:,} samples at sample_rate = {params.sample_rate} Hz). "
+                "Split the recording into shorter clips (e.g. sox in.wav part.wav trim 0 60 : newfile : restart), "
+                f"re-export it with its real sample rate if the header is wrong, or {fix}")
+        decoded = head.frames * head.channels * 8
+        if decoded > MAX_CLIP_BYTES:
+            raise StepError(
+                f"{clip.path}: its header declares {head.frames:,} frames x {head.channels:,} channels, "
+                f"{decoded:,} bytes once decoded (float64); the limit is {MAX_CLIP_BYTES:,} bytes per clip. "
+                f"Mix it down to mono or split it into shorter clips, or {fix}")
+        headers.append(head)
+        length = sig.resampled_length(head.frames, head.rate, params.sample_rate)
+        windows += sig.window_count(length, window, hop, params.pad_final)
+    total = windows * max(window * 8, _values_per_window(params, window) * 4)
+    limit = dataset_limit()
+    if total > limit:
+        raise StepError(
+            f"the {len(clips):,} clips would make {windows:,} windows of {params.window_s} s every {params.hop} s "
+            f"at {params.sample_rate} Hz, {total:,} bytes of windows and features; the limit is {limit:,} bytes. "
+            "Raise hop_s, lower sample_rate, shorten window_s (or raise frame_hop_s with features), or use "
+            f"fewer clips (classes); on a machine with the memory (the step needs up to ~4x), set "
+            f"{MAX_DATASET_BYTES_ENV} to more bytes")
+    return headers, total
+
+
+def dataset_limit() -> int:
+    """:data:`MAX_DATASET_BYTES`, or ``$TINYBUILD_AUDIO_MAX_BYTES`` where set."""
+    raw = os.environ.get(MAX_DATASET_BYTES_ENV, "").strip()
+    if not raw:
+        return MAX_DATASET_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise StepError(f"{MAX_DATASET_BYTES_ENV} = {raw!r} is not a positive number of bytes; set it to one "
+                        f"(e.g. {8 << 30} for 8 GiB) or unset it for the default {MAX_DATASET_BYTES:,}")
+    return value
+
+
+def _clip_windows(params: AudioParams, clips: Sequence[Clip], fix: str) -> tuple[np.ndarray, list[int], list[float]]:
+    """``(windows, windows per clip, seconds per clip)``: every clip's windows
+    in one preallocated float64 array (sizes checked by :func:`check_sizes`
+    first; no per-clip copies held besides the resampled signals)."""
     from tinybuild_plugins.data import audio_signal as sig
 
     window = int(round(params.window_s * params.sample_rate))
@@ -257,6 +376,7 @@ def _clip_windows(params: AudioParams, clips: Sequence[Clip], fix: str) -> tuple
     if window < 1 or hop < 1:
         raise StepError(f"window_s {params.window_s} s / hop_s {params.hop} s give less than one sample at "
                         f"{params.sample_rate} Hz; use longer windows or a higher sample_rate")
+    check_sizes(params, clips, fix)
     signals, seconds = [], []
     for clip in clips:
         signal, rate = sig.read_mono(clip.path, fix)
@@ -266,7 +386,13 @@ def _clip_windows(params: AudioParams, clips: Sequence[Clip], fix: str) -> tuple
     if window > longest:
         raise StepError(f"window_s = {params.window_s} s is longer than every clip (the longest is "
                         f"{max(seconds):.3f} s); use a window_s of at most {max(seconds):.3f}")
-    return [sig.windows(s, window, hop, params.pad_final) for s in signals], seconds
+    counts = [sig.window_count(len(s), window, hop, params.pad_final) for s in signals]
+    out = np.zeros((sum(counts), window), dtype=np.float64)
+    row = 0
+    for signal, n in zip(signals, counts):
+        sig.windows(signal, window, hop, params.pad_final, out=out[row:row + n])
+        row += n
+    return out, counts, seconds
 
 
 def _features(params: AudioParams, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
@@ -304,11 +430,9 @@ def run(ctx: StepContext, inputs: Sequence[Any], params: AudioParams) -> dict[st
             unknown = sorted(set(folds) - present)
             if unknown:
                 raise StepError(f"{where}: {key} {unknown} match no clip; the clips' folds are {sorted(present)}")
-    per_clip, seconds = _clip_windows(params, clips, fix)
-    counts = [len(w) for w in per_clip]
+    raw, counts, seconds = _clip_windows(params, clips, fix)
     if not any(counts):
         raise StepError(f"{where}: no clip is as long as a {params.window_s} s window; set pad_final = true or shorten window_s")
-    raw = np.concatenate([w for w in per_clip if len(w)])
     label_of = {name: i for i, name in enumerate(class_names)}
     group_ids = {g: i for i, g in enumerate(sorted({c.group for c in clips}))}
     y = np.repeat([label_of[c.label] for c in clips], counts).astype(np.int64)
@@ -366,7 +490,7 @@ def run(ctx: StepContext, inputs: Sequence[Any], params: AudioParams) -> dict[st
         "source": {"format": "audio", "labels": "csv" if params.csv is not None else "folders",
                    "groups": len(group_ids), "samples": int(len(y))},
     }
-    save_dataset(ctx.out_dir, xs, ys, meta)
+    save_dataset(ctx.out_dir, xs, ys, meta, where=where)
     ctx.log(f"{len(clips)} clips -> {len(y)} windows of {params.window_s} s at {params.sample_rate} Hz, "
             f"shape {input_shape}; " + ", ".join(f"{s} {len(ys[s])} ({summary['groups'][s]} groups)" for s in SPLITS))
     return {

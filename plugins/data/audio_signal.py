@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from tinybuild.api import StepError
@@ -29,8 +30,23 @@ np = lazy_module("numpy")  # imported on first use: loading this plugin stays Nu
 WAV_FORMATS = ("WAV", "WAVEX", "RF64", "W64")
 
 
-def read_mono(path: Path, fix: str) -> tuple[np.ndarray, int]:
-    """(float64 samples in [-1, 1], sample rate) of a WAV file, channels averaged.
+@dataclass(frozen=True)
+class WavHeader:
+    """What a WAV file's header declares: enough to bound the cost of a clip
+    (samples read, samples after resampling) before reading any audio."""
+
+    frames: int
+    rate: int
+    channels: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.rate
+
+
+def probe(path: Path, fix: str) -> WavHeader:
+    """The header of a WAV file, checked: a regular file, not truncated, a WAV
+    container, a positive sample rate, at least one frame.
 
     ``fix`` is appended to every error: what the user can do about a bad file
     (e.g. "fix or remove its row in meta.csv")."""
@@ -49,24 +65,47 @@ def read_mono(path: Path, fix: str) -> tuple[np.ndarray, int]:
         raise StepError(f"{path} is truncated: {truncation}; re-export the file (or copy it again), or {fix}")
     try:
         info = soundfile.info(str(path))
-        if info.format not in WAV_FORMATS:
-            raise StepError(f"{path} is a {info.format_info} file, not a WAV file; convert it to WAV or {fix}")
-        if info.samplerate <= 0:
-            raise StepError(f"{path}: its header declares a sample rate of {info.samplerate} Hz; "
-                            f"re-export the file with its real sample rate, or {fix}")
-        data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
-    except StepError:
-        raise
     except (RuntimeError, ValueError, OSError) as exc:  # LibsndfileError is a RuntimeError
-        size = path.stat().st_size
-        what = "is empty (0 bytes)" if size == 0 else f"is not a readable WAV file ({_short(exc)})"
-        raise StepError(f"{path} {what}; re-export it as WAV (PCM or float), or {fix}") from None
+        raise _unreadable(path, exc, fix) from None
+    if info.format not in WAV_FORMATS:
+        raise StepError(f"{path} is a {info.format_info} file, not a WAV file; convert it to WAV or {fix}")
+    if info.samplerate <= 0:
+        raise StepError(f"{path}: its header declares a sample rate of {info.samplerate} Hz; "
+                        f"re-export the file with its real sample rate, or {fix}")
+    if info.frames <= 0:
+        raise StepError(f"{path} holds no audio samples (a header without data, or truncated); "
+                        f"re-export it, or {fix}")
+    return WavHeader(frames=int(info.frames), rate=int(info.samplerate), channels=int(info.channels))
+
+
+def _unreadable(path: Path, exc: BaseException, fix: str) -> StepError:
+    size = path.stat().st_size
+    what = "is empty (0 bytes)" if size == 0 else f"is not a readable WAV file ({_short(exc)})"
+    return StepError(f"{path} {what}; re-export it as WAV (PCM or float), or {fix}")
+
+
+def read_mono(path: Path, fix: str) -> tuple[np.ndarray, int]:
+    """(float64 samples in [-1, 1], sample rate) of a WAV file, channels averaged
+    (checked first with :func:`probe`; callers bound its size from the header)."""
+    import soundfile
+
+    probe(path, fix)
+    try:
+        data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+    except (RuntimeError, ValueError, OSError) as exc:  # LibsndfileError is a RuntimeError
+        raise _unreadable(path, exc, fix) from None
     if data.shape[0] == 0:
         raise StepError(f"{path} holds no audio samples (a header without data, or truncated); "
                         f"re-export it, or {fix}")
     if not np.isfinite(data).all():
         raise StepError(f"{path} holds NaN or infinite samples; re-export it, or {fix}")
     return data.mean(axis=1), int(rate)
+
+
+def resampled_length(frames: int, rate: int, target: int) -> int:
+    """Samples :func:`resample` returns for ``frames`` at ``rate`` (soxr keeps
+    the duration: ``ceil(frames * target / rate)``, exactly, in integers)."""
+    return frames if rate == target else -(-frames * target // rate)
 
 
 #: a RIFF size field a streaming writer leaves unset (it could not seek back)
@@ -135,10 +174,13 @@ def window_count(length: int, window: int, hop: int, pad_final: bool) -> int:
     return full + (1 if pad_final and covered < length else 0)
 
 
-def windows(signal: np.ndarray, window: int, hop: int, pad_final: bool) -> np.ndarray:
-    """``(n, window)`` windows of ``signal`` (see :func:`window_count`)."""
+def windows(signal: np.ndarray, window: int, hop: int, pad_final: bool, out: np.ndarray | None = None) -> np.ndarray:
+    """``(n, window)`` windows of ``signal`` (see :func:`window_count`), written
+    into ``out`` (zeros of that shape) when given, so a caller can fill one
+    preallocated array for every clip."""
     n = window_count(len(signal), window, hop, pad_final)
-    out = np.zeros((n, window), dtype=np.float64)
+    if out is None:
+        out = np.zeros((n, window), dtype=np.float64)
     for i in range(n):
         part = signal[i * hop:i * hop + window]
         out[i, :len(part)] = part
@@ -179,17 +221,34 @@ def mel_filterbank(rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float)
     return bank
 
 
+#: Bytes of STFT intermediates (complex spectrum + power, 24 bytes a bin) that
+#: :func:`log_mel` holds at once: windows are processed in chunks under it.
+#: Each window's features are computed on their own, so chunking changes no value.
+STFT_CHUNK_BYTES = 256 << 20
+
+
 def log_mel(x: np.ndarray, rate: int, frame: int, hop: int, n_mels: int) -> np.ndarray:
     """``(n, frames, n_mels)`` log mel energies of ``(n, length)`` windows
-    (Hann frames of ``frame`` samples every ``hop``; log(energy + 1e-10))."""
-    from scipy import signal as sps
-
+    (Hann frames of ``frame`` samples every ``hop``; log(energy + 1e-10)),
+    in chunks of windows so the spectra never take more than
+    :data:`STFT_CHUNK_BYTES` (they are ~30x the size of the features)."""
     if frame > x.shape[1]:
         raise ValueError(f"frame of {frame} samples is longer than the window ({x.shape[1]} samples)")
+    bank = mel_filterbank(rate, frame, n_mels, 0.0, rate / 2.0)
+    frames = 1 + (x.shape[1] - frame) // hop
+    rows = max(1, STFT_CHUNK_BYTES // ((frame // 2 + 1) * frames * 24))
+    out = np.empty((x.shape[0], frames, n_mels), dtype=np.float64)
+    for start in range(0, x.shape[0], rows):
+        out[start:start + rows] = _log_mel_rows(x[start:start + rows], rate, frame, hop, bank)
+    return out
+
+
+def _log_mel_rows(x: np.ndarray, rate: int, frame: int, hop: int, bank: np.ndarray) -> np.ndarray:
+    from scipy import signal as sps
+
     _, _, spec = sps.stft(x, fs=rate, window="hann", nperseg=frame, noverlap=frame - hop,
                           boundary=None, padded=False, axis=-1)
     power = np.abs(spec) ** 2  # (n, freqs, frames)
-    bank = mel_filterbank(rate, frame, n_mels, 0.0, rate / 2.0)
     mel = np.einsum("mf,nft->ntm", bank, power)
     return np.log(mel + 1e-10)
 

@@ -151,7 +151,9 @@ def group_ids(groups: Any, where: str) -> np.ndarray:
 def check_samples(x: np.ndarray, where: str) -> None:
     """Refuse samples no model can train on as they are, rather than let a
     cast silently change them: complex values (the imaginary part would be
-    dropped), non-numeric dtypes, NaN or infinity, a 0-d or 1-d array."""
+    dropped), non-numeric dtypes, NaN or infinity, a 0-d or 1-d array, and
+    samples with a dimension of size 0 (TensorFlow aborts the process on
+    those instead of raising; ``save_dataset`` checks again for every plugin)."""
     kind = x.dtype.kind
     if kind == "c":
         raise StepError(f"{where}: samples are complex ({x.dtype}); casting to float32 would drop the imaginary "
@@ -160,6 +162,10 @@ def check_samples(x: np.ndarray, where: str) -> None:
         raise StepError(f"{where}: samples have dtype {x.dtype}; samples must be numeric (bool, integer or float)")
     if x.ndim < 2:
         raise StepError(f"{where}: samples have shape {list(x.shape)}; expected (samples, features...)")
+    if 0 in x.shape[1:]:  # TensorFlow aborts natively (oneDNN) on such samples: no error, no message
+        raise StepError(f"{where}: samples have shape {list(x.shape)}: each sample, of shape {list(x.shape[1:])}, "
+                        "holds no values (a dimension of size 0); the file is corrupt or was written from an "
+                        "empty array: write it again with every sample dimension at least 1")
     if kind == "f":
         flat, step = x.reshape(-1), 1 << 24  # in chunks: a mask of the whole array could take 256 MB
         bad = sum(len(part) - int(np.count_nonzero(np.isfinite(part)))
@@ -306,7 +312,7 @@ def build_dataset(
             raise StepError("; ".join(errors))
         for warning in warnings:
             ctx.log(f"warning: {warning}")
-    save_dataset(ctx.out_dir, xs, ys, meta)
+    save_dataset(ctx.out_dir, xs, ys, meta, where=f"{where} (from {', '.join(files.values())})")
     return {
         "samples": int(len(y)),
         **{f"{s}_samples": int(len(ys[s])) for s in SPLITS},

@@ -425,3 +425,93 @@ def test_default_groups_follow_src_file_where_the_csv_has_it(csv_clips, tmp_path
     assert sum(json.loads((art.path / "meta.json").read_text())["groups"].values()) == 18  # clips
     with pytest.raises(StepError, match="has no column 'src_file' \\(the dataset's group_column\\)"):
         audio({**params, "csv": str(tmp_path / "plain.csv"), "group_column": "src_file"}, tmp_path / "c")
+
+
+# -- memory bounds, checked from the headers and the params before any audio is read -------
+
+
+def test_a_header_declaring_a_1_hz_rate_is_refused_before_resampling(one_good_clip_each, tmp_path):
+    """400 frames at 1 Hz is 400 s: 3.2 M samples at 8 kHz here, and a 100 KB
+    file of this kind was 4e8 samples (a MemoryError naming nothing)."""
+    import time
+    import tracemalloc
+
+    bad = write_wav(one_good_clip_each / "tone" / "slow.wav", np.zeros(400), 1, "PCM_16", 1)
+    tracemalloc.start()
+    start = time.monotonic()
+    with pytest.raises(StepError) as err:
+        audio({"folder": str(one_good_clip_each), "window_s": 0.25, "sample_rate": 8000}, tmp_path)
+    seconds, peak = time.monotonic() - start, tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    message = str(err.value)
+    assert str(bad) in message and "400 frames at 1 Hz" in message and "limited to 300 s" in message
+    assert "Split the recording" in message and "remove it from its class folder" in message
+    assert seconds < 5 and peak < 16 << 20, (seconds, peak)
+
+
+def test_a_clip_too_large_to_decode_is_refused(one_good_clip_each, tmp_path, monkeypatch):
+    from tinybuild_plugins.data import audio as audio_mod
+
+    bad = write_wav(one_good_clip_each / "tone" / "wide.wav", np.zeros(4000), 8000, "PCM_16", 6)
+    monkeypatch.setattr(audio_mod, "MAX_CLIP_BYTES", 4000 * 5 * 8)  # the mono clips (4,000 x 8 B) pass
+    with pytest.raises(StepError) as err:
+        audio({"folder": str(one_good_clip_each), "window_s": 0.25}, tmp_path)
+    assert str(bad) in str(err.value) and "4,000 frames x 6 channels" in str(err.value)
+    assert "Mix it down to mono or split it" in str(err.value)
+
+
+@pytest.mark.parametrize("extra", [{"layout": "square"}, {"layout": "1d", "hop_s": 0.01},
+                                   {"features": "log-mel", "n_mels": 8}, {"features": "mfcc", "n_mfcc": 5}],
+                         ids=["square", "1d", "log-mel", "mfcc"])
+def test_the_dataset_size_limit_is_exact_and_computed_from_headers(one_good_clip_each, tmp_path,
+                                                                  monkeypatch, extra):
+    """The size estimated from the headers and params (before reading) is
+    exactly the larger of the float64 windows and the float32 features the
+    artifact holds: one byte under it is refused, at it the build passes."""
+    from tinybuild_plugins.data import audio as audio_mod
+
+    params = {"folder": str(one_good_clip_each), "window_s": 0.25, "sample_rate": 6000, **extra}
+    built = audio(params, tmp_path / "free")
+    x, y, meta = arrays(built)
+    windows = sum(len(v) for v in y.values())
+    size = max(windows * meta["audio"]["window_samples"] * 8, sum(v.size * 4 for v in x.values()))
+    monkeypatch.setattr(audio_mod, "MAX_DATASET_BYTES", size)
+    audio(params, tmp_path / "at")
+    monkeypatch.setattr(audio_mod, "MAX_DATASET_BYTES", size - 1)
+    with pytest.raises(StepError) as err:
+        audio(params, tmp_path / "over")
+    message = str(err.value)
+    assert f"{size:,} bytes of windows and features" in message and "Raise hop_s, lower sample_rate" in message
+    monkeypatch.setenv("TINYBUILD_AUDIO_MAX_BYTES", str(size))  # the override, for a machine with the memory
+    audio(params, tmp_path / "env")
+    monkeypatch.setenv("TINYBUILD_AUDIO_MAX_BYTES", "lots")
+    with pytest.raises(StepError, match="TINYBUILD_AUDIO_MAX_BYTES = 'lots' is not a positive number"):
+        audio(params, tmp_path / "bad-env")
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"hop_s": 0.000125}, ["hop_s = 0.000125 s is below window_s / 100", "raise hop_s"]),
+    ({"window_s": 0.5, "hop_s": 0.00499}, ["hop_s = 0.00499 s is below window_s / 100"]),
+    ({"window_s": 0.0001, "hop_s": 0.0001, "sample_rate": 2000}, ["less than one sample", "sample_rate = 2000 Hz"]),
+    ({"features": "log-mel", "frame_hop_s": 0.0002}, ["frame_hop_s = 0.0002 s is below frame_s / 100"]),
+], ids=["1-sample-hop", "just-under", "under-a-sample", "frame-hop"])
+def test_hops_that_balloon_the_data_are_refused_at_plan_time(one_good_clip_each, params, words):
+    """A 1-sample hop on nine 2 s clips took 2.5 GB and then a MemoryError:
+    now it is a params error (exit 2 at plan), with no file read."""
+    with pytest.raises(ValidationError) as err:
+        AUDIO.params.model_validate({"folder": str(one_good_clip_each), "sample_rate": 8000, **params})
+    for word in words:
+        assert word in str(err.value), str(err.value)
+
+
+def test_the_hop_floor_admits_a_hundredth_of_the_window(one_good_clip_each, tmp_path):
+    art = audio({"folder": str(one_good_clip_each), "window_s": 0.25, "hop_s": 0.0025, "layout": "1d"}, tmp_path)
+    _, y, meta = arrays(art)
+    assert meta["audio"]["hop_s"] == 0.0025 and sum(len(v) for v in y.values()) == 6 * 101
+
+
+def test_log_mel_in_chunks_gives_the_same_values(monkeypatch):
+    x = np.random.default_rng(3).standard_normal((9, 2000))
+    whole = sig.log_mel(x, 8000, 200, 80, 16)
+    monkeypatch.setattr(sig, "STFT_CHUNK_BYTES", 1)  # one window at a time
+    np.testing.assert_array_equal(sig.log_mel(x, 8000, 200, 80, 16), whole)

@@ -255,3 +255,75 @@ def test_good_npz_still_builds(tmp_path):
 def test_class_names_param_is_bounded(tmp_path, names):
     with pytest.raises(ValidationError, match="class_names"):
         NPZ.params.model_validate({"file": "x.npz", "class_names": names}, context={"base_dir": tmp_path})
+
+
+# -- shapes TensorFlow aborts on (no Python error: the process dies in oneDNN) ----------------
+
+
+@pytest.mark.parametrize("dims", [(10, 0, 28), (10, 28, 0)], ids=["rows-0", "cols-0"])
+def test_idx_samples_with_a_zero_sized_dimension_are_refused(tmp_path, dims):
+    """A header of [10000, 0, 28] used to build (input_shape [0, 28, 1]) and
+    then abort `train` natively (exit 134, no message)."""
+    labels = np.arange(dims[0], dtype=">u1") % 2
+    params = write_idx_pair(tmp_path, idx_header(0x08, dims), idx_header(0x08, (dims[0],)) + labels.tobytes())
+    message = refused(lambda: run_step(IDX, params=params, recipe_dir=tmp_path, out_dir=tmp_path / "o"),
+                      "images.idx", str(list(dims)), "size 0", "at least 1")
+    assert not (tmp_path / "o" / "meta.json").exists(), message
+
+
+@pytest.mark.parametrize("shape", [(20, 0), (20, 3, 0)])
+def test_npz_samples_with_a_zero_sized_dimension_are_refused(tmp_path, shape):
+    refused(run_npz(tmp_path, x=np.zeros(shape, np.float32), y=np.arange(20) % 2),
+            "evil.npz", "array 'x'", str(list(shape)), "size 0", "at least 1")
+
+
+def _splits_of(x, y):
+    return {"train": x[:6], "val": x[6:8], "test": x[8:]}, {"train": y[:6], "val": y[6:8], "test": y[8:]}
+
+
+@pytest.mark.parametrize("case, words", [
+    ("zero-dim", ["my-plugin", "train samples have shape [6, 3, 0]", "size 0"]),
+    ("1-d", ["my-plugin", "shape [6]", "feature dimension"]),
+    ("shapes-differ", ["my-plugin", "val samples have shape [3, 2]", "train samples [3, 1]"]),
+    ("labels-short", ["my-plugin", "the test split has 2 samples but labels of shape [1]"]),
+    ("train-empty", ["my-plugin", "the train split is empty"]),
+    ("meta-shape", ["my-plugin", "meta input_shape [0, 28, 1]", "[3, 1]"]),
+    ("missing-split", ["my-plugin", "no test split"]),
+])
+def test_save_dataset_refuses_what_training_cannot_use(tmp_path, case, words):
+    """The shared writer every dataset plugin goes through (a third party's
+    too) checks what it writes, so nothing reaches TensorFlow's native aborts."""
+    from tinybuild_plugins.sdk.dataset import save_dataset
+
+    x, y = _splits_of(np.zeros((10, 3, 1), np.float32), np.arange(10) % 2)
+    meta = {"input_shape": [3, 1], "num_classes": 2}
+    if case == "zero-dim":
+        x, y = _splits_of(np.zeros((10, 3, 0), np.float32), np.arange(10) % 2)
+        meta["input_shape"] = [3, 0]
+    elif case == "1-d":
+        x, y = _splits_of(np.zeros(10, np.float32), np.arange(10) % 2)
+    elif case == "shapes-differ":
+        x["val"] = np.zeros((2, 3, 2), np.float32)
+    elif case == "labels-short":
+        y["test"] = y["test"][:1]
+    elif case == "train-empty":
+        x["train"], y["train"] = x["train"][:0], y["train"][:0]
+    elif case == "meta-shape":
+        meta["input_shape"] = [0, 28, 1]
+    elif case == "missing-split":
+        del x["test"]
+    with pytest.raises(StepError) as info:
+        save_dataset(tmp_path, x, y, meta, where="my-plugin")
+    for word in words:
+        assert word in str(info.value), str(info.value)
+    assert not (tmp_path / "meta.json").exists()
+
+
+def test_save_dataset_still_writes_good_data_with_an_empty_val_split(tmp_path):
+    from tinybuild_plugins.sdk.dataset import load_dataset, save_dataset
+
+    x, y = _splits_of(np.ones((10, 3, 1), np.float32), np.arange(10) % 2)
+    x["val"], y["val"] = x["val"][:0], y["val"][:0]
+    save_dataset(tmp_path, x, y, {"input_shape": [3, 1], "num_classes": 2})
+    data = load_dataset(tmp_path)
+    assert data.meta["splits"] == {"train": 6, "val": 0, "test": 2} and data.input_shape == (3, 1)

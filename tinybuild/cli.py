@@ -13,7 +13,9 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the fast path
+if TYPE_CHECKING:
+    from typing import Any, Sequence
 
 from . import __version__
 from .errors import TinybuildError, UsageError
@@ -36,76 +38,113 @@ def _no_wait(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"fail at once (exit 2) instead of waiting when {what}")
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinybuild", description="Declarative, cached builds for small ML models.")
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, sized to the terminal without importing
+    ``shutil`` (and with it ``bz2``/``lzma``) on every run: argparse sizes a
+    formatter each time an argument is added, help or not."""
+
+    def __init__(self, prog: str, **kwargs: Any) -> None:
+        import os
+
+        try:
+            columns = int(os.environ.get("COLUMNS", ""))
+        except ValueError:
+            columns = 0
+        if columns <= 0:
+            try:
+                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+            except (AttributeError, ValueError, OSError):
+                columns = 80
+        kwargs.setdefault("width", max(columns - 2, 20))
+        super().__init__(prog, **kwargs)
+
+
+def make_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line. ``only``: build just that subcommand's parser (the
+    no-op fast path parses ``build`` alone: the other ten cost more than the
+    rest of the check); the full parser otherwise (``--help``, errors)."""
+    parser = argparse.ArgumentParser(prog="tinybuild", description="Declarative, cached builds for small ML models.",
+                                     formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"tinybuild {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("build", help="build a recipe (only what changed)")
-    p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE)
-    p.add_argument("--only", action="append", default=[], metavar="STEP", help="build only STEP and its upstream (repeatable)")
-    p.add_argument("--force", action="append", default=[], metavar="STEP", help="rerun STEP even if cached (repeatable)")
-    p.add_argument("--keep-going", action="store_true", help="after a failure, keep building independent branches")
-    p.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
-    p.add_argument("-v", "--verbose", action="store_true", help="also list cached steps, and the bytes and time of remote-cache transfers")
-    _no_wait(p, "another build of the same build folder, or gc, is running")
-    p.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
-                   help="run up to N ready steps at once, each in a worker process (default 1: in this process; also $TINYBUILD_JOBS)")
-    p.add_argument("--executor", choices=["local", "ray"], default=None,
-                   help="where steps run: local (this machine, see -j) or ray (tasks on a Ray cluster; also $TINYBUILD_EXECUTOR)")
-    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to use with --executor ray, e.g. 10.0.0.5:6379 (default: $RAY_ADDRESS, else a local Ray started for the build)")
-    _common(p)
+    if only in (None, "build"):
+        p = sub.add_parser("build", formatter_class=_Formatter, help="build a recipe (only what changed)")
+        p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE)
+        p.add_argument("--only", action="append", default=[], metavar="STEP", help="build only STEP and its upstream (repeatable)")
+        p.add_argument("--force", action="append", default=[], metavar="STEP", help="rerun STEP even if cached (repeatable)")
+        p.add_argument("--keep-going", action="store_true", help="after a failure, keep building independent branches")
+        p.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
+        p.add_argument("-v", "--verbose", action="store_true", help="also list cached steps, and the bytes and time of remote-cache transfers")
+        _no_wait(p, "another build of the same build folder, or gc, is running")
+        p.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
+                       help="run up to N ready steps at once, each in a worker process (default 1: in this process; also $TINYBUILD_JOBS)")
+        p.add_argument("--executor", choices=["local", "ray"], default=None,
+                       help="where steps run: local (this machine, see -j) or ray (tasks on a Ray cluster; also $TINYBUILD_EXECUTOR)")
+        p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to use with --executor ray, e.g. 10.0.0.5:6379 (default: $RAY_ADDRESS, else a local Ray started for the build)")
+        _common(p)
 
-    p = sub.add_parser("plan", help="show what a build would run, and why")
-    p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE)
-    p.add_argument("--only", action="append", default=[], metavar="STEP")
-    p.add_argument("--force", action="append", default=[], metavar="STEP")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    _common(p)
+    if only in (None, "plan"):
+        p = sub.add_parser("plan", formatter_class=_Formatter, help="show what a build would run, and why")
+        p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE)
+        p.add_argument("--only", action="append", default=[], metavar="STEP")
+        p.add_argument("--force", action="append", default=[], metavar="STEP")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        _common(p)
 
-    p = sub.add_parser("graph", help="print the recipe's step graph")
-    p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE)
-    p.add_argument("--format", choices=["text", "dot", "mermaid"], default="text")
-    _common(p)
+    if only in (None, "graph"):
+        p = sub.add_parser("graph", formatter_class=_Formatter, help="print the recipe's step graph")
+        p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE)
+        p.add_argument("--format", choices=["text", "dot", "mermaid"], default="text")
+        _common(p)
 
-    p = sub.add_parser("show", help="print a built step's files and metrics")
-    p.add_argument("args", nargs="+", metavar="[RECIPE] STEP")
-    _common(p)
+    if only in (None, "show"):
+        p = sub.add_parser("show", formatter_class=_Formatter, help="print a built step's files and metrics")
+        p.add_argument("args", nargs="+", metavar="[RECIPE] STEP")
+        _common(p)
 
-    p = sub.add_parser("clean", help="remove a recipe's build folder (not the cache)")
-    p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE)
-    _no_wait(p, "a build of this recipe is running")
-    _common(p)
+    if only in (None, "clean"):
+        p = sub.add_parser("clean", formatter_class=_Formatter, help="remove a recipe's build folder (not the cache)")
+        p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE)
+        _no_wait(p, "a build of this recipe is running")
+        _common(p)
 
-    p = sub.add_parser("gc", help="drop cache entries that no lock file references")
-    p.add_argument("recipe", nargs="?", default=None, help="a recipe whose cache to collect (default: --cache-dir, else $TINYBUILD_CACHE_DIR, else recipe.toml)")
-    p.add_argument("--dry-run", action="store_true", help="only report what would be removed")
-    _no_wait(p, "builds are using the cache")
-    _common(p)
+    if only in (None, "gc"):
+        p = sub.add_parser("gc", formatter_class=_Formatter, help="drop cache entries that no lock file references")
+        p.add_argument("recipe", nargs="?", default=None, help="a recipe whose cache to collect (default: --cache-dir, else $TINYBUILD_CACHE_DIR, else recipe.toml)")
+        p.add_argument("--dry-run", action="store_true", help="only report what would be removed")
+        _no_wait(p, "builds are using the cache")
+        _common(p)
 
-    p = sub.add_parser("verify", help="check every object and action entry of a cache (exit 1 on damage)")
-    p.add_argument("recipe", nargs="?", default=None, help="a recipe whose cache to check (default: --cache-dir, else $TINYBUILD_CACHE_DIR, else recipe.toml)")
-    p.add_argument("--repair", action="store_true", help="move damaged objects and broken entries to the cache's quarantine/ folder")
-    _common(p)
+    if only in (None, "verify"):
+        p = sub.add_parser("verify", formatter_class=_Formatter, help="check every object and action entry of a cache (exit 1 on damage)")
+        p.add_argument("recipe", nargs="?", default=None, help="a recipe whose cache to check (default: --cache-dir, else $TINYBUILD_CACHE_DIR, else recipe.toml)")
+        p.add_argument("--repair", action="store_true", help="move damaged objects and broken entries to the cache's quarantine/ folder")
+        _common(p)
 
-    p = sub.add_parser("plugins", help="list installed plugins, their step types and passes")
-    p.add_argument("--disable-plugin", action="append", default=[], metavar="NAME")
-    p.add_argument("--debug", action="store_true")
+    if only in (None, "plugins"):
+        p = sub.add_parser("plugins", formatter_class=_Formatter, help="list installed plugins, their step types and passes")
+        p.add_argument("--disable-plugin", action="append", default=[], metavar="NAME")
+        p.add_argument("--debug", action="store_true")
 
-    p = sub.add_parser("schema", help="print the JSON Schema of recipes (with every plugin's params)")
-    p.add_argument("--disable-plugin", action="append", default=[], metavar="NAME")
-    p.add_argument("--debug", action="store_true")
+    if only in (None, "schema"):
+        p = sub.add_parser("schema", formatter_class=_Formatter, help="print the JSON Schema of recipes (with every plugin's params)")
+        p.add_argument("--disable-plugin", action="append", default=[], metavar="NAME")
+        p.add_argument("--debug", action="store_true")
 
-    p = sub.add_parser("new-plugin", help="write a plugin package (a step type, a graph pass, their tests) to start from")
-    p.add_argument("name", help="plugin name: lowercase letters, digits, dashes (also the package's distribution name)")
-    p.add_argument("--dir", default=".", metavar="DIR", help="folder to create the package in (default: .); writes DIR/NAME/")
-    p.add_argument("--debug", action="store_true")
+    if only in (None, "new-plugin"):
+        p = sub.add_parser("new-plugin", formatter_class=_Formatter, help="write a plugin package (a step type, a graph pass, their tests) to start from")
+        p.add_argument("name", help="plugin name: lowercase letters, digits, dashes (also the package's distribution name)")
+        p.add_argument("--dir", default=".", metavar="DIR", help="folder to create the package in (default: .); writes DIR/NAME/")
+        p.add_argument("--debug", action="store_true")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    only = words[0] if words and words[0] == "build" and not {"-h", "--help"} & set(words) else None
+    parser = make_parser(only)
+    args = parser.parse_args(words)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

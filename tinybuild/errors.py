@@ -7,7 +7,11 @@ else raises.
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from collections import namedtuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the fast path
+if TYPE_CHECKING:
+    from typing import Iterable
 
 
 class TinybuildError(Exception):
@@ -30,17 +34,16 @@ class CacheError(TinybuildError):
     exit_code = 1
 
 
-class Problem(NamedTuple):
-    """One thing wrong with a recipe, located by a dotted key path.
+class Problem(namedtuple("Problem", "key message hint line column", defaults=("", None, None))):
+    """One thing wrong with a recipe, located by a dotted key path:
+    ``key``, ``message``, ``hint`` (the fix, may be empty), ``line`` and
+    ``column`` (where the TOML parser knows them).
 
-    A NamedTuple, not a dataclass: the CLI imports this module on the no-op
-    fast path, and ``dataclasses`` pulls in ``inspect`` and ``ast``."""
+    A named tuple from ``collections``, not a dataclass or ``typing.NamedTuple``:
+    the CLI imports this module on the no-op fast path, where ``dataclasses``
+    (``inspect``, ``ast``) and ``typing`` cost more than the rest of the check."""
 
-    key: str
-    message: str
-    hint: str = ""
-    line: int | None = None
-    column: int | None = None
+    __slots__ = ()
 
 
 class RecipeError(TinybuildError):

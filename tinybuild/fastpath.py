@@ -31,7 +31,9 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the fast path
+if TYPE_CHECKING:
+    from typing import Any, Iterable, Mapping
 
 from .hashing import stat_signature
 

@@ -11,7 +11,9 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the fast path
+if TYPE_CHECKING:
+    from typing import Any, Mapping
 
 CHUNK = 1 << 20
 

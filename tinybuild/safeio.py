@@ -19,7 +19,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import BinaryIO
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the fast path
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 #: A recipe holds settings, not data: a bigger file is a mistake (or hostile).
 #: Here, not in recipe.py, so the no-op fast path can check it without pydantic.

@@ -76,6 +76,35 @@ REFUSED_CLASSES = frozenset({
 #: Keys whose value names code to call (a Lambda layer's payload).
 REFUSED_KEYS = ("function", "function_type")
 
+#: The layers tf_keras writes for TensorFlow ops in a functional model
+#: (``x * 2``, ``tf.math.sin(x)``, ``x[:, 0]``): their ``function`` names a
+#: symbol of TensorFlow's public API, resolved by name when the model is
+#: rebuilt, then run on every call. That API also holds ops with side effects
+#: (``io.write_file``, ``py_function``, ``raw_ops.*``), so only pure tensor
+#: math is allowed: the namespaces in :data:`OP_NAMESPACES` and the top-level
+#: ops in :data:`OP_NAMES`.
+OP_LAMBDA_CLASSES = frozenset({"TFOpLambda", "SlicingOpLambda"})
+OP_LAMBDA_MODULES = frozenset({"tf_keras.src.layers.core.tf_op_layer", "keras.src.layers.core.tf_op_layer"})
+OP_NAMESPACES = frozenset({"__operators__", "math", "nn", "linalg", "signal", "image", "bitwise"})
+OP_NAMES = frozenset("""
+    abs add add_n argmax argmin argsort boolean_mask broadcast_to cast clip_by_norm clip_by_value concat cos
+    cumsum divide einsum equal exp expand_dims fill floor gather gather_nd greater greater_equal identity less
+    less_equal linspace log matmul maximum minimum multiply negative norm not_equal one_hot ones ones_like pad
+    pow range rank reduce_all reduce_any reduce_logsumexp reduce_max reduce_mean reduce_min reduce_prod
+    reduce_sum repeat reshape reverse roll round rsqrt shape sigmoid sign sin size slice sort split sqrt square
+    squeeze stack stop_gradient strided_slice subtract tanh tensordot tile transpose truediv unstack where zeros
+    zeros_like
+""".split())
+_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _pure_op(symbol: Any) -> bool:
+    """Whether a TFOpLambda ``function`` names pure tensor math (see :data:`OP_NAMESPACES`)."""
+    if not isinstance(symbol, str) or not _SYMBOL.fullmatch(symbol):
+        return False
+    head, _, rest = symbol.partition(".")
+    return head in OP_NAMESPACES if rest else symbol in OP_NAMES
+
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FIX = ('Custom layers and functions are supported only in models made by a builder '
         '(builder = "file.py:function" in [model]), which records how to make them by calling your code again; '
@@ -118,13 +147,24 @@ def check_config(config: Any, where: str, source: str, *, extra_modules: frozens
     # modules first: the most precise message for a Lambda naming a function
     for node, layer in _walk(config, "?"):
         module = node.get("module")  # tf_keras imports it for a node with a class_name
+        if node.get("class_name") in OP_LAMBDA_CLASSES and module in OP_LAMBDA_MODULES:
+            continue  # tf_keras' own op layers; their function is checked below
         if "class_name" in node and module is not None and (not isinstance(module, str) or module not in modules):
             what = node.get("config") if node.get("class_name") == "function" else node.get("class_name")
             refuse(layer, f"names module {module!r} (for {what!r:.80}); model configs may only name the "
                           f"modules Keras writes for its own objects ({', '.join(sorted(KERAS_MODULES))})")
+    vetted_ops: set[int] = set()  # op layers' config dicts whose "function" names pure tensor math
+    for node, layer in _walk(config, "?"):
+        op_config = node.get("config") if node.get("class_name") in OP_LAMBDA_CLASSES else None
+        if isinstance(op_config, Mapping):
+            if not _pure_op(op_config.get("function")) or "function_type" in op_config:
+                refuse(layer, f"is a TensorFlow op layer calling {str(op_config.get('function'))[:80]!r}, which is "
+                              f"not pure tensor math (allowed: tf.{{{', '.join(sorted(OP_NAMESPACES))}}}.* and common "
+                              "ops such as reshape, concat, reduce_mean)")
+            vetted_ops.add(id(op_config))
     for node, layer in _walk(config, "?"):
         for key in REFUSED_KEYS:
-            if key in node:
+            if key in node and not (key == "function" and id(node) in vetted_ops):
                 refuse(layer, f"has a '{key}' entry ({str(node[key])[:80]!r}), which names a Python function "
                               "to call")
         if isinstance(node.get("vocabulary"), str):  # StringLookup, IntegerLookup, TextVectorization

@@ -305,8 +305,35 @@ def _compiled_model():
     return model
 
 
+def _tf_ops_model():
+    """TensorFlow ops on Keras tensors (TFOpLambda and SlicingOpLambda layers): x * 2, tf.math.sin, x[:, :3],
+    tf.reshape, tf.reduce_mean: common in functional models, and pure tensor math."""
+    keras = _tf.keras()
+    tf = _tf.tensorflow()
+    inputs = keras.Input((12, 12, 1))
+    x = keras.layers.Conv2D(4, 3)(inputs * 2.0 + tf.math.sin(inputs))
+    x = tf.reshape(x, (-1, 10 * 10 * 4))[:, :64]
+    x = x - tf.reduce_mean(x, axis=1, keepdims=True)
+    return keras.Model(inputs, keras.layers.Dense(3)(x))
+
+
 NORMAL = {**{name: (lambda name=name: ARCHITECTURES[name]([28, 28, 1], 10, {})) for name in ARCHITECTURES},
-          "residual": _residual_model, "compiled": _compiled_model}
+          "residual": _residual_model, "compiled": _compiled_model, "tf-ops": _tf_ops_model}
+
+
+@pytest.mark.parametrize("symbol", ["io.write_file", "py_function", "numpy_function", "raw_ops.WriteFile",
+                                    "compat.v1.py_func", "print", "debugging.assert_equal", "math..sin", 7])
+def test_a_tf_op_layer_calling_anything_but_tensor_math_is_refused(tmp_path, symbol):
+    path = tmp_path / "ops.keras"
+    _tf_ops_model().save(path)
+
+    def edit(config):
+        op = next(layer for layer in config["config"]["layers"] if layer["class_name"] == "TFOpLambda")
+        op["config"]["function"] = symbol
+
+    _rewrite_keras_config(path, edit)
+    with pytest.raises(StepError, match="TensorFlow op layer calling"):
+        models.from_file(path, WHERE)
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])

@@ -112,71 +112,76 @@ def _refuse_special_file(path: Path) -> None:
         raise ValueError(f"builder file {exc.strerror}: {exc.filename or path}") from None
 
 
-#: most Python files a builder's folder may hold (they all enter the key)
+#: most Python files, and folders, below a builder's folder (the files all enter the key)
 MAX_BUILDER_SOURCES = 500
+MAX_BUILDER_FOLDERS = 200
+#: folders never searched for a builder's modules: caches, virtual environments, VCS data
+_SKIPPED_FOLDERS = frozenset({"__pycache__", "site-packages", "node_modules"})
 
 
-def _builder_sources(folder: Path) -> list[Path]:
-    """The Python a builder can import from beside it: the ``*.py`` files of
-    its folder and of the packages (folders with ``__init__.py``) below it.
-    A plain subfolder is not searched (the recipe's own folder may hold a
-    virtual environment); nor is anything that is not a regular file."""
-    found: list[Path] = []
-
-    def scan(current: Path, packages_only: bool) -> None:
+def _builder_tree(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(``*.py`` files, folders) below a builder's folder: the code it can
+    import from beside it, however it does (a package, or a subfolder it
+    puts on ``sys.path``). Hidden folders, ``__pycache__``, virtual
+    environments (a ``pyvenv.cfg``) and links are skipped, and so is
+    anything that is not a regular file. Stops one past either limit
+    (:func:`check_builder_folder` refuses that at plan time)."""
+    files: list[Path] = []
+    folders: list[Path] = []
+    pending = [folder]
+    while pending and len(files) <= MAX_BUILDER_SOURCES and len(folders) <= MAX_BUILDER_FOLDERS:
+        current = pending.pop()
+        folders.append(current)
         try:
             entries = sorted(current.iterdir())
         except OSError:
-            return
+            continue
         for entry in entries:
-            if entry.name.startswith(".") or entry.name == "__pycache__" or entry.is_symlink():
+            if entry.name.startswith(".") or entry.is_symlink():
                 continue
             if entry.is_dir():
-                if (entry / "__init__.py").is_file():
-                    scan(entry, True)
+                if entry.name not in _SKIPPED_FOLDERS and not (entry / "pyvenv.cfg").exists():
+                    pending.append(entry)
             elif entry.suffix == ".py" and entry.is_file():
-                found.append(entry)
-            if len(found) > MAX_BUILDER_SOURCES:
-                return  # check_builder_folder refuses this at plan time
-
-    scan(folder, False)
-    return found
+                files.append(entry)
+    return sorted(files), sorted(folders)
 
 
 def check_builder_folder(params: KerasModelParams, registry: Any) -> list[ParamProblem]:
-    """Plan time: every Python file beside the builder enters the key, so a
-    builder in a folder of thousands (a checkout's root) is refused."""
+    """Plan time: every Python file below the builder's folder enters the key,
+    so a builder in a folder of thousands (a checkout's root) is refused."""
     path = params.builder_path
-    if path is None or len(_builder_sources(path.parent)) <= MAX_BUILDER_SOURCES:
+    if path is None:
+        return []
+    files, folders = _builder_tree(path.parent)
+    if len(files) <= MAX_BUILDER_SOURCES and len(folders) <= MAX_BUILDER_FOLDERS:
         return []
     return [ParamProblem("builder", f"the builder's folder {path.parent} holds more than {MAX_BUILDER_SOURCES} "
-                                    "Python files (its .py files and packages enter the model's cache key)",
+                                    f"Python files or {MAX_BUILDER_FOLDERS} folders (every .py file below it enters "
+                                    "the model's cache key, since the builder may import any of them)",
                          "put the builder and the modules it imports in a folder of their own")]
 
 
 def builder_input_files(params: KerasModelParams) -> Mapping[str, Path]:
     """The builder's source file and the Python beside it that it may import
-    (see :func:`_builder_sources`): their content digests enter the cache
+    (see :func:`_builder_tree`): their content digests enter the cache
     key, so editing a helper module rebuilds the model, as editing the
     builder does."""
     path = params.builder_path
     if path is None:
         return {}
     files = {"builder": path}
-    for source in _builder_sources(path.parent):
+    for source in _builder_tree(path.parent)[0]:
         if source != path:
             files[f"builder folder: {source.relative_to(path.parent).as_posix()}"] = source
     return files
 
 
 def builder_input_folders(params: KerasModelParams) -> list[Path]:
-    """Folders whose listing :func:`builder_input_files` reads: a helper
-    module added beside the builder makes the next build look again."""
+    """Folders whose listing :func:`builder_input_files` reads: a module
+    added anywhere below the builder's folder makes the next build look again."""
     path = params.builder_path
-    if path is None:
-        return []
-    folders = {path.parent} | {source.parent for source in _builder_sources(path.parent)}
-    return sorted(folders)
+    return [] if path is None else _builder_tree(path.parent)[1]
 
 
 # -- the three sources ---------------------------------------------------------

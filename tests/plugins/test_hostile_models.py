@@ -153,30 +153,35 @@ def test_keras_file_with_bzip2_members_is_refused_before_loading(tmp_path):
 
 
 def test_modules_beside_the_builder_enter_its_key(tmp_path):
-    """A builder that imports a helper from its own folder: editing the helper
-    (or adding a module there) changes the model's key, as editing the builder does."""
+    """A builder that imports a helper from its own folder, a package below it, or a plain subfolder it
+    puts on sys.path: editing any of them (or adding a module) changes the model's key, as editing the
+    builder does. Virtual environments, caches and hidden folders are not searched."""
     from tinybuild.testing import params_problems, step_key
 
     folder = tmp_path / "nets"
-    (folder / "parts").mkdir(parents=True)
+    for sub in ("parts", "plain", ".git", "__pycache__", "venv"):
+        (folder / sub).mkdir(parents=True)
     (folder / "net.py").write_text("from helper import HIDDEN\n\ndef build(input_shape, num_classes):\n    ...\n")
     (folder / "helper.py").write_text("HIDDEN = 8\n")
     (folder / "parts" / "__init__.py").write_text("")
     (folder / "parts" / "blocks.py").write_text("WIDTH = 4\n")
-    (folder / "venv").mkdir()  # a plain folder (no __init__.py): never searched
-    (folder / "venv" / "big.py").write_text("X = 1\n")
+    (folder / "plain" / "h2.py").write_text("DEPTH = 2\n")  # no __init__.py: imported via sys.path
+    (folder / "venv" / "pyvenv.cfg").write_text("home = /usr\n")
+    for ignored in (folder / "venv" / "big.py", folder / ".git" / "hook.py", folder / "__pycache__" / "x.py"):
+        ignored.write_text("X = 1\n")
     params = {"builder": "nets/net.py:build"}
     first = step_key(KERAS, params, recipe_dir=tmp_path)
-    (folder / "venv" / "big.py").write_text("X = 2\n")
+    for ignored in (folder / "venv" / "big.py", folder / ".git" / "hook.py", folder / "__pycache__" / "x.py"):
+        ignored.write_text("X = 2\n")
     assert step_key(KERAS, params, recipe_dir=tmp_path) == first
     keys = {first}
     for path, text in [(folder / "helper.py", "HIDDEN = 64\n"), (folder / "parts" / "blocks.py", "WIDTH = 5\n"),
-                       (folder / "extra.py", "Y = 1\n")]:
+                       (folder / "plain" / "h2.py", "DEPTH = 3\n"), (folder / "extra.py", "Y = 1\n")]:
         path.write_text(text)
         keys.add(step_key(KERAS, params, recipe_dir=tmp_path))
-    assert len(keys) == 4
+    assert len(keys) == 5
     folders = models.builder_input_folders(KERAS.params.model_validate(params, context={"base_dir": tmp_path}))
-    assert folders == [folder, folder / "parts"]
+    assert folders == [folder, folder / "parts", folder / "plain"]
     assert params_problems(KERAS, params, recipe_dir=tmp_path, registry=object()) == []
 
 

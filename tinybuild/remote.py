@@ -101,6 +101,8 @@ def url_problem(url: str, known: Iterable[str]) -> str | None:
             return f"not a URL: write {head}://BUCKET/PATH (two slashes after '{head}:')"
         if ":" in url and head in _LOCAL_PROTOCOLS:
             return "not a URL: write file:///absolute/path (three slashes)"
+        if url.strip() and not url.strip().strip("/"):
+            return "names the filesystem's root; give the shared cache a folder of its own"
         return None  # a plain local folder
     protocol = protocol.lower()
     if protocol not in known:
@@ -108,6 +110,9 @@ def url_problem(url: str, known: Iterable[str]) -> str | None:
     if protocol in _LOCAL_PROTOCOLS:
         if not rest.startswith("/"):
             return "a file:// URL needs an absolute path: file:///absolute/path (three slashes)"
+        if not rest.strip("/"):
+            return ("names the filesystem's root (an empty variable in file://$DIR/?); "
+                    "give the shared cache a folder of its own, e.g. file:///mnt/shared/tinybuild-cache")
         return None
     bucket = rest.split("/", 1)[0]
     if not bucket:

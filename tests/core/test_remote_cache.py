@@ -480,7 +480,7 @@ def test_malformed_remote_entry_is_ignored(ws, tmp_path, first, case):
 
 
 @pytest.mark.parametrize("url", ["s3://", "s3:///ci", "s3:/mybucket/ci", "gs://", "file://relative/path", "file:/tmp/x",
-                                 "nosuchproto://bucket"])
+                                 "nosuchproto://bucket", "file:///", "file:////", "/"])
 def test_a_malformed_remote_url_is_a_usage_error_not_a_local_folder(ws, url):
     for command in ("build", "plan"):
         run = ws.run(command, str(ws.recipe), "--remote-cache", url)

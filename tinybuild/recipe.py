@@ -310,7 +310,8 @@ def validation_problems(exc: ValidationError, prefix: str, model: type[BaseModel
             shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
             shown = shown if len(shown) <= 80 else shown[:60] + "..." + shown[-10:]
             msg = err["msg"].removeprefix("Value error, ")
-            out.append(Problem(key, f"{msg} (got {shown})", _hint_for(kind, err)))
+            got_text = "" if isinstance(got, dict) else f" (got {shown})"  # a whole table: the message says what
+            out.append(Problem(key, f"{msg}{got_text}", _hint_for(kind, err)))
     return out
 
 

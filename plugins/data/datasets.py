@@ -275,7 +275,9 @@ def build_dataset(
         x, y = x[: params.limit], y[: params.limit]
         groups = None if groups is None else groups[: params.limit]
     if len(y) == 0:
-        raise StepError(f"{where}: the data holds no samples")
+        named = ", ".join(f"{role} {name}" for role, name in files.items())
+        raise StepError(f"{where}: the data holds no samples (samples of shape {list(x.shape)}"
+                        + (f", from {named}" if named else "") + "); give it a file with at least one sample per split")
     if add_channel_axis:
         x = x[..., np.newaxis]
 

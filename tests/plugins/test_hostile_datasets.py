@@ -277,6 +277,11 @@ def test_npz_samples_with_a_zero_sized_dimension_are_refused(tmp_path, shape):
             "evil.npz", "array 'x'", str(list(shape)), "size 0", "at least 1")
 
 
+def test_an_npz_without_samples_names_the_file_and_shape(tmp_path):
+    refused(run_npz(tmp_path, x=np.zeros((0, 28, 28), np.float32), y=np.zeros(0, np.int64)),
+            "holds no samples", "[0, 28, 28]", "evil.npz")
+
+
 def _splits_of(x, y):
     return {"train": x[:6], "val": x[6:8], "test": x[8:]}, {"train": y[:6], "val": y[6:8], "test": y[8:]}
 

@@ -205,7 +205,11 @@ def _project(args: argparse.Namespace, extra: Sequence[tuple[str, Any]] = (), re
     project = load_project(args.recipe, cache_dir=args.cache_dir, out_dir=args.out, lock=args.lock,
                            disabled=args.disable_plugin, extra_plugins=extra)
     if record:
-        _record(args, project)
+        from . import configcache
+
+        if configcache.enabled(os.environ):
+            configcache.record(project, configcache.entry_path(Path(args.recipe), args.cache_dir, args.out,
+                                                               args.disable_plugin, os.environ, args.lock))
     url = args.remote_cache or os.environ.get("TINYBUILD_REMOTE_CACHE")
     if url:
         from .remote import RemoteCache, secret_from_env
@@ -216,17 +220,6 @@ def _project(args: argparse.Namespace, extra: Sequence[tuple[str, Any]] = (), re
         except (ImportError, ValueError) as exc:
             raise UsageError(f"--remote-cache {url}: {exc}; use a URL fsspec understands (file://, s3://, gs://, ...)") from None
     return project
-
-
-def _record(args: argparse.Namespace, project: Any) -> None:
-    """Keep the full load's resolution in the configuration cache."""
-    import os
-
-    from . import configcache
-
-    if configcache.enabled(os.environ):
-        configcache.record(project, configcache.entry_path(Path(args.recipe), args.cache_dir, args.out,
-                                                           args.disable_plugin, os.environ, args.lock))
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -260,21 +253,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .plugins import Hooks
 
     reporter = ConsoleReporter(live=False if args.plain else None, verbose=args.verbose)
-    project = _project(args, extra=[(REPORTER, reporter)])
-
-    def record_if_cached(result: Any) -> None:
-        # Recorded only after a build that ran nothing: an edit-rebuild loop changes the
-        # recipe every time, so a record made while steps ran would never be used, and
-        # costs 40 us a step; plan and the first cached build after an edit record it.
-        if recorded is None and not result.built:
-            _record(args, project)
-
-    return _build(args, project, lambda: Executor(project, Hooks(project.pm), _scheduler(args, project)), stamp, eligible,
-                  record_if_cached)
+    project = _project(args, extra=[(REPORTER, reporter)], record=recorded is None)
+    return _build(args, project, lambda: Executor(project, Hooks(project.pm), _scheduler(args, project)), stamp, eligible)
 
 
-def _build(args: argparse.Namespace, project: Any, make_executor: Any, stamp: Path, eligible: bool,
-           on_success: Any = None) -> int:
+def _build(args: argparse.Namespace, project: Any, make_executor: Any, stamp: Path, eligible: bool) -> int:
     from . import buildfolder, fastpath, locks
     from .executor import BuildOptions
 
@@ -292,8 +275,6 @@ def _build(args: argparse.Namespace, project: Any, make_executor: Any, stamp: Pa
         result = make_executor().build(BuildOptions(only=args.only, force=args.force, keep_going=args.keep_going))
         if result.exit_code == 0:
             print(f"outputs: {project.out_dir}", file=sys.stderr)
-            if on_success is not None:
-                on_success(result)
             if eligible:
                 try:
                     fastpath.record_build(project, result, stamp, REPORTER, listed)

@@ -239,6 +239,12 @@ def clips_from_folders(params: AudioParams) -> list[Clip]:
             raise StepError(f"{odd[0]} is not a regular file (a FIFO, device, directory or broken link); only "
                             "regular files are read: replace it with the WAV file itself, or remove it "
                             "from its class folder")
+        nested = next((w for d in sorted(p for p in sub.iterdir() if p.is_dir() and not p.name.startswith("."))
+                       for w in sorted(d.iterdir()) if w.suffix.lower() in WAV_SUFFIXES), None)
+        if nested is not None:  # read nowhere: a class silently smaller than on disk would be a wrong data set
+            raise StepError(f"class folder {sub} has WAV files in a sub-folder ({nested.relative_to(params.folder)}), "
+                            "which are not read: a class's clips go directly in its folder; move them up, or "
+                            "name every clip and its class in a csv")
         wavs = named
         if not wavs and (params.classes is None or sub.name in params.classes):
             raise StepError(f"class folder {sub} holds no .wav files; add clips of class '{sub.name}' or remove the folder")

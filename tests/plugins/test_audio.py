@@ -351,6 +351,15 @@ def test_class_with_no_clips(one_good_clip_each, tmp_path):
         audio({"folder": str(one_good_clip_each)}, tmp_path)
 
 
+def test_clips_in_a_sub_folder_of_a_class_are_not_silently_skipped(one_good_clip_each, tmp_path):
+    tone = next(p for p in sorted(one_good_clip_each.iterdir()) if p.is_dir())
+    (tone / "take2").mkdir()
+    wav = next(tone.glob("*.wav"))
+    (tone / "take2" / wav.name).write_bytes(wav.read_bytes())
+    with pytest.raises(StepError, match=r"has WAV files in a sub-folder .*take2.*not read"):
+        audio({"folder": str(one_good_clip_each)}, tmp_path)
+
+
 def test_window_longer_than_every_clip(one_good_clip_each, tmp_path):
     with pytest.raises(StepError, match=r"window_s = 2.0 s is longer than every clip.*0.500"):
         audio({"folder": str(one_good_clip_each), "window_s": 2.0}, tmp_path)

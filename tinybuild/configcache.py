@@ -446,13 +446,9 @@ _REPORTER = "tinybuild.console"  # cli.REPORTER: the console observes builds wit
 
 
 def _read_entry(path: Path) -> Any:
-    from .safeio import read_own_file
+    from .safeio import read_own_json
 
-    data = read_own_file(path, ENTRY_LIMIT)
-    try:
-        return None if data is None else json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return None
+    return read_own_json(path, ENTRY_LIMIT)
 
 
 def _holds(data: Any, raw: bytes, environ: Mapping[str, str]) -> bool:
@@ -475,13 +471,7 @@ def _holds(data: Any, raw: bytes, environ: Mapping[str, str]) -> bool:
             return False
     if not all(_file_ok(entry) for entry in data["data"]):
         return False
-    for folder, mtime in data["listed"]:
-        try:
-            if os.stat(folder).st_mtime_ns != mtime:
-                return False
-        except OSError:
-            return False
-    return True
+    return folders_unchanged(data["listed"], {})  # [folder, mtime] of each folder a step lists
 
 
 def load(recipe: Path, *, cache_dir: str | None, out: str | None, lock: str | None, disabled: Iterable[str],

@@ -108,13 +108,9 @@ def _file_ok(entry: list[Any]) -> bool:
 
 def _read_stamp(stamp: Path) -> Any:
     """The parsed stamp; None unless it is a regular file (not a link, FIFO or device) of sane size."""
-    from .safeio import read_own_file
+    from .safeio import read_own_json
 
-    data = read_own_file(stamp, STAMP_LIMIT)
-    try:
-        return None if data is None else json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return None
+    return read_own_json(stamp, STAMP_LIMIT)
 
 
 def check(stamp: Path, recipe_text: str, environ: Mapping[str, str]) -> dict[str, Any] | None:

@@ -110,35 +110,32 @@ def collect_garbage(cache: Cache, dry_run: bool = False) -> GcReport:
         report.object_bytes += st.st_size if stat.S_ISREG(st.st_mode) else 0
         if not dry_run:
             safefs.remove(path, cache.root)
-    if safefs.is_safe(cache.tmp / "x", cache.root) and cache.tmp.is_dir():
-        now = time.time()
-        for scratch in os.scandir(cache.tmp):
-            if now - scratch.stat(follow_symlinks=False).st_mtime > SCRATCH_GRACE_SECONDS:
-                report.scratch += 1
-                if not dry_run:
-                    safefs.remove(Path(scratch.path), cache.tmp)
-    elif os.path.lexists(cache.tmp):
-        report.skipped.append(f"{cache.tmp} (not a real folder)")
-    _expire_quarantine(cache, report, dry_run)
+    report.scratch = _expire(cache.tmp, cache.root, SCRATCH_GRACE_SECONDS, report, dry_run)
+    report.quarantined = _expire(cache.root / "quarantine", cache.root, QUARANTINE_DAYS * 86400, report, dry_run,
+                                 moved=True)
     return report
 
 
-def _expire_quarantine(cache: Cache, report: GcReport, dry_run: bool) -> None:
-    """Remove what :meth:`Cache.quarantine` moved aside more than
-    :data:`QUARANTINE_DAYS` ago (its mtime is when it was moved: ``rename``
-    sets the ctime, so the newer of the two counts)."""
-    folder = cache.root / "quarantine"
-    if not (safefs.is_safe(folder / "x", cache.root) and folder.is_dir() and not folder.is_symlink()):
+def _expire(folder: Path, root: Path, older_than: float, report: GcReport, dry_run: bool, *,
+            moved: bool = False) -> int:
+    """Remove what ``folder`` (a real folder below ``root``, never entered
+    through a link) holds that was last changed more than ``older_than``
+    seconds ago; return how many. ``moved``: its entries were renamed into
+    it (:meth:`Cache.quarantine`), which sets their ctime, so the newer of
+    mtime and ctime says when they arrived."""
+    if not (safefs.is_safe(folder / "x", root) and folder.is_dir()):
         if os.path.lexists(folder):
             report.skipped.append(f"{folder} (not a real folder)")
-        return
-    cutoff = time.time() - QUARANTINE_DAYS * 86400
+        return 0
+    cutoff = time.time() - older_than
+    count = 0
     for item in os.scandir(folder):
         st = item.stat(follow_symlinks=False)
-        if max(st.st_mtime, st.st_ctime) < cutoff:
-            report.quarantined += 1
+        if (max(st.st_mtime, st.st_ctime) if moved else st.st_mtime) < cutoff:
+            count += 1
             if not dry_run:
                 safefs.remove(Path(item.path), folder)
+    return count
 
 
 def clean_outputs(out_dir: Path, recipe_name: str, lock: Mapping[str, Any] | None = None) -> bool:

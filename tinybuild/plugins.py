@@ -171,9 +171,8 @@ def load_plugins(disabled: Iterable[str] = (), environ: Mapping[str, str] | None
         try:
             module = load()
         except (Exception, SystemExit) as exc:  # any import-time failure is the plugin's; so is sys.exit()
-            what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
             fail(name, PluginError(
-                f"plugin '{name}' ({module_name}) failed to import: {what}\n"
+                f"plugin '{name}' ({module_name}) failed to import: {_what_failed(exc)}\n"
                 f"  fix: reinstall or fix the plugin, or skip it with --disable-plugin {name} (or {ENV_DISABLE}={name})"
             ), exc)
             continue
@@ -197,6 +196,11 @@ def load_plugins(disabled: Iterable[str] = (), environ: Mapping[str, str] | None
     return pm, registry
 
 
+def _what_failed(exc: BaseException) -> str:
+    """How plugin code failed, for a message: ``called sys.exit(0)`` or ``KeyError: 'x'``."""
+    return f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+
+
 def _call_registry_hook(pm: pluggy.PluginManager, hook_name: str,
                         fail: Callable[..., None]) -> list[tuple[str, list[Any]]]:
     results = []
@@ -206,8 +210,7 @@ def _call_registry_hook(pm: pluggy.PluginManager, hook_name: str,
         try:
             declared = impl.function()
         except (Exception, SystemExit) as exc:  # a plugin must not end the run (and choose its exit code)
-            what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
-            fail(name, PluginError(f"plugin '{name}' failed in hook {hook_name}: {what}"), exc)
+            fail(name, PluginError(f"plugin '{name}' failed in hook {hook_name}: {_what_failed(exc)}"), exc)
             continue
         if declared is None:
             continue

@@ -21,7 +21,7 @@ import os
 import stat
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the fast path
 if TYPE_CHECKING:
-    from typing import BinaryIO
+    from typing import Any, BinaryIO
 
 #: A recipe holds settings, not data: a bigger file is a mistake (or hostile).
 #: Here, not in recipe.py, so the no-op fast path can check it without pydantic.
@@ -168,11 +168,23 @@ def read_own_file(path: str | os.PathLike[str], limit: int) -> bytes | None:
         os.close(fd)
 
 
+def read_own_json(path: str | os.PathLike[str], limit: int) -> Any:
+    """The parsed JSON of a file tinybuild wrote itself (see
+    :func:`read_own_file`); None when that gives nothing or it does not parse."""
+    import json
+
+    data = read_own_file(path, limit)
+    try:
+        return None if data is None else json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+
+
 def stat_of(f: BinaryIO) -> os.stat_result:
     return os.fstat(f.fileno())
 
 
 __all__ = [
     "BadPath", "FileTooLarge", "NotRegularFile", "check_path", "check_regular", "describe_mode",
-    "open_regular", "path_problem", "read_own_file", "read_regular", "stat_of",
+    "open_regular", "path_problem", "read_own_file", "read_own_json", "read_regular", "stat_of",
 ]

@@ -10,7 +10,6 @@ changed underneath, the result is used for this build but not cached.
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 import traceback
@@ -26,6 +25,7 @@ from .context import RunContext
 from .graph import downstream
 from .hashing import artifact_digest, canonical_json, list_files
 from .keys import step_input_paths, target_for
+from .shapes import STEP_NAME
 from .lockfile import lock_entry, read_lock, write_lock
 from .plan import keyed_material, make_plan, run_reasons
 from .plugins import Hooks
@@ -89,11 +89,6 @@ def _jsonable(value: Any) -> Any:
 
 
 STOPPED = "build stopped after a failure (use --keep-going to build other branches)"
-
-
-#: what a step name may look like (``tinybuild.recipe.STEP_NAME``, not imported:
-#: a build replayed from the configuration cache never loads the recipe module)
-_STEP_FOLDER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 class Executor:
@@ -170,7 +165,7 @@ class Executor:
         never through a link (:mod:`tinybuild.safefs`)."""
         project = self.project
         for name in lock:
-            if name in project.steps or not _STEP_FOLDER.fullmatch(name):
+            if name in project.steps or not STEP_NAME.fullmatch(name):
                 continue
             try:
                 safefs.remove(project.step_out_dir(name), project.out_dir)

@@ -32,15 +32,13 @@ from .paramsbase import Params
 from .hashing import bytes_digest, stat_signature
 from .safeio import MAX_RECIPE_BYTES, BadPath, FileTooLarge, NotRegularFile, open_regular, stat_of
 from . import matrix
-from .shapes import RecipeLocation
+from .shapes import STEP_NAME, RecipeLocation
 
 #: Sections of the recipe that become steps with a fixed name.
 SECTION_STEPS = ("dataset", "model")
 TOP_LEVEL_KEYS = ("recipe", "target", "dataset", "model", "steps")
 #: Keys of a step table that belong to the core, not to the plugin's params.
 CORE_STEP_KEYS = ("use", "input", "inputs", "matrix")
-#: matched with ``fullmatch``: ``$`` alone would accept a trailing newline
-STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 #: Longest recipe or step name: each names a folder (file systems stop at 255 bytes).
 MAX_NAME = 100
 #: Deepest nesting of tables and arrays a recipe may use (the built-in

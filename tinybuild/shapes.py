@@ -3,12 +3,18 @@
 :mod:`tinybuild.configcache` stands in for :class:`tinybuild.recipe.Recipe`
 and :class:`tinybuild.resolve.ResolvedStep` without importing pydantic; both
 kinds must answer ``dependencies``, ``dir`` and ``lock_path`` identically, so
-the answers live here once. Standard library only.
+the answers live here once, with what a step name may look like (the
+executor checks names from a lock file without importing the recipe module).
+Standard library only.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+#: a step name (used with ``fullmatch``: ``$`` would accept a trailing newline)
+STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 class StepDependencies:

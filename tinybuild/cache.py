@@ -232,6 +232,7 @@ class Cache:
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.actions = self.root / "actions"
+        self._objects_text, self._actions_text = str(self.objects), str(self.actions)
         self.tmp = self.root / "tmp"
         self._memo: StatMemo | None = None
         #: entries this process already read and found whole: a build looks each
@@ -249,9 +250,14 @@ class Cache:
     # -- objects -------------------------------------------------------------
 
     def object_path(self, digest: str) -> Path:
+        return Path(self.object_file(digest))
+
+    def object_file(self, digest: str) -> str:
+        """:meth:`object_path` as a string, without building a ``Path`` (the
+        no-op stamp names three files per step: thousands of them)."""
         if not is_digest(digest):  # a digest becomes a path: never let one leave the store
             raise CorruptObject(str(digest)[:64], "not a sha256 digest")
-        return self.objects / digest[:2] / digest[2:]
+        return f"{self._objects_text}/{digest[:2]}/{digest[2:]}"
 
     def has_object(self, digest: str) -> bool:
         """Whether a regular file (not a link, not a folder) is stored under ``digest``.
@@ -401,7 +407,10 @@ class Cache:
     # -- actions -------------------------------------------------------------
 
     def action_path(self, key: str) -> Path:
-        return self.actions / key[:2] / key[2:]
+        return Path(self.action_file(key))
+
+    def action_file(self, key: str) -> str:
+        return f"{self._actions_text}/{key[:2]}/{key[2:]}"
 
     def read_action(self, key: str) -> ActionEntry | None:
         """The stored entry for ``key``; None when absent, unreadable or of the wrong shape."""

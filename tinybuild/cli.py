@@ -234,10 +234,14 @@ def cmd_build(args: argparse.Namespace) -> int:
         if summary is not None:
             _print_noop(summary)
             return 0
-    fastpath.invalidate(stamp)
 
     from .console import ConsoleReporter
 
+    if eligible and _replayable(args):  # an edit of a few step tables: rerun those, trust the rest
+        code = _delta_build(args, stamp)
+        if code is not None:
+            return code
+    fastpath.invalidate(stamp)
     recorded = _recorded_project(args, build=True) if _replayable(args) else None
     if recorded is not None:  # the configuration cache: replay the cache hits without loading plugins
         from . import configcache
@@ -257,7 +261,32 @@ def cmd_build(args: argparse.Namespace) -> int:
     return _build(args, project, lambda: Executor(project, Hooks(project.pm), _scheduler(args, project)), stamp, eligible)
 
 
-def _build(args: argparse.Namespace, project: Any, make_executor: Any, stamp: Path, eligible: bool) -> int:
+def _delta_build(args: argparse.Namespace, stamp: Path) -> int | None:
+    """A delta rebuild (:mod:`tinybuild.delta`), or None when it does not apply
+    (nothing has been run or printed then; the normal path builds)."""
+    from . import delta
+    from .configcache import NeedsFullLoad
+    from .console import ConsoleReporter
+
+    reporter = ConsoleReporter(live=False if args.plain else None, verbose=args.verbose)
+    prepared = delta.prepare(Path(args.recipe), cache_dir=args.cache_dir, out=args.out, lock=args.lock,
+                             disabled=args.disable_plugin, reporter=reporter)
+    if prepared is None:
+        return None
+    try:
+        code = _build(args, prepared.project, lambda: prepared.executor(stamp), stamp, True, delta=prepared)
+    except NeedsFullLoad:
+        return None
+    if code == 0:
+        prepared.record()
+    return code
+
+
+def _build(args: argparse.Namespace, project: Any, make_executor: Any, stamp: Path, eligible: bool,
+           delta: Any = None) -> int:
+    """Build under the build folder's and the cache's locks, then stamp a
+    successful build for the no-op fast path (a ``delta`` rebuild's stamp
+    keeps the entries of the steps it did not touch)."""
     from . import buildfolder, fastpath, locks
     from .executor import BuildOptions
 
@@ -277,7 +306,9 @@ def _build(args: argparse.Namespace, project: Any, make_executor: Any, stamp: Pa
             print(f"outputs: {project.out_dir}", file=sys.stderr)
             if eligible:
                 try:
-                    fastpath.record_build(project, result, stamp, REPORTER, listed)
+                    fastpath.record_build(project, result, stamp, REPORTER, listed,
+                                          previous=delta.previous if delta else None,
+                                          touched=delta.touched if delta else ())
                 except OSError as exc:  # e.g. a read-only cache: the next build takes the normal path
                     _warn(f"could not record the no-op stamp ({exc.strerror or exc}); the next build takes the normal path")
     return result.exit_code

@@ -54,9 +54,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .shapes import RecipeLocation, StepDependencies
+from .shapes import BOM, CORE_STEP_KEYS, RecipeLocation, StepDependencies
 
-FORMAT = 1
+FORMAT = 2
 ENV_DISABLE = "TINYBUILD_NO_CONFIG_CACHE"
 ENTRY_LIMIT = 64 << 20
 #: a source file modified this close before this process started (or later)
@@ -160,8 +160,9 @@ class RecordedStep(StepDependencies):
         self.dataset: str | None = data["dataset"]
         self.params = RecordedParams(data["params"], data["file_fields"])
         self.recorded_fingerprint: str = data["fingerprint"]
-        # per step, since they answer for this step's params
-        self.step_type = copy.copy(step_type)
+        # per step, since they answer for this step's params (shared when there is nothing to answer)
+        answers = data["input_files"] is not None or data["input_folders"] is not None or data["extras"] is not None
+        self.step_type = copy.copy(step_type) if answers else step_type
         if data["input_files"] is not None:
             listed = {str(k): Path(v) for k, v in data["input_files"].items()}
             self.step_type.input_files = lambda params, listed=listed: dict(listed)
@@ -427,6 +428,7 @@ def _record(project: Any, entry: Path, environ: Mapping[str, str] | None) -> boo
         "versions": versions,
         "steps": steps,
     }
+    value["tables"] = table_digests(recipe_text)
     text = _encoded(value)
     if text is None:
         return False
@@ -442,6 +444,31 @@ def _record(project: Any, entry: Path, environ: Mapping[str, str] | None) -> boo
 _REPORTER = "tinybuild.console"  # cli.REPORTER: the console observes builds without needing plugins
 
 
+def parse_tables(recipe_text: str) -> dict[str, Any]:
+    """The recipe's TOML as parsed (no interpolation, no checks: the full load
+    that recorded the entry did those); raises ``ValueError`` or ``RecursionError``."""
+    import tomllib
+
+    return tomllib.loads(recipe_text.removeprefix(BOM))
+
+
+def table_digests(recipe_text: str, parsed: Mapping[str, Any] | None = None) -> list[list[str]]:
+    """``[table, digest of the table, digest of its core keys]`` for every
+    top-level table and every ``[steps.<name>]``, in the recipe's order: what
+    :mod:`tinybuild.delta` compares to find the steps an edit touched. A
+    digest of ``repr`` (TOML dates are not JSON), stable for one interpreter,
+    which is in the entry's name."""
+    data = parse_tables(recipe_text) if parsed is None else parsed
+    out = []
+    for top, value in data.items():
+        tables = ([(f"steps.{k}", v) for k, v in value.items()] if top == "steps" and isinstance(value, dict)
+                  else [(top, value)])
+        for key, table in tables:
+            core = {k: table.get(k) for k in CORE_STEP_KEYS} if isinstance(table, dict) else None
+            out.append([key, _sha(repr(table).encode()), _sha(repr(core).encode())])
+    return out
+
+
 # -- answering from an entry ----------------------------------------------------------
 
 
@@ -453,14 +480,22 @@ def _read_entry(path: Path) -> Any:
 
 def _holds(data: Any, raw: bytes, environ: Mapping[str, str]) -> bool:
     """Whether the entry's environment signature matches this process and disk."""
-    from .fastpath import _file_ok, env_refs, folders_unchanged
-
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return False
     if data["recipe_sha"] != _sha(raw):
         return False
-    text = raw.decode("utf-8")
-    if data["env"] != env_refs(text, environ) or data["control"] != _control_env(environ):
+    return environment_holds(data, raw.decode("utf-8"), environ)
+
+
+def environment_holds(data: Any, recipe_text: str, environ: Mapping[str, str]) -> bool:
+    """Everything :func:`_holds` checks but the recipe's bytes: the variables
+    ``recipe_text`` interpolates, the code, the import path, the data files and
+    listed folders (what a delta rebuild needs to hold besides the edited tables)."""
+    from .fastpath import _file_ok, env_refs, folders_unchanged
+
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return False
+    if data["env"] != env_refs(recipe_text, environ) or data["control"] != _control_env(environ):
         return False
     if any(m in sys.modules for m in data["plugin_modules"]):
         return False  # this process already has the plugins (and maybe patched them): use them

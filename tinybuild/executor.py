@@ -98,11 +98,16 @@ class Executor:
     processes or on Ray; without one every step runs here, in order.
     """
 
-    def __init__(self, project: Project, hooks: Hooks, scheduler: Any = None):
+    def __init__(self, project: Project, hooks: Hooks, scheduler: Any = None,
+                 known: Mapping[str, tuple[Artifact, dict[str, Any]]] | None = None):
+        """``known``: (artifact, lock entry) of steps already known to be cached
+        and in place (:mod:`tinybuild.delta` checked them with the no-op stamp):
+        they are neither keyed nor looked up again, only reported cached."""
         self.project = project
         self.hooks = hooks
         self.cache = project.cache
         self.scheduler = scheduler
+        self.known = dict(known or {})
 
     # -- the build loop -------------------------------------------------------
 
@@ -111,7 +116,10 @@ class Executor:
         project.check_names(options.force, "--force")
         selected = project.select(options.only)
         lock = read_lock(project.lock_path)
-        make_plan(project, selected, lock, options.force)  # plan-time checks (missing files) before anything runs
+        chosen = set(selected)
+        known = {name: hit[0] for name, hit in self.known.items() if name in chosen}
+        # plan-time checks (missing files) before anything runs
+        make_plan(project, [n for n in selected if n not in known], lock, options.force, known)
         result = BuildResult()
         new_lock: dict[str, dict[str, Any]] = {k: v for k, v in lock.items() if k in project.steps}
         started = time.perf_counter()
@@ -146,6 +154,13 @@ class Executor:
                 continue
             if stopped:
                 result.skipped[name] = STOPPED
+                continue
+            if name in self.known:
+                artifact, entry = self.known[name]
+                result.artifacts[name] = artifact
+                new_lock[name] = entry
+                result.cached.append(name)
+                self.hooks.step_cached(name, step.step_type.name, artifact.digest, "local", None)
                 continue
             try:
                 artifact, entry = self._step(step, result, lock, name in options.force)

@@ -106,11 +106,28 @@ def _file_ok(entry: list[Any]) -> bool:
         return _sha(f.read()) == digest
 
 
+#: the stamp this process last parsed: (path, identity, data). A build that
+#: misses the no-op (an edited recipe) reads the same stamp again for a delta
+#: rebuild; at thousands of steps each parse costs tens of milliseconds.
+_parsed: list[Any] = [None, None, None]
+
+
 def _read_stamp(stamp: Path) -> Any:
-    """The parsed stamp; None unless it is a regular file (not a link, FIFO or device) of sane size."""
+    """The parsed stamp; None unless it is a regular file (not a link, FIFO or
+    device) of sane size. Shared with later calls while the file is unchanged
+    (same inode, times and size): never mutate it."""
     from .safeio import read_own_json
 
-    return read_own_json(stamp, STAMP_LIMIT)
+    try:
+        st = os.lstat(stamp)
+        identity = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+    except OSError:
+        return None
+    if _parsed[0] == str(stamp) and _parsed[1] == identity:
+        return _parsed[2]
+    data = read_own_json(stamp, STAMP_LIMIT)
+    _parsed[:] = [str(stamp), identity, data]
+    return data
 
 
 def check(stamp: Path, recipe_text: str, environ: Mapping[str, str]) -> dict[str, Any] | None:
@@ -123,14 +140,14 @@ def check(stamp: Path, recipe_text: str, environ: Mapping[str, str]) -> dict[str
         return None
 
 
-def _check(data: Any, recipe_text: str, environ: Mapping[str, str]) -> dict[str, Any] | None:
+def _check(data: Any, recipe_text: str, environ: Mapping[str, str], edited: str | None = None) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         return None
     if data.get("format") != FORMAT or data.get("env") != env_refs(recipe_text, environ):
         return None
     if not folders_unchanged(data["folders"], data.get("modules") or {}):
         return None
-    if not all(_file_ok(entry) for entry in data["files"]):
+    if not all(_file_ok(entry) for entry in data["files"] if entry[0] != edited):
         return None
     summary = data["summary"]
     steps = summary["steps"]
@@ -138,6 +155,25 @@ def _check(data: Any, recipe_text: str, environ: Mapping[str, str]) -> dict[str,
             and all(isinstance(n, str) and isinstance(d, str) for n, d in steps)):
         return None
     return summary
+
+
+def check_edited(stamp: Path, recipe: Path, recipe_text: str, environ: Mapping[str, str]
+                 ) -> tuple[dict[str, Any], str, dict[str, list[Any]]] | None:
+    """For a delta rebuild (:mod:`tinybuild.delta`): the stamp's summary, the
+    digest of the recipe it was recorded with and its entries by path, if
+    everything it depends on but the recipe is unchanged (``recipe_text``, the
+    edited recipe, must interpolate the same variables with the same values),
+    else None."""
+    data = _read_stamp(stamp)
+    path = str(recipe.resolve())
+    try:
+        entries = {entry[0]: entry for entry in data["files"]}
+        summary = _check(data, recipe_text, environ, edited=path)
+        if summary is None or len(entries) != len(data["files"]) or not isinstance(entries[path][2], str):
+            return None
+        return summary, entries[path][2], entries
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        return None
 
 
 def try_noop(recipe: Path, cache_dir: str | None, out: str | None, disabled: Iterable[str],
@@ -307,12 +343,19 @@ def _folders_unchanged(before: Mapping[str, int]) -> bool:
 
 
 def record_build(project: Any, result: Any, stamp: Path, reporter_name: str,
-                 listed: Mapping[str, int] | None = None) -> bool:
+                 listed: Mapping[str, int] | None = None, previous: Mapping[str, list[Any]] | None = None,
+                 touched: Iterable[str] = ()) -> bool:
     """Stamp a successful, fully cached-or-stored build; False when not eligible.
 
     Inputs are stamped as the build *read* them (the recipe's bytes, the stat
     memo's entries for data files, the fingerprinted sources), not as they are
     now: an edit made while the build ran then fails the next check.
+
+    ``previous``: the entries of the stamp this build checked before it ran
+    (a delta rebuild, :mod:`tinybuild.delta`), by path. The files of steps
+    not ``touched`` keep their entries instead of being observed again: each
+    was checked under the build folder's lock, and an entry that went stale
+    since only makes the next check fail, never pass.
     """
     from .keys import SOURCE_READS, source_files, step_input_paths
     from .lockfile import read_lock
@@ -329,21 +372,32 @@ def record_build(project: Any, result: Any, stamp: Path, reporter_name: str,
         return False
     cache = project.cache
     seen: dict[str, Observation] = {str(project.recipe.path): project.recipe.origin}
+    old = previous or {}
+    out_root = str(project.out_dir)
+    fresh = set(touched) if previous is not None else None
+
+    def observed(path: str, digest: str | None, name: str) -> Observation:
+        entry = old.get(path) if fresh is not None and name not in fresh else None
+        if entry is not None and (digest is None or entry[2] == digest):
+            return entry[1], entry[2], entry[3]
+        return observe(path, digest)
+
     for name in order:
         for path in step_input_paths(project.steps[name]):
-            observed = cache.memo.observation(path)
-            if observed is None:
+            found = cache.memo.observation(path)
+            if found is None:
                 return False
-            seen[str(path)] = observed
+            seen[str(path)] = found
         entry = lock[name]
-        action = str(cache.action_path(entry["key"]))  # each path built once: thousands of steps, three files each
-        seen[action] = observe(action)
-        out_dir = str(project.step_out_dir(name))
+        action = cache.action_file(entry["key"])  # strings, not Paths: thousands of steps, three files each
+        seen[action] = observed(action, None, name)
+        out_dir = f"{out_root}/{name}"  # project.step_out_dir(name)
         for rel, digest in entry["output"]["files"].items():
-            stored = str(cache.object_path(digest))
-            seen[stored] = observe(stored, digest)
+            stored = cache.object_file(digest)
+            if fresh is None or name in fresh or stored not in seen:  # an object steps share: once per delta
+                seen[stored] = observed(stored, digest, name)
             product = os.path.join(out_dir, rel)  # rel is a normalized relative path (list_files)
-            seen[product] = observe(product, digest)
+            seen[product] = observed(product, digest, name)
     for source in source_files(project.steps.values(), project.registry):
         seen[source] = SOURCE_READS.get(source) or observe(Path(source))
     for source in _core_sources():

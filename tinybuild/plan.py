@@ -114,10 +114,13 @@ def run_reasons(material: Mapping[str, Any], step: ResolvedStep, lock: Mapping[s
     return reasons + (diff or ([] if forced else ["no cache entry"]))
 
 
-def make_plan(project: Project, selected: Sequence[str], lock: Mapping[str, Any], force: Sequence[str] = ()) -> list[PlanItem]:
+def make_plan(project: Project, selected: Sequence[str], lock: Mapping[str, Any], force: Sequence[str] = (),
+              known: Mapping[str, Any] | None = None) -> list[PlanItem]:
+    """``known``: artifacts of steps outside ``selected`` already known to be
+    cached (a delta rebuild's untouched steps), by step name."""
     items: dict[str, PlanItem] = {}
-    digests: dict[str, str] = {}
-    metrics: dict[str, Mapping[str, Any]] = {}
+    digests: dict[str, str] = {name: a.digest for name, a in (known or {}).items()}
+    metrics: dict[str, Mapping[str, Any]] = {name: a.metrics for name, a in (known or {}).items()}
     for name in selected:
         step = project.steps[name]
         pending = [d for d in step.dependencies if d not in digests]

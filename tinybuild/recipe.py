@@ -32,13 +32,11 @@ from .paramsbase import Params
 from .hashing import bytes_digest, stat_signature
 from .safeio import MAX_RECIPE_BYTES, BadPath, FileTooLarge, NotRegularFile, open_regular, stat_of
 from . import matrix
-from .shapes import STEP_NAME, RecipeLocation
+from .shapes import BOM, CORE_STEP_KEYS, STEP_NAME, RecipeLocation
 
 #: Sections of the recipe that become steps with a fixed name.
 SECTION_STEPS = ("dataset", "model")
 TOP_LEVEL_KEYS = ("recipe", "target", "dataset", "model", "steps")
-#: Keys of a step table that belong to the core, not to the plugin's params.
-CORE_STEP_KEYS = ("use", "input", "inputs", "matrix")
 #: Longest recipe or step name: each names a folder (file systems stop at 255 bytes).
 MAX_NAME = 100
 #: Deepest nesting of tables and arrays a recipe may use (the built-in
@@ -48,8 +46,6 @@ MAX_DEPTH = 32
 INT_RANGE = (-(2**63), 2**63 - 1)
 #: ``$$``, ``${VAR}``, ``${VAR:-default}`` (unset or empty) and ``${VAR-default}`` (unset only), as in the shell
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
-#: A UTF-8 byte order mark, which Windows editors may write at the start of a file
-BOM = "\ufeff"
 
 
 class RecipeMeta(Params):
@@ -168,6 +164,18 @@ def load_recipe(path: str | Path, environ: dict[str, str] | None = None) -> Reci
         raise RecipeError(file, note_empty_vars(problems, empty_vars))
     assert meta is not None
     return Recipe(path=path.resolve(), meta=meta, target=target, steps=steps, origin=origin, empty_vars=empty_vars)
+
+
+def edited_step_spec(name: str, key: str, table: Any, environ: dict[str, str], problems: list[Problem]) -> StepSpec | None:
+    """One step table, checked and interpolated as :func:`load_recipe` does,
+    for a delta rebuild (:mod:`tinybuild.delta`) that re-reads only the tables
+    an edit touched. A table with a ``matrix`` is not one step: None."""
+    _check_values(table, problems)
+    if problems:
+        return None
+    table = _interpolate(table, key, environ, problems, {})
+    spec = None if problems else _step_spec(name, key, table, problems)
+    return None if spec is None or spec.matrix is not None else spec
 
 
 def _read_recipe(path: Path, file: str) -> tuple[bytes, os.stat_result]:

@@ -71,6 +71,30 @@ def resolve_recipe(recipe: Recipe, registry: Registry) -> dict[str, ResolvedStep
     return resolved
 
 
+def resolve_edited(recipe: Recipe, registry: Registry, spec: StepSpec, inputs: tuple[str, ...], dataset: str | None,
+                   steps: dict[str, StepDependencies], problems: list[Problem]) -> ResolvedStep | None:
+    """One step of a recipe whose other steps are resolved already (``steps``,
+    real or recorded): what a delta rebuild (:mod:`tinybuild.delta`) asks for
+    the steps an edit touched, whose inputs and dataset did not change. The
+    same checks as :func:`resolve_recipe` make; None with ``problems`` filled
+    when one fails."""
+    step_type = registry.step_type(spec.use)
+    if step_type is None:
+        problems.append(Problem(f"{spec.key}.use", f"unknown step type '{spec.use}'"))
+        return None
+    own: list[Problem] = []
+    params = _validate_params(spec, step_type, recipe, own)
+    if params is not None and step_type.check is not None:
+        params = _check_params(spec, step_type, params, registry, own)
+    problems.extend(own)
+    if params is None:
+        return None
+    step = ResolvedStep(spec.name, spec.key, spec, step_type, registry.step_plugin[spec.use], params, inputs, dataset)
+    found = _check_inputs({**steps, spec.name: step}, only=(spec.name,))
+    problems.extend(found)
+    return None if found else step
+
+
 def _once(problems: list[Problem]) -> list[Problem]:
     """Problems without repeats: the first of those with the same key and
     message (without the combination a sweep member adds) is kept."""
@@ -117,12 +141,13 @@ def _check_params(spec: StepSpec, step_type: StepType, params: Params, registry:
     return None if found else params
 
 
-def _check_inputs(resolved: dict[str, ResolvedStep]) -> list[Problem]:
-    """Run each step type's ``check_inputs`` on views of the step's inputs (e.g.
-    a report's ``baseline`` must name a model its evaluate inputs evaluated).
-    A step with an unresolved input is skipped: that input's problem is reported."""
+def _check_inputs(resolved: dict[str, ResolvedStep], only: tuple[str, ...] | None = None) -> list[Problem]:
+    """Run each step type's ``check_inputs`` (or only those of the steps named
+    ``only``) on views of the step's inputs (e.g. a report's ``baseline`` must
+    name a model its evaluate inputs evaluated). A step with an unresolved
+    input is skipped: that input's problem is reported."""
     problems: list[Problem] = []
-    for step in resolved.values():
+    for step in (resolved.values() if only is None else [resolved[name] for name in only]):
         check = step.step_type.check_inputs
         if check is None or any(name not in resolved for name in step.inputs):
             continue

@@ -132,9 +132,9 @@ def test_an_edit_during_the_build_is_not_hidden(quiet, monkeypatch):
 
     real = fastpath.record_build
 
-    def edit_then_record(project, *args):
+    def edit_then_record(project, *args, **kwargs):
         quiet.edit("epochs = 3", "epochs = 7")
-        return real(project, *args)
+        return real(project, *args, **kwargs)
 
     quiet.edit("epochs = 3", "epochs = 5")
     quiet.edit("epochs = 5", "epochs = 3")

@@ -67,7 +67,6 @@ class Delta:
         """The executor of this build, made under the build folder's lock:
         only once the stamp still holds (every file but the recipe) are the
         untouched steps trusted; the stamp is dropped before anything runs."""
-        from .api import Artifact
         from .executor import Executor
         from .lockfile import read_lock
         from .plugins import Hooks
@@ -82,8 +81,18 @@ class Delta:
         if [name for name, _ in summary["steps"]] != list(project.order):
             raise NeedsFullLoad("the stamp lists other steps")
         fastpath.invalidate(stamp)
-        lock = read_lock(project.lock_path)
-        digests = dict(summary["steps"])
+        try:
+            known = self._known(dict(summary["steps"]), read_lock(project.lock_path))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a lock file of the wrong shape
+            raise NeedsFullLoad(f"the lock file: {exc}") from None
+        return Executor(project, Hooks(project.pm), None, known=known)
+
+    def _known(self, digests: Mapping[str, str], lock: Mapping[str, Any]) -> dict[str, tuple[Any, dict[str, Any]]]:
+        """(artifact, lock entry) of every untouched step, from the lock file the stamp vouched for;
+        metrics only for the inputs of touched steps (the only readers)."""
+        from .api import Artifact
+
+        project = self.project
         touched = set(self.touched)
         needed = {d for name in touched for d in project.steps[name].dependencies} - touched
         known: dict[str, tuple[Any, dict[str, Any]]] = {}
@@ -103,7 +112,7 @@ class Delta:
             artifact = Artifact(step=name, kind=output["kind"], path=project.step_out_dir(name),
                                 files=dict(output["files"]), digest=output["digest"], metrics=metrics)
             known[name] = (artifact, entry)
-        return Executor(project, Hooks(project.pm), None, known=known)
+        return known
 
     def record(self) -> bool:
         """Write the configuration entry of the edited recipe: the old one with

@@ -1,0 +1,233 @@
+"""The delta rebuild: after an edit of a few step tables, only the touched
+steps are resolved, keyed and run; every other step is trusted from the
+checked no-op stamp and the configuration entry.
+
+What must hold: the result (lock file keys, outputs) is exactly what the full
+load gives; any edit the delta cannot absorb, any stale record or stamp, any
+error, takes the normal path, which reports as it always has. The tests run
+the CLI in fresh interpreters, as users do (a process that already imported
+the plugins never answers from records).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from test_configcache import PARAMS, PLUGIN, RECIPE, Proc, lock_keys
+
+#: runs the CLI and reports, as its last stderr line, whether the full load ran
+WRAPPER = textwrap.dedent('''\
+    import json, sys
+    import tinybuild.project as project
+    full = []
+    real = project.load_project
+    def load_project(*args, **kwargs):
+        full.append(1)
+        return real(*args, **kwargs)
+    project.load_project = load_project
+    from tinybuild.cli import main
+    code = main(sys.argv[1:])
+    print(json.dumps({"code": code, "full": bool(full)}), file=sys.stderr)
+''')
+
+NOOP = "nothing changed since the last build"
+
+
+class DeltaProc(Proc):
+    """:class:`test_configcache.Proc` with the no-op fast path on (the delta needs its stamp)."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        del self.env["TINYBUILD_NO_FASTPATH"]
+
+    def build(self, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, bool]:
+        """(exit code, stderr, whether the full load ran)."""
+        command = [sys.executable, "-c", WRAPPER, "build", str(self.recipe), "--plain", *args]
+        proc = subprocess.run(command, capture_output=True, text=True, env={**self.env, **(env or {})},
+                              cwd=self.root, timeout=120)
+        *lines, last = proc.stderr.strip().splitlines()
+        report = json.loads(last)
+        return report["code"], "\n".join(lines), report["full"]
+
+    def write(self, text: str) -> None:
+        self.recipe.write_text(text)
+        self.settle(self.recipe, age=2.0)
+
+    def out(self, step: str) -> str:
+        return (self.root / "build" / "cc" / step / "out.txt").read_text()
+
+
+@pytest.fixture
+def dp(tmp_path) -> DeltaProc:
+    p = DeltaProc(tmp_path)
+    p.plugin.write_text(PLUGIN)
+    p.params.write_text(PARAMS)
+    p.recipe.write_text(RECIPE)
+    (tmp_path / "data.txt").write_text("data one\n")
+    for f in (p.plugin, p.params, p.recipe, tmp_path / "data.txt"):
+        p.settle(f)
+    code, err, full = p.build()
+    assert code == 0 and full, err  # the first build loads everything and records both
+    return p
+
+
+def full_keys(p: DeltaProc, tmp_path_factory) -> dict[str, str]:
+    """The keys a from-scratch full build of the same recipe and data gives."""
+    other = DeltaProc(tmp_path_factory.mktemp("scratch"))
+    for name in ("cc_plugin.py", "cc_params.py", "recipe.toml", "data.txt"):
+        shutil.copy2(p.root / name, other.root / name)
+    code, err, full = other.build(env={"TINYBUILD_NO_FASTPATH": "1", "TINYBUILD_NO_CONFIG_CACHE": "1"})
+    assert code == 0 and full, err
+    return lock_keys(other)
+
+
+def test_an_edited_leaf_reruns_alone_without_the_full_load(dp, tmp_path_factory):
+    before = lock_keys(dp)
+    dp.write(RECIPE.replace('input = "a"\nvalue = 2', 'input = "a"\nvalue = 3'))
+    code, err, full = dp.build()
+    assert code == 0 and not full, err
+    assert "ok: 1 built, 2 cached" in err and "params.value 2 → 3" in err, err
+    after = lock_keys(dp)
+    assert after["b"] != before["b"] and after["a"] == before["a"] and after["c"] == before["c"]
+    assert after == full_keys(dp, tmp_path_factory)  # byte for byte the full load's keys
+    assert dp.out("b").startswith("3 plain")
+
+
+def test_after_a_delta_the_no_op_and_the_next_edit_are_fast_again(dp, tmp_path_factory):
+    dp.write(RECIPE.replace("value = 2", "value = 3"))
+    assert dp.build()[0] == 0
+    code, err, full = dp.build()
+    assert code == 0 and NOOP in err and not full  # the delta stamped its build
+    dp.write(RECIPE.replace("value = 2", "value = 4"))
+    code, err, full = dp.build()
+    assert code == 0 and not full and "ok: 1 built, 2 cached" in err, err  # the delta recorded its entry
+    assert lock_keys(dp) == full_keys(dp, tmp_path_factory)
+
+
+def test_an_edited_upstream_step_reruns_everything_downstream(dp, tmp_path_factory):
+    dp.write(RECIPE.replace('label = "${CC_LABEL:-x}"', 'label = "${CC_LABEL:-z}"'))
+    code, err, full = dp.build()
+    assert code == 0 and not full and "ok: 3 built, 0 cached" in err, err
+    assert lock_keys(dp) == full_keys(dp, tmp_path_factory)
+    assert dp.out("c") == "1 plain 1 z data one\n"
+
+
+def test_a_comment_only_edit_runs_nothing_and_loads_nothing(dp):
+    before = dp.lock.read_bytes()
+    dp.write("# a comment\n" + RECIPE)
+    code, err, full = dp.build()
+    assert code == 0 and not full and "ok: 0 built, 3 cached" in err, err
+    assert dp.lock.read_bytes() == before
+    assert NOOP in dp.build()[1]
+
+
+@pytest.mark.parametrize("edit", [
+    pytest.param(lambda r: r.replace('use = "cc-echo"\ninput = "a"\nvalue = 2', 'use = "cc-echo"\nvalue = 2'), id="input"),
+    pytest.param(lambda r: r.replace('name = "cc"', 'name = "cc"\nseed = 9'), id="recipe-table"),
+    pytest.param(lambda r: r + '\n[steps.d]\nuse = "cc-echo"\n', id="new-step"),
+    pytest.param(lambda r: r.replace("[steps.c]", "[steps.cc]"), id="renamed"),
+    pytest.param(lambda r: r.replace("value = 2", "matrix = { value = [5, 6] }"), id="sweep"),
+    pytest.param(lambda r: r.replace("value = 2", 'value = 2\nlabel = "${CC_OTHER:-o}"'), id="new-variable"),
+])
+def test_edits_the_delta_does_not_take_go_the_full_way(dp, tmp_path_factory, edit):
+    dp.write(edit(RECIPE))
+    code, err, full = dp.build()
+    assert code == 0 and full, err
+    assert lock_keys(dp) == full_keys(dp, tmp_path_factory)
+
+
+def test_an_invalid_edit_is_reported_as_the_full_load_reports_it(dp):
+    dp.write(RECIPE.replace("value = 2", 'value = "two"'))
+    code, err, full = dp.build()
+    assert code == 2 and full and "steps.b.value" in err, err
+    assert "Traceback" not in err
+
+
+def test_an_unknown_param_is_reported_as_the_full_load_reports_it(dp):
+    dp.write(RECIPE.replace("value = 2", "valeu = 2"))
+    code, err, full = dp.build()
+    assert code == 2 and full and "steps.b.valeu" in err and "did you mean" in err, err
+
+
+def test_a_stale_stamp_is_not_trusted(dp):
+    """An output tampered with since the last build: the stamp no longer
+    holds, so the untouched steps cannot be trusted; the full way repairs it."""
+    (dp.root / "build" / "cc" / "a" / "out.txt").write_text("tampered")
+    dp.write(RECIPE.replace("value = 2", "value = 3"))
+    code, err, full = dp.build()
+    assert code == 0 and full and "ok: 1 built, 2 cached" in err, err
+    assert dp.out("a") == "1 x data one\n"
+
+
+def test_a_changed_data_file_with_an_edit_goes_the_full_way(dp):
+    (dp.root / "data.txt").write_text("data two\n")
+    dp.write(RECIPE.replace("value = 2", "value = 3"))
+    code, err, full = dp.build()
+    assert code == 0 and full and "ok: 3 built, 0 cached" in err, err
+    assert dp.out("c").endswith("data two\n")
+
+
+def test_a_failing_touched_step_fails_the_build_and_the_next_build_recovers(dp):
+    dp.write(RECIPE.replace("value = 2", 'value = 2\ndata = "missing.txt"'))
+    code, err, full = dp.build()
+    assert code == 2 and "missing.txt" in err, err
+    dp.write(RECIPE.replace("value = 2", "value = 7"))
+    code, err, _ = dp.build()
+    assert code == 0 and "ok: 1 built, 2 cached" in err, err
+    assert dp.out("b").startswith("7 plain")
+
+
+def test_an_edited_plugin_is_never_answered_from_records(dp):
+    dp.edit(dp.params, "value: int = 1", "value: int = 5")
+    dp.write(RECIPE.replace("value = 2", "value = 3"))
+    code, err, full = dp.build()
+    assert code == 0 and full and "ok: 3 built, 0 cached" in err, err
+    assert dp.out("a").startswith("5 x")
+
+
+def test_disabled_with_the_fast_path_or_the_configuration_cache(dp):
+    for variable in ("TINYBUILD_NO_FASTPATH", "TINYBUILD_NO_CONFIG_CACHE"):
+        dp.write(RECIPE.replace("value = 2", f"value = {len(variable)}"))
+        code, err, full = dp.build(env={variable: "1"})
+        assert code == 0 and full, err
+
+
+def test_the_stamp_a_delta_writes_still_guards_every_output(dp):
+    """The delta keeps the stamp entries of the steps it did not touch: they
+    must still catch a tampered output of such a step."""
+    dp.write(RECIPE.replace("value = 2", "value = 3"))
+    assert dp.build()[0] == 0
+    (dp.root / "build" / "cc" / "c" / "out.txt").write_text("tampered")
+    code, err, _ = dp.build()
+    assert code == 0 and NOOP not in err, err
+    assert dp.out("c") == "1 plain 1 x data one\n"
+
+
+SWEPT = RECIPE + '''
+[steps.s]
+use = "cc-echo"
+input = "a"
+matrix = { value = [5, 6] }
+
+[steps.after]
+use = "cc-echo"
+input = "s"
+'''
+
+
+def test_a_recipe_with_a_sweep_takes_the_delta_for_other_steps(dp, tmp_path_factory):
+    dp.write(SWEPT)
+    assert dp.build()[0] == 0
+    dp.write(SWEPT.replace("value = 2", "value = 3"))
+    code, err, full = dp.build()
+    assert code == 0 and not full and "ok: 1 built, 6 cached" in err, err
+    dp.write(SWEPT.replace("value = 2", "value = 3").replace('input = "s"', 'input = "s"\nlabel = "y"'))
+    code, err, full = dp.build()  # a step downstream of a sweep is swept too: resolved the full way
+    assert code == 0 and full and "ok: 2 built, 5 cached" in err, err
+    assert lock_keys(dp) == full_keys(dp, tmp_path_factory)

@@ -6,10 +6,13 @@ third-party reporter sees exactly the same events. Output goes to stderr
 its log file, see :mod:`tinybuild.capture`); stdout stays free for
 machine-readable output (``graph``, ``schema``).
 
-Plain lines never import rich (~30 ms of imports, a tenth of a one-edit
-rebuild's budget): messages are composed for the mode (:meth:`ConsoleReporter._style`,
-:meth:`ConsoleReporter._esc`), written straight to the stream, and rich is
-asked whether the stream is a terminal only where the answer is in doubt.
+Plain lines never import rich (tens of ms of imports, see ``python -X
+importtime``, paid by every CI build): messages are composed for the mode
+(:meth:`ConsoleReporter._style`, :meth:`ConsoleReporter._esc`), written
+straight to the stream, and rich is asked whether the stream is a terminal
+only where the answer is in doubt. Plain lines show the user's text as is
+(rich turned ``:smile:`` into an emoji, expanded tabs, dropped control
+characters).
 """
 
 from __future__ import annotations

@@ -5,14 +5,21 @@ third-party reporter sees exactly the same events. Output goes to stderr
 (through a private duplicate: while a step runs, descriptors 1 and 2 point at
 its log file, see :mod:`tinybuild.capture`); stdout stays free for
 machine-readable output (``graph``, ``schema``).
+
+Plain lines never import rich (tens of ms of imports, see ``python -X
+importtime``, paid by every CI build): messages are composed for the mode
+(:meth:`ConsoleReporter._style`, :meth:`ConsoleReporter._esc`), written
+straight to the stream, and rich is asked whether the stream is a terminal
+only where the answer is in doubt. Plain lines show the user's text as is
+(rich turned ``:smile:`` into an emoji, expanded tabs, dropped control
+characters).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Mapping, Sequence
-
-from rich.markup import escape as _e
 
 from .api import hookimpl
 from .capture import private_stderr
@@ -35,16 +42,44 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
+def _surely_not_a_terminal(stream: Any) -> bool:
+    """True where ``rich.console.Console(file=stream).is_terminal`` is False
+    for certain, so a plain build need not import rich to ask. Rich (15.x)
+    calls a stream a terminal when ``TTY_COMPATIBLE=1``, or ``FORCE_COLOR``
+    is non-empty (unless ``TTY_COMPATIBLE=0``), or its ``isatty()`` says so;
+    Jupyter and IDLE only ever make the answer False. Any of the first two
+    set, or a TTY: rich decides, as before."""
+    if os.environ.get("TTY_COMPATIBLE") == "1" or os.environ.get("FORCE_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return isatty is None or not isatty()
+    except ValueError:  # a closed stream, as rich treats it
+        return True
+
+
+def _rich_console(stream: Any) -> Any:
+    from rich.console import Console
+
+    return Console(file=stream, highlight=False, soft_wrap=True)
+
+
 class ConsoleReporter:
-    """Prints build progress. ``live`` uses rich's progress display."""
+    """Prints build progress. ``live`` uses rich (markup, progress bars);
+    otherwise plain lines go straight to the stream. ``live=None``: live
+    where rich calls the stream a terminal."""
 
     PLAIN_PROGRESS_INTERVAL = 2.0  # seconds between progress lines in logs
 
     def __init__(self, live: bool | None = None, verbose: bool = False, stream: Any = None):
-        from rich.console import Console
-
-        self.console = Console(file=stream or private_stderr(), highlight=False, soft_wrap=True)
-        self.live = self.console.is_terminal if live is None else live
+        self._stream = stream or private_stderr()
+        self.console: Any = None  # rich's Console: live mode only
+        if live is None and not _surely_not_a_terminal(self._stream):
+            self.console = _rich_console(self._stream)
+            live = self.console.is_terminal
+        self.live = bool(live)
+        if self.live and self.console is None:
+            self.console = _rich_console(self._stream)
         self.verbose = verbose
         self._total = 0
         self._index = 0
@@ -57,16 +92,40 @@ class ConsoleReporter:
 
     # -- helpers ---------------------------------------------------------------
 
+    def _style(self, style: str, text: str) -> str:
+        """``text`` (markup already) in a rich ``style``; plain lines drop it."""
+        return f"[{style}]{text}[/{style}]" if self.live else text
+
+    def _esc(self, text: str) -> str:
+        """User text (names, messages, errors) shown as is: escaped for rich's
+        markup in live mode, untouched in plain lines."""
+        if not self.live:
+            return text
+        from rich.markup import escape
+
+        return escape(text)
+
     def _line(self, text: str) -> None:
         if self._cached_run:
             self._flush_cached()
         self._print(text)
 
     def _print(self, text: str) -> None:
-        if self._progress is not None:
+        if not self.live:
+            self._write(text)
+        elif self._progress is not None:
             self._progress.console.print(text)
         else:
             self.console.print(text)
+
+    def _write(self, line: str) -> None:
+        """A plain line, flushed at once as rich's Console does (a CI log shows
+        progress as it happens); a reader gone away ends the build as it did."""
+        try:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+        except BrokenPipeError:
+            raise SystemExit(1) from None
 
     def _flush_cached(self) -> None:
         """One line for a run of consecutive local cache hits: a line per
@@ -75,10 +134,11 @@ class ConsoleReporter:
         run, self._cached_run = self._cached_run, []
         if len(run) == 1:
             index, step, digest = run[0]
-            self._print(f"{self._head(step, index)} [dim]cached[/dim] {digest[:12]}")
+            self._print(f"{self._head(step, index)} {self._style('dim', 'cached')} {digest[:12]}")
         else:
-            self._print(f"[{run[0][0]}-{run[-1][0]}/{self._total}] [dim]{len(run)} steps cached[/dim] "
-                        f"({_e(run[0][1])} … {_e(run[-1][1])}; -v lists each)")
+            self._print(f"{self._esc(f'[{run[0][0]}-{run[-1][0]}/{self._total}]')} "
+                        f"{self._style('dim', f'{len(run)} steps cached')} "
+                        f"({self._esc(run[0][1])} … {self._esc(run[-1][1])}; -v lists each)")
 
     def _number(self, step: str) -> None:
         self._index += 1
@@ -86,7 +146,7 @@ class ConsoleReporter:
 
     def _head(self, step: str, index: int | None = None) -> str:
         number = self._numbers.get(step, self._index) if index is None else index
-        return _e(f"[{number}/{self._total}] {step:<{self._width}}")
+        return self._esc(f"[{number}/{self._total}] {step:<{self._width}}")
 
     def _pad(self, step: str) -> int:
         return len(f"[{self._numbers.get(step, self._index)}/{self._total}] {step:<{self._width}}")
@@ -118,9 +178,9 @@ class ConsoleReporter:
         self._number(step)
         if source == "remote":  # always shown: a pull is news, a local hit is not
             detail = f" ({_bytes(transfer['bytes'])} in {_brief(transfer['seconds'])})" if self.verbose and transfer else ""
-            self._line(f"{self._head(step)} [cyan]pulled[/cyan] {digest[:12]}{detail}")
+            self._line(f"{self._head(step)} {self._style('cyan', 'pulled')} {digest[:12]}{detail}")
         elif self.verbose:
-            self._line(f"{self._head(step)} [dim]cached[/dim] {digest[:12]}")
+            self._line(f"{self._head(step)} {self._style('dim', 'cached')} {digest[:12]}")
         else:
             self._cached_run.append((self._index, step, digest))
 
@@ -128,7 +188,7 @@ class ConsoleReporter:
     def tinybuild_step_started(self, step: str, step_type: str, reasons: Sequence[str]) -> None:
         self._number(step)
         why = "; ".join(reasons) if reasons else "no cache entry"
-        self._line(f"{self._head(step)} [bold]run[/bold] {_e(f'[{step_type}]')} ({_e(why)})")
+        self._line(f"{self._head(step)} {self._style('bold', 'run')} {self._esc(f'[{step_type}]')} ({self._esc(why)})")
         self._last_plain[step] = 0.0
         if self.live:
             from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -150,7 +210,7 @@ class ConsoleReporter:
         if done or now - self._last_plain.get(step, 0.0) >= self.PLAIN_PROGRESS_INTERVAL:
             self._last_plain[step] = now
             count = f"{completed:g}/{total:g} " if total is not None else ""
-            self._line(f"{'':>{self._pad(step)}} {count}{_e(description)}".rstrip())
+            self._line(f"{'':>{self._pad(step)}} {count}{self._esc(description)}".rstrip())
 
     #: indent of the lines of a multi-line log message (a table): as small as an
     #: error's, so a block laid out for the terminal's width still fits
@@ -160,23 +220,23 @@ class ConsoleReporter:
     def tinybuild_step_log(self, step: str, message: str) -> None:
         if "\n" in message:
             for line in message.splitlines():
-                self._line(f"{'':>{self.BLOCK_INDENT}}{_e(line)}".rstrip())
+                self._line(f"{'':>{self.BLOCK_INDENT}}{self._esc(line)}".rstrip())
             return
-        self._line(f"{'':>{self._pad(step)}} {_e(message)}")
+        self._line(f"{'':>{self._pad(step)}} {self._esc(message)}")
 
     @hookimpl
     def tinybuild_step_finished(self, step: str, step_type: str, digest: str, seconds: float, metrics: Mapping[str, Any]) -> None:
         self._stop_live(step)
-        self._line(f"{self._head(step)} [green]built[/green] in {_short(seconds)} → {digest[:12]}")
+        self._line(f"{self._head(step)} {self._style('green', 'built')} in {_short(seconds)} → {digest[:12]}")
 
     @hookimpl
     def tinybuild_step_failed(self, step: str, step_type: str, error: str, skipped: Sequence[str]) -> None:
         self._stop_live(step)
-        self._line(f"{self._head(step)} [bold red]FAILED[/bold red] {_e(f'[{step_type}]')}")
+        self._line(f"{self._head(step)} {self._style('bold red', 'FAILED')} {self._esc(f'[{step_type}]')}")
         for line in error.splitlines():
-            self._line(f"    {_e(line)}")
+            self._line(f"    {self._esc(line)}")
         if skipped:
-            self._line(f"    skipped because of it: {_e(', '.join(skipped))}")
+            self._line(f"    skipped because of it: {self._esc(', '.join(skipped))}")
 
     @hookimpl
     def tinybuild_build_finished(self, recipe: str, summary: Mapping[str, Any]) -> None:
@@ -186,13 +246,14 @@ class ConsoleReporter:
         if remote is not None:
             parts += [f"{len(summary.get('pulled', ()))} pulled", f"{remote['pushed']} pushed"]
         if summary["failed"]:
-            parts.append(f"[red]{len(summary['failed'])} failed[/red]")
+            parts.append(self._style("red", f"{len(summary['failed'])} failed"))
         if summary["skipped"]:
             parts.append(f"{len(summary['skipped'])} skipped")
-        status = "[green]ok[/green]" if summary["exit_code"] == 0 else f"[red]exit {summary['exit_code']}[/red]"
+        code = summary["exit_code"]
+        status = self._style("green", "ok") if code == 0 else self._style("red", f"exit {code}")
         self._line(f"{status}: {', '.join(parts)} in {_short(summary['seconds'])}")
         if remote is not None and self.verbose:
-            self._line(f"remote cache {_e(remote['url'])}: {_bytes(remote['bytes_down'])} down, "
+            self._line(f"remote cache {self._esc(remote['url'])}: {_bytes(remote['bytes_down'])} down, "
                        f"{_bytes(remote['bytes_up'])} up, {_brief(remote['seconds'])}"
                        + (" (disabled after a failure)" if remote.get("disabled") else "")
                        + ("" if remote.get("signed") else " (entries unsigned: no TINYBUILD_REMOTE_KEY)"))

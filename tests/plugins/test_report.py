@@ -458,10 +458,8 @@ def test_terminal_table_fits_the_width_one_line_per_variant(tmp_path, width):
 
 
 def test_console_shows_a_table_as_a_block_that_fits_80_columns(tmp_path):
-    """What the user sees: the report's table through the core's console at 80 columns."""
+    """What the user sees: the report's table through the core's console, in 80 columns."""
     import io
-
-    from rich.console import Console
 
     from tinybuild.console import ConsoleReporter
     from tinybuild_plugins.report import render
@@ -469,8 +467,7 @@ def test_console_shows_a_table_as_a_block_that_fits_80_columns(tmp_path):
     out, _ = build(_long_named(tmp_path), target={"flash_kb": 96})
     table = render.text_table(json.loads((out / "report.json").read_text()), None, width=80 - 4)
     buffer = io.StringIO()
-    reporter = ConsoleReporter(live=False)
-    reporter.console = Console(file=buffer, width=80, color_system=None, highlight=False, soft_wrap=True)
+    reporter = ConsoleReporter(live=False, stream=buffer)
     reporter.tinybuild_build_started("r", ["a_rather_long_step_name", "report"])
     reporter.tinybuild_step_log("report", table)
     shown = buffer.getvalue().splitlines()

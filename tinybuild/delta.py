@@ -230,7 +230,7 @@ def _resolve(recipe: Path, data: Mapping[str, Any], parsed: Mapping[str, Any], e
     path = recipe.resolve()
     if not touched:
         project = configcache._project(data, path, origin, cache_dir=cache_dir, out=out, lock=lock)
-        return _with_hooks(project, disabled, reporter)
+        return _with_hooks(project, reporter)
     from .keys import step_fingerprint
     from .plugins import load_plugins
     from .recipe import edited_step_spec
@@ -263,7 +263,7 @@ def _resolve(recipe: Path, data: Mapping[str, Any], parsed: Mapping[str, Any], e
     return plain
 
 
-def _with_hooks(project: Any, disabled: Iterable[str], reporter: Any) -> Any:
+def _with_hooks(project: Any, reporter: Any) -> Any:
     """A plugin manager with only the console's hooks: nothing runs, nothing else observes."""
     import pluggy
 

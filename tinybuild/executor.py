@@ -26,7 +26,7 @@ from .graph import downstream
 from .hashing import artifact_digest, canonical_json, list_files
 from .keys import step_input_paths, target_for
 from .shapes import STEP_NAME
-from .lockfile import lock_entry, read_lock, write_lock
+from .lockfile import entry_texts, lock_entry, read_lock, write_lock
 from .plan import keyed_material, make_plan, run_reasons
 from .plugins import Hooks
 from .project import Project
@@ -134,7 +134,7 @@ class Executor:
             if project.remote is not None:
                 result.remote = project.remote.describe()
             if new_lock != lock:
-                write_lock(project.lock_path, project.recipe.meta.name, new_lock)
+                write_lock(project.lock_path, project.recipe.meta.name, new_lock, self._known_texts(new_lock))
                 self._remove_stale_outputs(lock)
             self.cache.register_lock(project.lock_path)
             self.cache.memo.save()
@@ -171,6 +171,15 @@ class Executor:
                 self.record_failure(name, failure, result, selected)
                 if not options.keep_going:
                     stopped = True
+
+    def _known_texts(self, new_lock: Mapping[str, Any]) -> dict[str, str]:
+        """The lock file's own text of the known steps' entries, for those
+        written back unchanged (the caller vouched for the file: see ``known``)."""
+        if not self.known:
+            return {}
+        texts = entry_texts(self.project.lock_path)
+        return {name: texts[name] for name, (_, entry) in self.known.items()
+                if name in texts and new_lock.get(name) is entry}
 
     def _remove_stale_outputs(self, lock: Mapping[str, Any]) -> None:
         """Remove the output folders of steps the lock file lists but the

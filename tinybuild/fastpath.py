@@ -130,11 +130,17 @@ def _read_stamp(stamp: Path) -> Any:
     return data
 
 
-def check(stamp: Path, recipe_text: str, environ: Mapping[str, str]) -> dict[str, Any] | None:
+def check(stamp: Path, recipe_text: str, environ: Mapping[str, str], first: str | None = None) -> dict[str, Any] | None:
     """The stamp's summary if nothing it depends on changed, else None (also
-    when the stamp is damaged or of the wrong shape: it is never trusted)."""
+    when the stamp is damaged or of the wrong shape: it is never trusted).
+    ``first``: the file to check before all others (the recipe: the likeliest
+    to have changed, so an edit is found with one ``stat``, not thousands)."""
     data = _read_stamp(stamp)
     try:
+        if first is not None and isinstance(data, dict):
+            entry = next((e for e in data["files"] if e[0] == first), None)
+            if entry is not None and not _file_ok(entry):
+                return None
         return _check(data, recipe_text, environ)
     except (AttributeError, KeyError, TypeError, ValueError, IndexError):
         return None
@@ -185,7 +191,7 @@ def try_noop(recipe: Path, cache_dir: str | None, out: str | None, disabled: Ite
         text = recipe.read_text("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-    return check(stamp_path(recipe, cache_dir, out, disabled, env, lock), text, env)
+    return check(stamp_path(recipe, cache_dir, out, disabled, env, lock), text, env, first=str(recipe.resolve()))
 
 
 def invalidate(stamp: Path) -> None:

@@ -26,6 +26,8 @@ MAX_LOCK_BYTES = 64 << 20
 #: identity includes the inode, and every write replaces the file (new inode),
 #: so another writer's file is never mistaken for the remembered one.
 _seen: dict[str, tuple[tuple[int, ...], dict[str, dict[str, Any]]]] = {}
+#: the text of the lock file last read, per path (see :func:`entry_texts`)
+_texts: dict[str, tuple[tuple[int, ...], str]] = {}
 
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:
@@ -49,7 +51,8 @@ def read_lock(path: Path) -> dict[str, dict[str, Any]]:
     if known is not None and known[0] == _identity(st):
         return known[1]
     try:
-        data = json.loads(read_regular(path, MAX_LOCK_BYTES).decode("utf-8"))
+        text = read_regular(path, MAX_LOCK_BYTES).decode("utf-8")
+        data = json.loads(text)
     except (FileNotFoundError, NotRegularFile, FileTooLarge, ValueError, RecursionError):
         return {}
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -58,7 +61,30 @@ def read_lock(path: Path) -> dict[str, dict[str, Any]]:
     if not isinstance(steps, dict):
         return {}
     _seen[str(path)] = (_identity(st), steps)
+    _texts[str(path)] = (_identity(st), text)
     return steps
+
+
+def entry_texts(path: Path) -> dict[str, str]:
+    """Each step's entry as JSON text, cut from the lock file's lines as last
+    read, if it is still that file; else empty. Only for a caller that knows
+    the file is one :func:`lock_text` wrote (a delta rebuild: the no-op stamp
+    vouched for its signature), so that each line is exactly one step's
+    canonical entry: :func:`write_lock` then reuses the text of the entries
+    it was given unchanged instead of encoding them again (70 ms at 5,000 steps)."""
+    try:
+        identity = _identity(os.stat(path))
+    except OSError:
+        return {}
+    known = _texts.get(str(path))
+    if known is None or known[0] != identity:
+        return {}
+    out = {}
+    for line in known[1].split("\n"):
+        end = line.find('":{')
+        if line.startswith('"') and end > 0:
+            out[line[1:end]] = line[end + 2:].removesuffix(",")
+    return out
 
 
 def lock_entry(key: str, material: dict[str, Any], input_names: list[str], kind: str,
@@ -67,22 +93,23 @@ def lock_entry(key: str, material: dict[str, Any], input_names: list[str], kind:
             "output": {"kind": kind, "digest": digest, "files": files}}
 
 
-def lock_text(recipe_name: str, steps: dict[str, dict[str, Any]]) -> str:
+def lock_text(recipe_name: str, steps: dict[str, dict[str, Any]], reuse: dict[str, str] | None = None) -> str:
     """The lock file's JSON with one line per step: a rebuild's diff shows
     exactly the steps that changed, and each line is encoded by the C JSON
     encoder (indented JSON goes through the pure-Python one: a quarter of a
-    second per thousand steps)."""
+    second per thousand steps). ``reuse``: entries already encoded, by step."""
     def dump(value: Any) -> str:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
-    lines = [f"{dump(name)}:{dump(steps[name])}" for name in sorted(steps)]
+    texts = reuse or {}
+    lines = [f"{dump(name)}:{texts.get(name) or dump(steps[name])}" for name in sorted(steps)]
     body = ",\n".join(lines)
     return (f'{{\n"format":{FORMAT},\n"recipe":{dump(recipe_name)},\n"steps":{{'
             + (f"\n{body}\n" if lines else "") + "}\n}\n")
 
 
-def write_lock(path: Path, recipe_name: str, steps: dict[str, dict[str, Any]]) -> None:
-    atomic_write_bytes(path, lock_text(recipe_name, steps).encode("utf-8"))
+def write_lock(path: Path, recipe_name: str, steps: dict[str, dict[str, Any]], reuse: dict[str, str] | None = None) -> None:
+    atomic_write_bytes(path, lock_text(recipe_name, steps, reuse).encode("utf-8"))
     try:
         _seen[str(path)] = (_identity(os.stat(path)), {name: steps[name] for name in sorted(steps)})
     except OSError:

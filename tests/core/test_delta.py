@@ -97,6 +97,10 @@ def test_an_edited_leaf_reruns_alone_without_the_full_load(dp, tmp_path_factory)
     assert after["b"] != before["b"] and after["a"] == before["a"] and after["c"] == before["c"]
     assert after == full_keys(dp, tmp_path_factory)  # byte for byte the full load's keys
     assert dp.out("b").startswith("3 plain")
+    # the untouched entries' lines are reused, not encoded again: the file is still canonical
+    from tinybuild.lockfile import lock_text
+
+    assert dp.lock.read_text() == lock_text("cc", json.loads(dp.lock.read_text())["steps"])
 
 
 def test_after_a_delta_the_no_op_and_the_next_edit_are_fast_again(dp, tmp_path_factory):

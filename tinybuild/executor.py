@@ -146,21 +146,22 @@ class Executor:
         """Every step in this process, one after another, in run order."""
         project = self.project
         stopped = False
+        known = self.known
         for name in selected:
             step = project.steps[name]
+            if name in known:  # cached and in place (its inputs are known too): reported so even after a failure
+                artifact, entry = known[name]
+                result.artifacts[name] = artifact
+                new_lock[name] = entry
+                result.cached.append(name)
+                self.hooks.step_cached(name, step.step_type.name, artifact.digest, "local", None)
+                continue
             blocked = [d for d in step.dependencies if d in result.failed or d in result.gated or d in result.skipped]
             if blocked:
                 result.skipped[name] = f"upstream {blocked[0]} did not build"
                 continue
             if stopped:
                 result.skipped[name] = STOPPED
-                continue
-            if name in self.known:
-                artifact, entry = self.known[name]
-                result.artifacts[name] = artifact
-                new_lock[name] = entry
-                result.cached.append(name)
-                self.hooks.step_cached(name, step.step_type.name, artifact.digest, "local", None)
                 continue
             try:
                 artifact, entry = self._step(step, result, lock, name in options.force)

@@ -227,6 +227,14 @@ class Proc:
                         TINYBUILD_DISABLE_PLUGINS=",".join(BUILTIN_PLUGINS))
         self.env.pop("CC_LABEL", None)
 
+    def populate(self) -> "Proc":
+        """Write the plugin, its params module, the recipe and its data file, all settled."""
+        files = {self.plugin: PLUGIN, self.params: PARAMS, self.recipe: RECIPE, self.root / "data.txt": "data one\n"}
+        for path, text in files.items():
+            path.write_text(text)
+            self.settle(path)
+        return self
+
     def settle(self, path: Path, age: float = 5.0) -> None:
         """Date a file as written ``age`` seconds ago: a file written while
         (or just before) a process ran is never recorded (see configcache)."""
@@ -252,13 +260,7 @@ class Proc:
 
 @pytest.fixture
 def proc(tmp_path) -> Proc:
-    p = Proc(tmp_path)
-    p.plugin.write_text(PLUGIN)
-    p.params.write_text(PARAMS)
-    p.recipe.write_text(RECIPE)
-    (tmp_path / "data.txt").write_text("data one\n")
-    for f in (p.plugin, p.params, p.recipe, tmp_path / "data.txt"):
-        p.settle(f)
+    p = Proc(tmp_path).populate()
     code, _, err, _ = p.run("build")
     assert code == 0, err
     return p

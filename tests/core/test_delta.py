@@ -19,7 +19,7 @@ import textwrap
 
 import pytest
 
-from test_configcache import PARAMS, PLUGIN, RECIPE, Proc, lock_keys
+from test_configcache import RECIPE, Proc, lock_keys
 
 #: runs the CLI and reports, as its last stderr line, whether the full load ran
 WRAPPER = textwrap.dedent('''\
@@ -65,13 +65,7 @@ class DeltaProc(Proc):
 
 @pytest.fixture
 def dp(tmp_path) -> DeltaProc:
-    p = DeltaProc(tmp_path)
-    p.plugin.write_text(PLUGIN)
-    p.params.write_text(PARAMS)
-    p.recipe.write_text(RECIPE)
-    (tmp_path / "data.txt").write_text("data one\n")
-    for f in (p.plugin, p.params, p.recipe, tmp_path / "data.txt"):
-        p.settle(f)
+    p = DeltaProc(tmp_path).populate()
     code, err, full = p.build()
     assert code == 0 and full, err  # the first build loads everything and records both
     return p

@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .shapes import BOM, CORE_STEP_KEYS, RecipeLocation, StepDependencies
+from .shapes import BOM, CORE_STEP_KEYS, TOP_LEVEL_KEYS, RecipeLocation, StepDependencies
 
 FORMAT = 2
 ENV_DISABLE = "TINYBUILD_NO_CONFIG_CACHE"
@@ -461,8 +461,10 @@ def table_digests(recipe_text: str, parsed: Mapping[str, Any] | None = None) -> 
     data = parse_tables(recipe_text) if parsed is None else parsed
     out = []
     for top, value in data.items():
+        # a section tinybuild does not know (``["steps.c"]`` included) gets a name no table can have
+        row = top if top in TOP_LEVEL_KEYS else f"?{top}"
         tables = ([(f"steps.{k}", v) for k, v in value.items()] if top == "steps" and isinstance(value, dict)
-                  else [(top, value)])
+                  else [(row, value)])
         for key, table in tables:
             core = {k: table.get(k) for k in CORE_STEP_KEYS} if isinstance(table, dict) else None
             out.append([key, _sha(repr(table).encode()), _sha(repr(core).encode())])

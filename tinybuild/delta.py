@@ -92,13 +92,20 @@ class Delta:
         metrics only for the inputs of touched steps (the only readers)."""
         from .api import Artifact
 
+        from .keys import step_input_paths
+
         project = self.project
         touched = set(self.touched)
         needed = {d for name in touched for d in project.steps[name].dependencies} - touched
+        recipe = os.path.realpath(project.recipe.path)
         known: dict[str, tuple[Any, dict[str, Any]]] = {}
         for name in project.order:
             if name in touched:
                 continue
+            if any(os.path.realpath(p) == recipe for p in step_input_paths(project.steps[name])):
+                # the stamp's entry for the recipe stands for the recipe as a recipe, not as this
+                # step's input: its edit is this step's change too
+                raise NeedsFullLoad(f"step {name} reads the recipe file")
             entry = lock.get(name)
             output = entry.get("output") if isinstance(entry, dict) else None
             if not isinstance(output, dict) or output.get("digest") != digests[name]:
@@ -242,12 +249,13 @@ def _resolve(recipe: Path, data: Mapping[str, Any], parsed: Mapping[str, Any], e
     plain = configcache._project(data, path, origin, cache_dir=cache_dir, out=out, lock=lock)
     steps: dict[str, Any] = dict(plain.steps)
     records = {rec["name"]: rec for rec in data["steps"]}
+    empty: dict[str, list[str]] = {}
     for name in touched:
         rec = records[name]
         key = rec["key"]
         table = parsed[key] if key in ("dataset", "model") else parsed["steps"][name]
         problems: list[Any] = []
-        spec = edited_step_spec(name, key, table, dict(environ), problems)
+        spec = edited_step_spec(name, key, table, dict(environ), problems, empty)
         if spec is None or spec.use != rec["spec"]["use"] or registry.step_plugin.get(spec.use) != rec["plugin"]:
             return None
         step = resolve_edited(plain.recipe, registry, spec, tuple(rec["inputs"]), rec["dataset"], steps, problems)
@@ -258,6 +266,7 @@ def _resolve(recipe: Path, data: Mapping[str, Any], parsed: Mapping[str, Any], e
         steps[name] = step
     for name in touched:
         plain.steps[name] = steps[name]
+    plain.recipe.empty_vars = {k: tuple(v) for k, v in empty.items()}  # a missing file's error names them
     plain.registry.passes = dict(registry.passes)
     plain.pm = pm
     return plain

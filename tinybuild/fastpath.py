@@ -405,9 +405,11 @@ def record_build(project: Any, result: Any, stamp: Path, reporter_name: str,
             product = os.path.join(out_dir, rel)  # rel is a normalized relative path (list_files)
             seen[product] = observed(product, digest, name)
     for source in source_files(project.steps.values(), project.registry):
-        seen[source] = SOURCE_READS.get(source) or observe(Path(source))
+        # as fingerprinted; else (a delta's untouched steps) as checked before the build ran, so
+        # an edit made while it ran fails the next check
+        seen[source] = SOURCE_READS.get(source) or observed(source, None, "")
     for source in _core_sources():
-        seen.setdefault(source, observe(Path(source)))
+        seen.setdefault(source, observed(source, None, ""))
     seen[str(project.lock_path)] = observe(project.lock_path)
     summary = {"steps": [[n, lock[n]["output"]["digest"]] for n in order], "out": str(project.out_dir)}
     record(stamp, recipe_text=project.recipe.path.read_text("utf-8"), observations=seen, summary=summary,

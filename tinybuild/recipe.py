@@ -32,11 +32,10 @@ from .paramsbase import Params
 from .hashing import bytes_digest, stat_signature
 from .safeio import MAX_RECIPE_BYTES, BadPath, FileTooLarge, NotRegularFile, open_regular, stat_of
 from . import matrix
-from .shapes import BOM, CORE_STEP_KEYS, STEP_NAME, RecipeLocation
+from .shapes import BOM, CORE_STEP_KEYS, STEP_NAME, TOP_LEVEL_KEYS, RecipeLocation
 
 #: Sections of the recipe that become steps with a fixed name.
 SECTION_STEPS = ("dataset", "model")
-TOP_LEVEL_KEYS = ("recipe", "target", "dataset", "model", "steps")
 #: Longest recipe or step name: each names a folder (file systems stop at 255 bytes).
 MAX_NAME = 100
 #: Deepest nesting of tables and arrays a recipe may use (the built-in
@@ -166,14 +165,16 @@ def load_recipe(path: str | Path, environ: dict[str, str] | None = None) -> Reci
     return Recipe(path=path.resolve(), meta=meta, target=target, steps=steps, origin=origin, empty_vars=empty_vars)
 
 
-def edited_step_spec(name: str, key: str, table: Any, environ: dict[str, str], problems: list[Problem]) -> StepSpec | None:
+def edited_step_spec(name: str, key: str, table: Any, environ: dict[str, str], problems: list[Problem],
+                     empty: dict[str, list[str]]) -> StepSpec | None:
     """One step table, checked and interpolated as :func:`load_recipe` does,
     for a delta rebuild (:mod:`tinybuild.delta`) that re-reads only the tables
-    an edit touched. A table with a ``matrix`` is not one step: None."""
-    _check_values(table, problems)
+    an edit touched; ``empty`` collects the variables that expanded to "" (for
+    the errors that name them). A table with a ``matrix`` is not one step: None."""
+    _check_values(table, problems, key, key.count(".") + 1)  # as deep as in the whole recipe
     if problems:
         return None
-    table = _interpolate(table, key, environ, problems, {})
+    table = _interpolate(table, key, environ, problems, empty)
     spec = None if problems else _step_spec(name, key, table, problems)
     return None if spec is None or spec.matrix is not None else spec
 
@@ -218,10 +219,11 @@ def _parse_toml(text: str, file: str) -> dict[str, Any]:
                                          "TOML integers are 64-bit: between -2^63 and 2^63-1")]) from None
 
 
-def _check_values(data: dict[str, Any], problems: list[Problem]) -> None:
+def _check_values(data: dict[str, Any], problems: list[Problem], key: str = "", depth: int = 0) -> None:
     """Nesting depth and integer range, walked without recursion (so a
-    10,000-level document cannot overflow the check meant to stop it)."""
-    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    10,000-level document cannot overflow the check meant to stop it);
+    ``key`` and ``depth``: where ``data`` sits in the recipe."""
+    stack: list[tuple[Any, str, int]] = [(data, key, depth)]
     while stack and len(problems) < 20:
         value, key, depth = stack.pop()
         if isinstance(value, bool):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 #: a step name (used with ``fullmatch``: ``$`` would accept a trailing newline)
 STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+#: the recipe's top-level sections
+TOP_LEVEL_KEYS = ("recipe", "target", "dataset", "model", "steps")
 #: keys of a step table that belong to the core, not to the plugin's params
 CORE_STEP_KEYS = ("use", "input", "inputs", "matrix")
 #: a UTF-8 byte order mark, which Windows editors may write at the start of a recipe

@@ -229,3 +229,84 @@ def test_a_recipe_with_a_sweep_takes_the_delta_for_other_steps(dp, tmp_path_fact
     code, err, full = dp.build()  # a step downstream of a sweep is swept too: resolved the full way
     assert code == 0 and full and "ok: 2 built, 5 cached" in err, err
     assert lock_keys(dp) == full_keys(dp, tmp_path_factory)
+
+
+def test_a_step_that_reads_the_recipe_is_not_trusted_after_an_edit(dp, tmp_path_factory):
+    """The stamp's entry for the recipe is skipped by the delta; a step that
+    reads the recipe as an input file must see the edit as its own."""
+    reading = RECIPE.replace('data = "data.txt"', 'data = "recipe.toml"')
+    dp.write(reading)
+    assert dp.build()[0] == 0
+    dp.write(reading.replace("value = 2", "value = 3"))
+    code, err, full = dp.build()
+    assert code == 0 and full and "ok: 3 built, 0 cached" in err, err
+    assert "value = 3" in dp.out("a")
+    assert lock_keys(dp) == full_keys(dp, tmp_path_factory)
+
+
+TOUCH_PLUGIN = '''\
+from pathlib import Path
+from tinybuild.api import Kind, Params, StepType, hookimpl
+
+
+class TouchParams(Params):
+    note: str = ""
+    edit: str = ""
+
+
+def run(ctx, inputs, params):
+    if params.edit:  # as if someone edited this file while the build ran
+        path = Path(params.edit)
+        path.write_text(path.read_text() + "\\n# edited while a build ran\\n")
+    (ctx.out_dir / "out.txt").write_text(params.note)
+
+
+@hookimpl
+def tinybuild_step_types():
+    return [StepType(name="cc-touch", version="1", produces=Kind.METRICS, run=run, params=TouchParams,
+                     arity=(0, 0), uses_names=False)]
+'''
+
+
+def test_plugin_code_edited_while_a_delta_runs_is_seen_next_time(tmp_path):
+    """The stamp a delta writes keeps the untouched steps' sources as they were
+    checked before the build ran, not as they are after it."""
+    p = DeltaProc(tmp_path).populate()
+    p.env["TINYBUILD_PLUGINS"] = "cc=cc_plugin,tp=touch_plugin"
+    (tmp_path / "touch_plugin.py").write_text(TOUCH_PLUGIN)
+    p.settle(tmp_path / "touch_plugin.py")
+    recipe = RECIPE + '\n[steps.t]\nuse = "cc-touch"\nnote = "1"\n'
+    p.write(recipe)
+    assert p.build()[0] == 0
+    p.write(recipe.replace('note = "1"', f'note = "2"\nedit = "{p.plugin}"'))
+    code, err, full = p.build()
+    assert code == 0 and not full and "ok: 1 built, 3 cached" in err, err
+    code, err, _ = p.build()
+    assert code == 0 and NOOP not in err and "ok: 3 built, 1 cached" in err, err  # a, b, c: their plugin changed
+
+
+def test_an_unknown_section_named_like_a_step_table_is_an_error(dp):
+    dp.write(RECIPE.replace("[steps.c]", '["steps.c"]'))
+    code, err, full = dp.build()
+    assert code == 2 and full and "unknown section 'steps.c'" in err, err
+
+
+def test_nesting_is_limited_as_deep_as_in_the_whole_recipe():
+    from tinybuild.recipe import MAX_DEPTH, edited_step_spec
+
+    problems: list = []
+    value: list = [1]
+    for _ in range(MAX_DEPTH - 2):  # within the table's own limit, past the recipe's
+        value = [value]
+    assert edited_step_spec("x", "steps.x", {"use": "a", "blob": value}, {}, problems, {}) is None
+    assert problems and "nested more than" in problems[0].message and problems[0].key.startswith("steps.x.blob")
+
+
+def test_an_error_of_an_edited_step_names_the_empty_variable(dp):
+    env = {"EMPTYV": ""}
+    with_var = RECIPE.replace('data = "data.txt"', 'data = "${EMPTYV}data.txt"')
+    dp.write(with_var)
+    assert dp.build(env=env)[0] == 0
+    dp.write(with_var.replace('"${EMPTYV}data.txt"', '"${EMPTYV}/data.txt"'))
+    code, err, _ = dp.build(env=env)
+    assert code == 2 and "/data.txt" in err and "EMPTYV" in err, err

@@ -554,9 +554,8 @@ def _project(data: Mapping[str, Any], path: Path, origin: tuple[list[int], str, 
     if sorted(order) != sorted(steps):
         raise ValueError("order and steps disagree")
     # the no-op stamp a build from records writes covers what a full build's
-    # would: the plugins' sources and every core module the full load imported
-    core = os.path.dirname(__file__) + os.sep
-    registry = RecordedRegistry(sorted({str(s) for s in data["sources"]} | {str(p) for p, _ in data["code"] if p.startswith(core)}))
+    # would: the plugins' sources and every module the full load imported
+    registry = RecordedRegistry(sorted({str(s) for s in data["sources"]} | {str(p) for p, _ in data["code"]}))
     versions = {str(k): str(v) for k, v in data["versions"].items()}
     project = assemble(recipe, registry, None, steps, order, cache_dir=cache_dir, out_dir=out, lock=lock)
     from .keys import VERSIONS

@@ -410,6 +410,10 @@ def record_build(project: Any, result: Any, stamp: Path, reporter_name: str,
         seen[source] = SOURCE_READS.get(source) or observed(source, None, "")
     for source in _core_sources():
         seen.setdefault(source, observed(source, None, ""))
+    from .configcache import _code_files
+
+    for source in _code_files():  # every module imported: a plugin's helpers decide its params' defaults too
+        seen.setdefault(source, observed(source, None, ""))
     seen[str(project.lock_path)] = observe(project.lock_path)
     summary = {"steps": [[n, lock[n]["output"]["digest"]] for n in order], "out": str(project.out_dir)}
     record(stamp, recipe_text=project.recipe.path.read_text("utf-8"), observations=seen, summary=summary,

@@ -310,3 +310,13 @@ def test_an_error_of_an_edited_step_names_the_empty_variable(dp):
     dp.write(with_var.replace('"${EMPTYV}data.txt"', '"${EMPTYV}/data.txt"'))
     code, err, _ = dp.build(env=env)
     assert code == 2 and "/data.txt" in err and "EMPTYV" in err, err
+
+
+def test_a_default_edited_in_a_plugin_helper_module_is_no_no_op(dp):
+    """The no-op stamp covers every module the build imported, not only the
+    fingerprinted ones: a params default lives in a helper module here."""
+    assert NOOP in dp.build()[1]
+    dp.edit(dp.params, "value: int = 1", "value: int = 5")
+    code, err, _ = dp.build()
+    assert code == 0 and NOOP not in err and "params.value 1 → 5" in err, err
+    assert dp.out("a").startswith("5 x")

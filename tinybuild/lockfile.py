@@ -60,9 +60,22 @@ def read_lock(path: Path) -> dict[str, dict[str, Any]]:
     steps = data.get("steps")
     if not isinstance(steps, dict):
         return {}
+    steps = {name: entry for name, entry in steps.items() if _well_formed(entry)}  # a hand-edited entry: absent
     _seen[str(path)] = (_identity(st), steps)
     _texts[str(path)] = (_identity(st), text)
     return steps
+
+
+def _well_formed(entry: Any) -> bool:
+    """Whether a step's entry has the shape :func:`lock_entry` gives it (the
+    file is the user's to edit: a wrong shape must mean "no entry", never a traceback)."""
+    if not isinstance(entry, dict):
+        return False
+    output = entry.get("output")
+    return (isinstance(entry.get("key"), str) and isinstance(entry.get("material"), dict)
+            and isinstance(entry.get("input_steps"), list) and isinstance(output, dict)
+            and isinstance(output.get("kind"), str) and isinstance(output.get("digest"), str)
+            and isinstance(output.get("files"), dict))
 
 
 def entry_texts(path: Path) -> dict[str, str]:

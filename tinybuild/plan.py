@@ -110,7 +110,10 @@ def run_reasons(material: Mapping[str, Any], step: ResolvedStep, lock: Mapping[s
     reasons = ["forced"] if forced else []
     if old is None:
         return reasons + ["new step"]
-    diff = explain(material, list(step.inputs), old.get("material"), old.get("input_steps", []))
+    try:
+        diff = explain(material, list(step.inputs), old.get("material"), old.get("input_steps", []))
+    except (AttributeError, TypeError, ValueError, KeyError):  # material of another shape (edited by hand)
+        diff = ["the lock file's entry for it is not one tinybuild wrote"]
     return reasons + (diff or ([] if forced else ["no cache entry"]))
 
 

@@ -7,6 +7,8 @@ No TensorFlow: the toy plugin's ``toy-data`` step has an ``InputFile`` param
 
 from __future__ import annotations
 
+import json
+
 import os
 import signal
 import socket
@@ -110,6 +112,24 @@ def test_lock_file_that_is_not_a_regular_file(ws, maker, word, where):
 def test_lock_file_that_is_garbage_is_ignored(ws):
     (ws.root / "recipe.lock.json").write_text("[" * 100_000)
     assert ws.build().code == 0
+
+
+@pytest.mark.parametrize("entry", ['"x"', "[]", '{"key": "k"}', '{"key": 1, "material": {}, "input_steps": [], "output": {}}',
+                                   '{"key": "k", "material": {"params": [1], "inputs": 5}, "input_steps": [],'
+                                   ' "output": {"kind": "metrics", "digest": "d", "files": {}}}'])
+def test_lock_file_entries_edited_by_hand_are_no_traceback(ws, entry):
+    """The lock file is the user's to edit: an entry of another shape counts
+    as absent or unreadable, and the step is rebuilt with a reason."""
+    assert ws.build().code == 0
+    lock = ws.root / "recipe.lock.json"
+    data = json.loads(lock.read_text())
+    data["steps"]["train"] = json.loads(entry)
+    lock.write_text(json.dumps(data))
+    ws.edit("epochs = 3", "epochs = 4")  # train must run: its reasons are diffed against that entry
+    plan = ws.run("plan", str(ws.recipe))
+    assert plan.code == 0 and "Traceback" not in plan.err, plan.err
+    run = ws.build()
+    assert run.code == 0 and "Traceback" not in run.err and "run [toy-train]" in run.err, run.err
 
 
 @pytest.mark.parametrize("path", ["/proc/self/status", "/proc/self/cmdline"])

@@ -235,8 +235,6 @@ def cmd_build(args: argparse.Namespace) -> int:
             _print_noop(summary)
             return 0
 
-    from .console import ConsoleReporter
-
     if eligible and _replayable(args):  # an edit of a few step tables: rerun those, trust the rest
         code = _delta_build(args, stamp)
         if code is not None:
@@ -247,8 +245,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         from . import configcache
 
         try:
-            reporter = ConsoleReporter(live=False if args.plain else None, verbose=args.verbose)
-            executor = configcache.recorded_executor(recorded, reporter)
+            executor = configcache.recorded_executor(recorded, _reporter(args))
             return _build(args, recorded, lambda: executor, stamp, eligible)
         except Exception:  # noqa: BLE001 - NeedsFullLoad, an error to report, any doubt
             pass  # the full load runs what must run and reports errors, as always
@@ -256,9 +253,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .executor import Executor
     from .plugins import Hooks
 
-    reporter = ConsoleReporter(live=False if args.plain else None, verbose=args.verbose)
-    project = _project(args, extra=[(REPORTER, reporter)], record=recorded is None)
+    project = _project(args, extra=[(REPORTER, _reporter(args))], record=recorded is None)
     return _build(args, project, lambda: Executor(project, Hooks(project.pm), _scheduler(args, project)), stamp, eligible)
+
+
+def _reporter(args: argparse.Namespace) -> Any:
+    """A fresh console for one attempt at the build (a path that falls back
+    to the next one leaves nothing half-printed in it)."""
+    from .console import ConsoleReporter
+
+    return ConsoleReporter(live=False if args.plain else None, verbose=args.verbose)
 
 
 def _delta_build(args: argparse.Namespace, stamp: Path) -> int | None:
@@ -266,11 +270,9 @@ def _delta_build(args: argparse.Namespace, stamp: Path) -> int | None:
     (nothing has been run or printed then; the normal path builds)."""
     from . import delta
     from .configcache import NeedsFullLoad
-    from .console import ConsoleReporter
 
-    reporter = ConsoleReporter(live=False if args.plain else None, verbose=args.verbose)
     prepared = delta.prepare(Path(args.recipe), cache_dir=args.cache_dir, out=args.out, lock=args.lock,
-                             disabled=args.disable_plugin, reporter=reporter)
+                             disabled=args.disable_plugin, reporter=_reporter(args))
     if prepared is None:
         return None
     try:

@@ -482,9 +482,7 @@ def _read_entry(path: Path) -> Any:
 
 def _holds(data: Any, raw: bytes, environ: Mapping[str, str]) -> bool:
     """Whether the entry's environment signature matches this process and disk."""
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        return False
-    if data["recipe_sha"] != _sha(raw):
+    if not isinstance(data, dict) or data.get("recipe_sha") != _sha(raw):
         return False
     return environment_holds(data, raw.decode("utf-8"), environ)
 

@@ -247,7 +247,7 @@ def _resolve(recipe: Path, data: Mapping[str, Any], parsed: Mapping[str, Any], e
     if fastpath.has_observers(pm, [REPORTER]):
         return None
     plain = configcache._project(data, path, origin, cache_dir=cache_dir, out=out, lock=lock)
-    steps: dict[str, Any] = dict(plain.steps)
+    steps = plain.steps  # the records of the touched steps are replaced as they are resolved
     records = {rec["name"]: rec for rec in data["steps"]}
     empty: dict[str, list[str]] = {}
     for name in touched:
@@ -264,8 +264,6 @@ def _resolve(recipe: Path, data: Mapping[str, Any], parsed: Mapping[str, Any], e
         if name not in edited and step.params.model_dump(mode="json") != rec["params"]:
             return None  # an untouched table must resolve as recorded
         steps[name] = step
-    for name in touched:
-        plain.steps[name] = steps[name]
     plain.recipe.empty_vars = {k: tuple(v) for k, v in empty.items()}  # a missing file's error names them
     plain.registry.passes = dict(registry.passes)
     plain.pm = pm

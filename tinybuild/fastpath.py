@@ -119,8 +119,7 @@ def _read_stamp(stamp: Path) -> Any:
     from .safeio import read_own_json
 
     try:
-        st = os.lstat(stamp)
-        identity = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        identity = stat_signature(os.lstat(stamp))
     except OSError:
         return None
     if _parsed[0] == str(stamp) and _parsed[1] == identity:
@@ -382,8 +381,9 @@ def record_build(project: Any, result: Any, stamp: Path, reporter_name: str,
     out_root = str(project.out_dir)
     fresh = set(touched) if previous is not None else None
 
-    def observed(path: str, digest: str | None, name: str) -> Observation:
-        entry = old.get(path) if fresh is not None and name not in fresh else None
+    def observed(path: str, digest: str | None, reuse: bool) -> Observation:
+        """The previous entry when ``reuse`` allows it and it has the same content, else observed now."""
+        entry = old.get(path) if reuse else None
         if entry is not None and (digest is None or entry[2] == digest):
             return entry[1], entry[2], entry[3]
         return observe(path, digest)
@@ -395,25 +395,27 @@ def record_build(project: Any, result: Any, stamp: Path, reporter_name: str,
                 return False
             seen[str(path)] = found
         entry = lock[name]
+        reuse = fresh is not None and name not in fresh  # an untouched step of a delta
         action = cache.action_file(entry["key"])  # strings, not Paths: thousands of steps, three files each
-        seen[action] = observed(action, None, name)
+        seen[action] = observed(action, None, reuse)
         out_dir = f"{out_root}/{name}"  # project.step_out_dir(name)
         for rel, digest in entry["output"]["files"].items():
             stored = cache.object_file(digest)
-            if fresh is None or name in fresh or stored not in seen:  # an object steps share: once per delta
-                seen[stored] = observed(stored, digest, name)
+            if not reuse or stored not in seen:  # an object untouched steps share: once
+                seen[stored] = observed(stored, digest, reuse)
             product = os.path.join(out_dir, rel)  # rel is a normalized relative path (list_files)
-            seen[product] = observed(product, digest, name)
+            seen[product] = observed(product, digest, reuse)
+    delta = fresh is not None
     for source in source_files(project.steps.values(), project.registry):
         # as fingerprinted; else (a delta's untouched steps) as checked before the build ran, so
         # an edit made while it ran fails the next check
-        seen[source] = SOURCE_READS.get(source) or observed(source, None, "")
+        seen[source] = SOURCE_READS.get(source) or observed(source, None, delta)
     for source in _core_sources():
-        seen.setdefault(source, observed(source, None, ""))
+        seen.setdefault(source, observed(source, None, delta))
     from .configcache import _code_files
 
     for source in _code_files():  # every module imported: a plugin's helpers decide its params' defaults too
-        seen.setdefault(source, observed(source, None, ""))
+        seen.setdefault(source, observed(source, None, delta))
     seen[str(project.lock_path)] = observe(project.lock_path)
     summary = {"steps": [[n, lock[n]["output"]["digest"]] for n in order], "out": str(project.out_dir)}
     record(stamp, recipe_text=project.recipe.path.read_text("utf-8"), observations=seen, summary=summary,

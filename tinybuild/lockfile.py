@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import atomic_write_bytes
+from .hashing import stat_signature
 
 FORMAT = 1
 #: A lock file holds one entry per step: far below this even for big recipes.
@@ -25,13 +26,11 @@ MAX_LOCK_BYTES = 64 << 20
 #: stamping); at thousands of steps each parse is a tenth of a second. The
 #: identity includes the inode, and every write replaces the file (new inode),
 #: so another writer's file is never mistaken for the remembered one.
-_seen: dict[str, tuple[tuple[int, ...], dict[str, dict[str, Any]]]] = {}
+_seen: dict[str, tuple[list[int], dict[str, dict[str, Any]]]] = {}
 #: the text of the lock file last read, per path (see :func:`entry_texts`)
-_texts: dict[str, tuple[tuple[int, ...], str]] = {}
+_texts: dict[str, tuple[list[int], str]] = {}
 
 
-def _identity(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 def read_lock(path: Path) -> dict[str, dict[str, Any]]:
@@ -48,7 +47,7 @@ def read_lock(path: Path) -> dict[str, dict[str, Any]]:
     except FileNotFoundError:
         return {}
     known = _seen.get(str(path))
-    if known is not None and known[0] == _identity(st):
+    if known is not None and known[0] == stat_signature(st):
         return known[1]
     try:
         text = read_regular(path, MAX_LOCK_BYTES).decode("utf-8")
@@ -61,8 +60,9 @@ def read_lock(path: Path) -> dict[str, dict[str, Any]]:
     if not isinstance(steps, dict):
         return {}
     steps = {name: entry for name, entry in steps.items() if _well_formed(entry)}  # a hand-edited entry: absent
-    _seen[str(path)] = (_identity(st), steps)
-    _texts[str(path)] = (_identity(st), text)
+    identity = stat_signature(st)
+    _seen[str(path)] = (identity, steps)
+    _texts[str(path)] = (identity, text)
     return steps
 
 
@@ -86,7 +86,7 @@ def entry_texts(path: Path) -> dict[str, str]:
     canonical entry: :func:`write_lock` then reuses the text of the entries
     it was given unchanged instead of encoding them again (70 ms at 5,000 steps)."""
     try:
-        identity = _identity(os.stat(path))
+        identity = stat_signature(os.stat(path))
     except OSError:
         return {}
     known = _texts.get(str(path))
@@ -124,7 +124,7 @@ def lock_text(recipe_name: str, steps: dict[str, dict[str, Any]], reuse: dict[st
 def write_lock(path: Path, recipe_name: str, steps: dict[str, dict[str, Any]], reuse: dict[str, str] | None = None) -> None:
     atomic_write_bytes(path, lock_text(recipe_name, steps, reuse).encode("utf-8"))
     try:
-        _seen[str(path)] = (_identity(os.stat(path)), {name: steps[name] for name in sorted(steps)})
+        _seen[str(path)] = (stat_signature(os.stat(path)), {name: steps[name] for name in sorted(steps)})
     except OSError:
         _seen.pop(str(path), None)
 

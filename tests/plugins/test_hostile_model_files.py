@@ -29,6 +29,13 @@ from tinybuild_plugins.sdk import tf as _tf
 from tinybuild_plugins.sdk.keras_model import load_keras_model, save_keras_model
 
 WHERE = "model 'model'"
+
+
+def _refusal(path: Path, match: str = "") -> str:
+    """The message with which loading the model file at ``path`` is refused."""
+    with pytest.raises(StepError, match=match) as info:
+        models.from_file(path, WHERE)
+    return str(info.value)
 pytestmark = pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 
 
@@ -167,9 +174,7 @@ def test_a_lambda_naming_a_module_is_refused_before_the_import(tmp_path, marker,
     path = tmp_path / f"poc{suffix}"
     _lambda_model().save(path)
     (_rewrite_keras_config if suffix == ".keras" else _rewrite_h5_config)(path, _poc_lambda(name))
-    with pytest.raises(StepError) as info:
-        models.from_file(path, WHERE)
-    message = str(info.value)
+    message = _refusal(path)
     for words in (str(path), "layer 'lambda'", f"module '{name}'", "'f'", 'builder = "file.py:function"'):
         assert words in message, message
     assert not imported.exists() and name not in sys.modules
@@ -184,8 +189,7 @@ def test_the_reviewers_os_system_poc_is_refused(tmp_path):
     def to_system(config):
         _layer(config, "lambda")["config"]["function"]["config"] = "system"
     _rewrite_keras_config(path, to_system)
-    with pytest.raises(StepError, match=r"poc2.keras: layer 'lambda' names module 'os' \(for 'system'\)"):
-        models.from_file(path, WHERE)
+    _refusal(path, match=r"poc2.keras: layer 'lambda' names module 'os' \(for 'system'\)")
 
 
 def _initializer(module):
@@ -219,9 +223,7 @@ def test_any_config_naming_a_foreign_module_is_refused_before_the_import(tmp_pat
     path = tmp_path / f"planted{suffix}"
     _dense_model().save(path)
     (_rewrite_keras_config if suffix == ".keras" else _rewrite_h5_config)(path, MODULE_PLANTS[plant](name))
-    with pytest.raises(StepError) as info:
-        models.from_file(path, WHERE)
-    message = str(info.value)
+    message = _refusal(path)
     for words in (str(path), "layer 'dense'", f"module '{name}'"):
         assert words in message, message
     assert not imported.exists() and name not in sys.modules
@@ -262,9 +264,8 @@ def test_registered_objects_and_functions_are_refused(tmp_path, edit, words):
     path = tmp_path / "odd.keras"
     _dense_model().save(path)
     _rewrite_keras_config(path, edit)
-    with pytest.raises(StepError, match="odd.keras: layer 'dense' .*builder") as info:
-        models.from_file(path, WHERE)
-    assert words in str(info.value), str(info.value)
+    message = _refusal(path, match="odd.keras: layer 'dense' .*builder")
+    assert words in message, message
 
 
 def test_an_artifact_model_json_naming_a_module_is_refused_before_the_import(tmp_path, marker):
@@ -332,8 +333,7 @@ def test_a_tf_op_layer_calling_anything_but_tensor_math_is_refused(tmp_path, sym
         op["config"]["function"] = symbol
 
     _rewrite_keras_config(path, edit)
-    with pytest.raises(StepError, match="TensorFlow op layer calling"):
-        models.from_file(path, WHERE)
+    _refusal(path, match="TensorFlow op layer calling")
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
@@ -430,9 +430,7 @@ def test_an_hdf5_decompression_bomb_is_refused_before_loading(tmp_path, monkeypa
     def never(*args, **kwargs):
         raise AssertionError("the loader was reached")
     monkeypatch.setattr(_tf.keras().models, "load_model", never)
-    with pytest.raises(StepError) as info:
-        models.from_file(path, WHERE)
-    message = str(info.value)
+    message = _refusal(path)
     for words in (str(path), "/bomb", "shape [2000000]", "over the limit of 4,194,304", "decompression bomb"):
         assert words in message, message
 
@@ -484,9 +482,8 @@ def test_hdf5_links_and_storage_keras_never_writes_are_refused(tmp_path, plant, 
     path = tmp_path / "odd.h5"
     _dense_model().save(path)
     _plant_h5(path, plant)
-    with pytest.raises(StepError, match="odd.h5: ") as info:
-        models.from_file(path, WHERE)
-    assert words in str(info.value), str(info.value)
+    message = _refusal(path, match="odd.h5: ")
+    assert words in message, message
 
 
 def test_a_keras_archive_with_unexpected_members_is_refused(tmp_path):
@@ -494,9 +491,8 @@ def test_a_keras_archive_with_unexpected_members_is_refused(tmp_path):
     _dense_model().save(path)
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr("model.weights.npz", b"")
-    with pytest.raises(StepError, match=r"extra.keras is not a .keras model as tf_keras writes it: unexpected "
-                                        r"member\(s\) model.weights.npz"):
-        models.from_file(path, WHERE)
+    _refusal(path, match=r"extra.keras is not a .keras model as tf_keras writes it: unexpected "
+                         r"member\(s\) model.weights.npz")
 
 
 def test_a_keras_archive_with_a_duplicate_member_is_refused(tmp_path):
@@ -505,8 +501,7 @@ def test_a_keras_archive_with_a_duplicate_member_is_refused(tmp_path):
     _dense_model().save(path)
     with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(path, "a") as archive:
         archive.writestr("config.json", b"{}")
-    with pytest.raises(StepError, match=r"twice.keras holds the member\(s\) config.json more than once"):
-        models.from_file(path, WHERE)
+    _refusal(path, match=r"twice.keras holds the member\(s\) config.json more than once")
 
 
 def test_the_loader_reads_the_vetted_private_copy(tmp_path, monkeypatch):
@@ -534,16 +529,14 @@ def test_a_file_that_is_both_zip_and_hdf5_is_refused(tmp_path):
     keras_file = tmp_path / "m.keras"
     _dense_model().save(keras_file)
     path.write_bytes(path.read_bytes() + keras_file.read_bytes())
-    with pytest.raises(StepError, match="both.h5 is both a zip archive and an HDF5 file"):
-        models.from_file(path, WHERE)
+    _refusal(path, match="both.h5 is both a zip archive and an HDF5 file")
 
 
 def test_a_huge_config_is_refused_before_parsing(tmp_path, monkeypatch):
     path = tmp_path / "big.keras"
     _dense_model().save(path)
     monkeypatch.setattr(model_file, "MAX_CONFIG_BYTES", 100)
-    with pytest.raises(StepError, match=r"big.keras: config.json is [\d,]+ bytes, over the limit of 100"):
-        models.from_file(path, WHERE)
+    _refusal(path, match=r"big.keras: config.json is [\d,]+ bytes, over the limit of 100")
 
 
 def test_the_check_is_a_pure_json_walk_that_names_the_nested_layer():
@@ -563,8 +556,7 @@ def test_a_model_file_bigger_than_any_model_within_the_limits_is_refused_before_
     _dense_model().save(path)
     monkeypatch.setattr(model_file, "MAX_MODEL_BYTES", 1000)
     monkeypatch.setattr(model_file, "MAX_CONFIG_BYTES", 1000)
-    with pytest.raises(StepError, match=r"model file .*huge.h5 is [\d,]+ bytes, over the limit of 2,000"):
-        models.from_file(path, WHERE)
+    _refusal(path, match=r"model file .*huge.h5 is [\d,]+ bytes, over the limit of 2,000")
 
 
 def test_a_lookup_layer_reading_a_vocabulary_file_is_refused():

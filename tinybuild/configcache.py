@@ -447,9 +447,9 @@ _REPORTER = "tinybuild.console"  # cli.REPORTER: the console observes builds wit
 def parse_tables(recipe_text: str) -> dict[str, Any]:
     """The recipe's TOML as parsed (no interpolation, no checks: the full load
     that recorded the entry did those); raises ``ValueError`` or ``RecursionError``."""
-    import tomllib
+    from .tomlparse import loads
 
-    return tomllib.loads(recipe_text.removeprefix(BOM))
+    return loads(recipe_text.removeprefix(BOM))
 
 
 def table_digests(recipe_text: str, parsed: Mapping[str, Any] | None = None) -> list[list[str]]:

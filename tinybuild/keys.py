@@ -47,7 +47,7 @@ if typing.TYPE_CHECKING:
 from .api import INPUT_FILE
 from .configcache import RecordedParams
 from .hashing import bytes_digest, json_digest, stat_signature
-from .plugins import module_file
+from .plugins import module_file, name_and_version
 from .safeio import BadPath, NotRegularFile
 
 Digester = Callable[[Path], str]
@@ -63,7 +63,7 @@ def package_version(dist: str) -> str:
         from importlib import metadata  # ~15 ms: not needed when the versions are recorded
 
         try:
-            VERSIONS[dist] = metadata.version(dist)
+            VERSIONS[dist] = name_and_version(metadata.distribution(dist))[1]
         except metadata.PackageNotFoundError:
             VERSIONS[dist] = "not installed"
     return VERSIONS[dist]

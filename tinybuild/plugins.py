@@ -107,6 +107,19 @@ def _extra_plugins(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     return out
 
 
+def name_and_version(dist: Any) -> tuple[Any, Any]:
+    """A distribution's ``Name`` and ``Version``, as ``dist.name`` and
+    ``dist.version`` give them, read from the header block of its METADATA
+    alone: those properties parse the whole file with the email package each
+    time, and a METADATA carries the project's README as its description
+    (tinybuild's: 2,000 lines, 4 ms per property, on every full load)."""
+    from email.parser import HeaderParser
+
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    headers = HeaderParser().parsestr(text.split("\n\n", 1)[0])  # the headers end at the first blank line
+    return headers["Name"], headers["Version"]  # None where missing, as from the properties
+
+
 def _candidates(environ: Mapping[str, str]) -> list[tuple[str, str, str, str, Callable[[], Any]]]:
     """(name, module, version, dist, loader) for every plugin we could load."""
     from importlib import metadata  # ~15 ms: only when plugins are loaded
@@ -119,7 +132,7 @@ def _candidates(environ: Mapping[str, str]) -> list[tuple[str, str, str, str, Ca
             name, version = "?", "?"
         else:
             if id(dist) not in dists:
-                dists[id(dist)] = (dist.name, dist.version)
+                dists[id(dist)] = name_and_version(dist)
             name, version = dists[id(dist)]
         found.append((ep.name, ep.value, version, name, ep.load))
     for name, module in _extra_plugins(environ):

@@ -19,7 +19,6 @@ import math
 import os
 import re
 import time
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from .errors import Problem, RecipeError, did_you_mean
 from .paramsbase import Params
 from .hashing import bytes_digest, stat_signature
 from .safeio import MAX_RECIPE_BYTES, BadPath, FileTooLarge, NotRegularFile, open_regular, stat_of
-from . import matrix
+from . import matrix, tomlparse
 from .shapes import BOM, CORE_STEP_KEYS, STEP_NAME, TOP_LEVEL_KEYS, RecipeLocation
 
 #: Sections of the recipe that become steps with a fixed name.
@@ -204,12 +203,12 @@ def _read_recipe(path: Path, file: str) -> tuple[bytes, os.stat_result]:
 
 
 def _parse_toml(text: str, file: str) -> dict[str, Any]:
-    """``tomllib.loads`` with every failure mode as a :class:`RecipeError`:
+    """:func:`tinybuild.tomlparse.loads` with every failure mode as a :class:`RecipeError`:
     its own decode errors, ``ValueError`` for integers of over 4,300 digits
     (Python's int-str limit) and ``RecursionError`` for deep nesting."""
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        return tomlparse.loads(text)
+    except tomlparse.TOMLDecodeError as exc:
         raise RecipeError(file, [_toml_problem(exc)]) from None
     except RecursionError:
         raise RecipeError(file, [Problem("", "invalid TOML: arrays or inline tables nested too deeply",
@@ -369,7 +368,7 @@ def _suggest(word: str, choices: Any) -> str:
     return did_you_mean(word, choices)
 
 
-def _toml_problem(exc: tomllib.TOMLDecodeError) -> Problem:
+def _toml_problem(exc: tomlparse.TOMLDecodeError) -> Problem:
     line = getattr(exc, "lineno", None)
     col = getattr(exc, "colno", None)
     msg = getattr(exc, "msg", None) or str(exc)

@@ -240,7 +240,7 @@ def _resolve(recipe: Path, data: Mapping[str, Any], parsed: Mapping[str, Any], e
         return _with_hooks(project, reporter)
     from .keys import step_fingerprint
     from .plugins import load_plugins
-    from .recipe import edited_step_spec
+    from .steptables import edited_step_spec
     from .resolve import resolve_edited
 
     pm, registry = load_plugins(disabled=disabled, extra=[(REPORTER, reporter)])

@@ -23,10 +23,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the f
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
-#: A recipe holds settings, not data: a bigger file is a mistake (or hostile).
-#: Here, not in recipe.py, so the no-op fast path can check it without pydantic.
-MAX_RECIPE_BYTES = 1 << 20
-
 #: Longest file or folder name most file systems accept (bytes, UTF-8).
 NAME_MAX = 255
 #: Longest path the kernel accepts (bytes).

@@ -292,7 +292,7 @@ def test_an_unknown_section_named_like_a_step_table_is_an_error(dp):
 
 
 def test_nesting_is_limited_as_deep_as_in_the_whole_recipe():
-    from tinybuild.recipe import MAX_DEPTH, edited_step_spec
+    from tinybuild.steptables import MAX_DEPTH, edited_step_spec
 
     problems: list = []
     value: list = [1]

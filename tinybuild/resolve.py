@@ -111,11 +111,11 @@ def _once(problems: list[Problem]) -> list[Problem]:
 def _validate_params(spec: StepSpec, step_type: StepType, recipe: Recipe, problems: list[Problem]) -> Params | None:
     from pydantic import ValidationError
 
-    from .recipe import validation_problems
-
     try:
         return step_type.params.model_validate(spec.raw_params, context={"base_dir": recipe.dir})
     except ValidationError as exc:
+        from .recipe import validation_problems  # builds the recipe's own models: only for an error
+
         found = validation_problems(exc, spec.key, step_type.params)
         for p in found:
             if p.message.startswith("unknown key") and not p.hint.startswith("did you mean") and p.key.count(".") == spec.key.count(".") + 1:

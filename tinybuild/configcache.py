@@ -228,11 +228,11 @@ def entry_path(recipe: Path, cache_dir: str | None, out: str | None, disabled: I
     return cache_root(recipe, cache_dir, environ) / "config" / stamp.name
 
 
-def _sha(data: bytes) -> str:
+def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_recipe(path: Path) -> tuple[bytes, os.stat_result] | None:
+def read_recipe_bytes(path: Path) -> tuple[bytes, os.stat_result] | None:
     from .safeio import MAX_RECIPE_BYTES, open_regular, stat_of
 
     try:
@@ -251,7 +251,7 @@ def _stdlib_dir() -> str:
     return os.path.dirname(os.__file__) + os.sep
 
 
-def _code_files() -> list[str]:
+def code_files() -> list[str]:
     """Every Python source file imported so far, but the standard library's
     (it changes only with the interpreter, which is in the entry's name)."""
     stdlib = _stdlib_dir()
@@ -293,7 +293,7 @@ def _step_type_record(st: Any) -> dict[str, Any]:
             "description": st.description}
 
 
-def _encoded(value: Any) -> str | None:
+def encoded(value: Any) -> str | None:
     """``value`` as canonical JSON if it reads back as the same value, else
     None: a tuple becomes a list (the same key material), but an int dict key
     would come back as a string and sort differently, and a set or a NaN
@@ -307,7 +307,7 @@ def _encoded(value: Any) -> str | None:
         return None
 
 
-def _step_record(step: Any, passes: Mapping[str, Any], data_files: dict[str, Any],
+def step_record(step: Any, passes: Mapping[str, Any], data_files: dict[str, Any],
                  folders: dict[str, int]) -> dict[str, Any] | None:
     """What the keys need from one resolved step; None when it cannot be recorded."""
     from .fastpath import observe
@@ -373,7 +373,7 @@ def _record(project: Any, entry: Path, environ: Mapping[str, str] | None) -> boo
         recipe_text = project.recipe.path.read_text("utf-8")
     except (OSError, UnicodeDecodeError):
         return False
-    if _sha(recipe_text.encode("utf-8")) != project.recipe.origin[1]:
+    if sha(recipe_text.encode("utf-8")) != project.recipe.origin[1]:
         return False  # edited since it was loaded
     types: dict[str, dict[str, Any]] = {}
     steps: list[dict[str, Any]] = []
@@ -381,7 +381,7 @@ def _record(project: Any, entry: Path, environ: Mapping[str, str] | None) -> boo
     folders: dict[str, int] = {}
     try:
         for name, step in project.steps.items():
-            rec = _step_record(step, project.registry.passes, data_files, folders)
+            rec = step_record(step, project.registry.passes, data_files, folders)
             if rec is None:
                 return False
             steps.append(rec)
@@ -392,7 +392,7 @@ def _record(project: Any, entry: Path, environ: Mapping[str, str] | None) -> boo
         return False
     code = []
     limit = STARTED_NS - SETTLE_NS
-    for path in sorted(set(_code_files()) | set(sources)):
+    for path in sorted(set(code_files()) | set(sources)):
         sig = _signature(path)
         if sig is None or sig[2] >= limit:
             return False  # changed while (or just before) this process ran: the next full load records
@@ -429,7 +429,7 @@ def _record(project: Any, entry: Path, environ: Mapping[str, str] | None) -> boo
         "steps": steps,
     }
     value["tables"] = table_digests(recipe_text)
-    text = _encoded(value)
+    text = encoded(value)
     if text is None:
         return False
     from .safefs import atomic_write
@@ -467,14 +467,14 @@ def table_digests(recipe_text: str, parsed: Mapping[str, Any] | None = None) -> 
                   else [(row, value)])
         for key, table in tables:
             core = {k: table.get(k) for k in CORE_STEP_KEYS} if isinstance(table, dict) else None
-            out.append([key, _sha(repr(table).encode()), _sha(repr(core).encode())])
+            out.append([key, sha(repr(table).encode()), sha(repr(core).encode())])
     return out
 
 
 # -- answering from an entry ----------------------------------------------------------
 
 
-def _read_entry(path: Path) -> Any:
+def read_entry(path: Path) -> Any:
     from .safeio import read_own_json
 
     return read_own_json(path, ENTRY_LIMIT)
@@ -482,7 +482,7 @@ def _read_entry(path: Path) -> Any:
 
 def _holds(data: Any, raw: bytes, environ: Mapping[str, str]) -> bool:
     """Whether the entry's environment signature matches this process and disk."""
-    if not isinstance(data, dict) or data.get("recipe_sha") != _sha(raw):
+    if not isinstance(data, dict) or data.get("recipe_sha") != sha(raw):
         return False
     return environment_holds(data, raw.decode("utf-8"), environ)
 
@@ -518,17 +518,17 @@ def load(recipe: Path, *, cache_dir: str | None, out: str | None, lock: str | No
     env = os.environ if environ is None else environ
     if not enabled(env):
         return None
-    read = _read_recipe(recipe)
+    read = read_recipe_bytes(recipe)
     if read is None:
         return None
     raw, st = read
     entry = entry_path(recipe, cache_dir, out, disabled, env, lock)
-    data = _read_entry(entry)
+    data = read_entry(entry)
     try:
         if not _holds(data, raw, env) or (build and data["observers"]):
             return None
         origin = (stat_signature(st), bytes_digest(raw), time.time_ns())
-        return _project(data, recipe.resolve(), origin, cache_dir=cache_dir, out=out, lock=lock)
+        return recorded_project(data, recipe.resolve(), origin, cache_dir=cache_dir, out=out, lock=lock)
     except (AttributeError, KeyError, TypeError, ValueError, IndexError, UnicodeDecodeError):
         return None  # an entry of the wrong shape is a miss, never an error
     except Exception as exc:  # the project's own checks (a folder that became a file...): the full load says it
@@ -539,7 +539,7 @@ def load(recipe: Path, *, cache_dir: str | None, out: str | None, lock: str | No
         raise
 
 
-def _project(data: Mapping[str, Any], path: Path, origin: tuple[list[int], str, int], *, cache_dir: str | None,
+def recorded_project(data: Mapping[str, Any], path: Path, origin: tuple[list[int], str, int], *, cache_dir: str | None,
              out: str | None, lock: str | None) -> Any:
     from .project import assemble
 

@@ -138,8 +138,8 @@ class Delta:
         folders: dict[str, int] = {}
         records = {}
         for name in self.touched:
-            rec = configcache._step_record(project.steps[name], project.registry.passes, data_files, folders)
-            if rec is None or configcache._encoded(rec) is None:
+            rec = configcache.step_record(project.steps[name], project.registry.passes, data_files, folders)
+            if rec is None or configcache.encoded(rec) is None:
                 return False
             records[name] = rec
         now = time.time_ns()
@@ -166,15 +166,15 @@ def prepare(recipe: Path, *, cache_dir: str | None, out: str | None, lock: str |
     env = os.environ if environ is None else environ
     if not configcache.enabled(env) or env.get(fastpath.ENV_DISABLE):
         return None
-    read = configcache._read_recipe(recipe)
+    read = configcache.read_recipe_bytes(recipe)
     if read is None:
         return None
     raw, st = read
     entry_path = configcache.entry_path(recipe, cache_dir, out, disabled, env, lock)
-    data = configcache._read_entry(entry_path)
+    data = configcache.read_entry(entry_path)
     try:
         text = raw.decode("utf-8")
-        if (not isinstance(data, dict) or data.get("recipe_sha") == configcache._sha(raw) or data["observers"]
+        if (not isinstance(data, dict) or data.get("recipe_sha") == configcache.sha(raw) or data["observers"]
                 or not configcache.environment_holds(data, text, env)):
             return None  # unedited (the configuration cache replays it), observed, or stale
         parsed = configcache.parse_tables(text)
@@ -236,7 +236,7 @@ def _resolve(recipe: Path, data: Mapping[str, Any], parsed: Mapping[str, Any], e
     origin = (stat_signature(st), bytes_digest(raw), time.time_ns())
     path = recipe.resolve()
     if not touched:
-        project = configcache._project(data, path, origin, cache_dir=cache_dir, out=out, lock=lock)
+        project = configcache.recorded_project(data, path, origin, cache_dir=cache_dir, out=out, lock=lock)
         return _with_hooks(project, reporter)
     from .keys import step_fingerprint
     from .plugins import load_plugins
@@ -246,7 +246,7 @@ def _resolve(recipe: Path, data: Mapping[str, Any], parsed: Mapping[str, Any], e
     pm, registry = load_plugins(disabled=disabled, extra=[(REPORTER, reporter)])
     if fastpath.has_observers(pm, [REPORTER]):
         return None
-    plain = configcache._project(data, path, origin, cache_dir=cache_dir, out=out, lock=lock)
+    plain = configcache.recorded_project(data, path, origin, cache_dir=cache_dir, out=out, lock=lock)
     steps = plain.steps  # the records of the touched steps are replaced as they are resolved
     records = {rec["name"]: rec for rec in data["steps"]}
     empty: dict[str, list[str]] = {}

@@ -412,9 +412,9 @@ def record_build(project: Any, result: Any, stamp: Path, reporter_name: str,
         seen[source] = SOURCE_READS.get(source) or observed(source, None, delta)
     for source in _core_sources():
         seen.setdefault(source, observed(source, None, delta))
-    from .configcache import _code_files
+    from .configcache import code_files
 
-    for source in _code_files():  # every module imported: a plugin's helpers decide its params' defaults too
+    for source in code_files():  # every module imported: a plugin's helpers decide its params' defaults too
         seen.setdefault(source, observed(source, None, delta))
     seen[str(project.lock_path)] = observe(project.lock_path)
     summary = {"steps": [[n, lock[n]["output"]["digest"]] for n in order], "out": str(project.out_dir)}

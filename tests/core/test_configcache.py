@@ -36,8 +36,8 @@ def recorded_twin(project, monkeypatch):
     monkeypatch.setattr(configcache, "STARTED_NS", time.time_ns() + 10**12)  # this process's files count as settled
     entry = project.cache.root / "config" / "twin.json"
     assert configcache.record(project, entry, environ=os.environ)
-    data = configcache._read_entry(entry)
-    return configcache._project(data, project.recipe.path, project.recipe.origin, cache_dir=str(project.cache.root),
+    data = configcache.read_entry(entry)
+    return configcache.recorded_project(data, project.recipe.path, project.recipe.origin, cache_dir=str(project.cache.root),
                                 out=str(project.out_dir.parent), lock=None)
 
 

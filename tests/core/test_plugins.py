@@ -339,3 +339,18 @@ def test_check_inputs_never_enters_the_cache_key():
     problems = params_problems(failing, {}, inputs=[StepView("a", "toy-convert", "tflite", ("b",))])
     assert [(p.key, p.message) for p in problems] == [("steps.test.max_size", "1 inputs")]
     assert params_problems(failing, {}) == []
+
+
+def test_distribution_names_and_versions_are_read_as_importlib_reads_them():
+    """plugins.name_and_version parses only METADATA's header block (a README
+    in the description made every full load parse thousands of lines): it must
+    give what ``Distribution.name`` and ``.version`` give, for every installed
+    distribution."""
+    from importlib import metadata
+
+    from tinybuild.plugins import name_and_version
+
+    dists = list(metadata.distributions())
+    assert len(dists) > 10  # tinybuild and what it installs
+    for dist in dists:
+        assert name_and_version(dist) == (dist.name, dist.version), getattr(dist, "_path", dist)

@@ -18,6 +18,11 @@ def replace(old: str, new: str) -> str:
 CASES = [
     ("toml-syntax", '[recipe]\nname = "toy\n', ["recipe.toml:2:", "invalid TOML"]),
     ("toml-bad-table", "[recipe\nname = 1\n", ["recipe.toml:1:", "invalid TOML"]),
+    # recipes are TOML 1.0 (tinybuild.tomlparse pins tomli 2.2.1): TOML 1.1's newlines in inline
+    # tables and \e escapes are errors, as other TOML 1.0 readers of the recipe would find them
+    ("toml11-inline-newline", replace("epochs = 3", "epochs = 3\nschedule = { warmup = 1,\n decay = 0.5 }"),
+     ["invalid TOML"]),
+    ("toml11-escape", replace("epochs = 3", 'epochs = 3\nnote = "\\e"'), ["invalid TOML"]),
     ("unknown-section", TOY_RECIPE + "\n[stesp.x]\nuse = \"toy-train\"\n", ["stesp: unknown section 'stesp'", "did you mean 'steps'?"]),
     ("missing-recipe-table", '[dataset]\nuse = "toy-data"\nfile = "numbers.txt"\n', ["recipe: missing [recipe] table"]),
     ("missing-name", replace('name = "toy"\n', ""), ["recipe.name: missing required key", "add name = ..."]),

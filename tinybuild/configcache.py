@@ -40,7 +40,8 @@ correct on its own and reports every error as it always has. Any damaged,
 oversized, linked or unreadable entry is a miss. ``TINYBUILD_NO_CONFIG_CACHE=1``
 turns it off.
 
-Only the standard library is imported here (the rest of the core lazily).
+Only the standard library is imported here (the rest of the core, and tomli for a
+recipe's table digests, lazily).
 """
 
 from __future__ import annotations

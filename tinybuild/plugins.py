@@ -115,8 +115,12 @@ def name_and_version(dist: Any) -> tuple[Any, Any]:
     (tinybuild's: 2,000 lines, 4 ms per property, on every full load)."""
     from email.parser import HeaderParser
 
-    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
-    headers = HeaderParser().parsestr(text.split("\n\n", 1)[0])  # the headers end at the first blank line
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO")
+    head = text.split("\n\n", 1)[0] if text else ""  # the headers end at the first blank line
+    if not head or "\n " in head or "\n\t" in head:
+        # an .egg-info file (no METADATA in it), folded headers (importlib repairs them): the slow way
+        return dist.name, dist.version
+    headers = HeaderParser().parsestr(head)
     return headers["Name"], headers["Version"]  # None where missing, as from the properties
 
 

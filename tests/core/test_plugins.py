@@ -341,7 +341,7 @@ def test_check_inputs_never_enters_the_cache_key():
     assert params_problems(failing, {}) == []
 
 
-def test_distribution_names_and_versions_are_read_as_importlib_reads_them():
+def test_distribution_names_and_versions_are_read_as_importlib_reads_them(tmp_path):
     """plugins.name_and_version parses only METADATA's header block (a README
     in the description made every full load parse thousands of lines): it must
     give what ``Distribution.name`` and ``.version`` give, for every installed
@@ -354,3 +354,15 @@ def test_distribution_names_and_versions_are_read_as_importlib_reads_them():
     assert len(dists) > 10  # tinybuild and what it installs
     for dist in dists:
         assert name_and_version(dist) == (dist.name, dist.version), getattr(dist, "_path", dist)
+    # the shapes the venv may not hold: an .egg-info file, folded headers, CRLF, PKG-INFO only, nothing
+    (tmp_path / "eggfile-1.2.3.egg-info").write_text("Metadata-Version: 1.1\nName: eggfile\nVersion: 1.2.3\n")
+    odd = {"fold-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: fold\nVersion:\n 1.0\n\nbody\n",
+           "crlf-2.0.dist-info/METADATA": "Metadata-Version: 2.1\r\nName: crlf\r\nVersion: 2.0\r\n\r\nbody\r\n",
+           "pkginfo-3.0.dist-info/PKG-INFO": "Metadata-Version: 2.1\nName: pkginfo\nVersion: 3.0\n",
+           "bare-4.0.dist-info/RECORD": ""}
+    for rel, text in odd.items():
+        (tmp_path / rel).parent.mkdir()
+        (tmp_path / rel).write_bytes(text.encode())
+    for path in tmp_path.iterdir():
+        dist = metadata.PathDistribution(path)
+        assert name_and_version(dist) == (dist.name, dist.version), path.name

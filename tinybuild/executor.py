@@ -10,12 +10,14 @@ changed underneath, the result is used for this build but not cached.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from . import safefs
 from .api import Artifact, GateFailed, StepError
@@ -89,6 +91,21 @@ def _jsonable(value: Any) -> Any:
 
 
 STOPPED = "build stopped after a failure (use --keep-going to build other branches)"
+
+
+@contextmanager
+def collecting() -> Iterator[None]:
+    """The cycle collector on while a step's own code runs: the CLI turns it
+    off for its bookkeeping (see ``cli.main``), but a plugin's
+    run (a training loop, TensorFlow's graphs) builds reference cycles that
+    only the collector frees. Restored after, as it was."""
+    was = gc.isenabled()
+    gc.enable()
+    try:
+        yield
+    finally:
+        if not was:
+            gc.disable()
 
 
 class Executor:
@@ -285,7 +302,7 @@ class Executor:
         safefs.remove(log, self.project.out_dir)  # a link planted there goes, its target stays
         try:
             try:
-                with output_to(log):
+                with output_to(log), collecting():
                     metrics = st.run(ctx, inputs, step.params)
             except StepError as exc:
                 raise _StepFailure(str(exc)) from None

@@ -380,3 +380,41 @@ def test_plan_does_not_guess_that_pending_inputs_change_their_metrics(ws):
 def test_show_with_only_a_recipe_asks_for_the_step(ws):
     run = ws.run("show", str(ws.recipe))
     assert run.code == 2 and "name the step to show" in run.err and "Traceback" not in run.err
+
+
+def test_the_cycle_collector_is_off_for_bookkeeping_and_on_for_a_step_s_own_code(ws, monkeypatch):
+    """cli.main turns it off (walking 2 MB of parsed JSON again and again
+    costs a large rebuild tens of milliseconds) but a plugin's run, which
+    may build reference cycles (training), has it on; main restores it."""
+    import gc
+
+    from tinybuild import lockfile
+
+    seen: dict[str, bool] = {}
+
+    class RecordingJson:
+        def __getattr__(self, name):
+            return getattr(json, name)
+
+        def dumps(self, *args, **kwargs):
+            seen["step"] = gc.isenabled()
+            return json.dumps(*args, **kwargs)
+
+    real_lock_text = lockfile.lock_text
+
+    def lock_text(*args, **kwargs):
+        seen["bookkeeping"] = gc.isenabled()
+        return real_lock_text(*args, **kwargs)
+
+    monkeypatch.setattr(toy_plugin, "json", RecordingJson())
+    monkeypatch.setattr(lockfile, "lock_text", lock_text)
+    assert gc.isenabled()
+    assert ws.run("build", str(ws.recipe), "--plain").code == 0
+    assert seen == {"step": True, "bookkeeping": False}
+    assert gc.isenabled()
+    gc.disable()  # a caller that keeps it off gets it back off
+    try:
+        assert ws.run("plan", str(ws.recipe)).code == 0
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

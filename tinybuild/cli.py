@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -155,10 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # configuration entry: 2 MB at 1,000 steps) that reference counting frees,
     # yet every few thousand allocations the collector walks all of it again:
     # 25-30 ms of a 1,000-step delta rebuild went to that in the loop over
-    # the cached steps alone. A step's own code runs with it on
-    # (executor.collecting): training builds reference cycles.
+    # the cached steps alone. It stays on where other code runs long in this
+    # process: a step's own code (executor.collecting: training builds
+    # reference cycles), the driver of -j and Ray builds (observers replaying
+    # every forwarded event), and a remote cache's clients (fsspec's asyncio).
     collecting = gc.isenabled()
-    gc.disable()
+    if not (getattr(args, "remote_cache", None) or os.environ.get("TINYBUILD_REMOTE_CACHE")):
+        gc.disable()
     try:
         _check_paths(args)
         return int(COMMANDS[args.command](args) or 0)

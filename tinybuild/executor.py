@@ -95,9 +95,10 @@ STOPPED = "build stopped after a failure (use --keep-going to build other branch
 
 @contextmanager
 def collecting() -> Iterator[None]:
-    """The cycle collector on while a step's own code runs: the CLI turns it
-    off for its bookkeeping (see ``cli.main``), but a plugin's
-    run (a training loop, TensorFlow's graphs) builds reference cycles that
+    """The cycle collector on while other code runs long in this process: the
+    CLI turns it off for its bookkeeping (see ``cli.main``), but a plugin's
+    run (a training loop, TensorFlow's graphs) and the observers a ``-j`` or
+    Ray driver replays every forwarded event into build reference cycles that
     only the collector frees. Restored after, as it was."""
     was = gc.isenabled()
     gc.enable()
@@ -143,7 +144,8 @@ class Executor:
         self.hooks.build_started(str(project.recipe.path), selected)
         try:
             if self.scheduler is not None:  # -j N / --executor ray: steps in workers (tinybuild.scheduler)
-                self.scheduler.run(self, selected, result, lock, new_lock, options)
+                with collecting():  # the driver runs observers' hooks for every forwarded event meanwhile
+                    self.scheduler.run(self, selected, result, lock, new_lock, options)
             else:
                 self._serial(selected, result, lock, new_lock, options)
         finally:

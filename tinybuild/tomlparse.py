@@ -29,9 +29,12 @@ import tomli
 #: Deepest inline nesting the compiled parser is trusted with (recipes allow
 #: 32, ``tinybuild.steptables.MAX_DEPTH``; a 256 KiB C stack held about 500 levels).
 SAFE_NESTING = 200
-#: A line that opens and closes a header, ``[a.b]`` or ``[[a]]``, and nothing else:
-#: wherever it stands (even as an item of a multi-line array) its brackets are balanced.
-_HEADER_LINE = re.compile(r"^[ \t]*(?:\[[^\[\]\n]*\]|\[\[[^\[\]\n]*\]\])[ \t]*(?:#[^\n]*)?$", re.M)
+#: A line that is a header, ``[a.b]`` or ``[[a]]``, with no quote, ``#``, brace or
+#: bracket inside or after it: wherever it stands, its brackets are balanced.
+#: Outside a string it can only be those tokens (nothing on it can start a
+#: string or a comment that would hide its ``]``); inside a multi-line string
+#: its brackets are text. Headers with quoted keys or comments are counted.
+_HEADER_LINE = re.compile(r"""^[ \t]*(?:\[[^\[\]{}"'#\r\n]*\]|\[\[[^\[\]{}"'#\r\n]*\]\])[ \t]*\r?$""", re.M)
 
 
 def could_nest_deeper(text: str, limit: int = SAFE_NESTING) -> bool:

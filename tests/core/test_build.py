@@ -418,3 +418,35 @@ def test_the_cycle_collector_is_off_for_bookkeeping_and_on_for_a_step_s_own_code
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_the_cycle_collector_stays_on_for_parallel_drivers_and_remote_caches(ws, monkeypatch, tmp_path):
+    """Where other code runs long in the CLI's process: a -j driver replays
+    every forwarded event into observers, fsspec clients run asyncio."""
+    import gc
+
+    from tinybuild import lockfile
+    from tinybuild.executor import Executor
+
+    seen: list[tuple[str, bool]] = []
+    real_record_run, real_lock_text = Executor.record_run, lockfile.lock_text
+
+    def record_run(self, *args, **kwargs):
+        seen.append(("driver", gc.isenabled()))
+        return real_record_run(self, *args, **kwargs)
+
+    def lock_text(*args, **kwargs):
+        seen.append(("lock", gc.isenabled()))
+        return real_lock_text(*args, **kwargs)
+
+    monkeypatch.setattr(Executor, "record_run", record_run)
+    monkeypatch.setattr(lockfile, "lock_text", lock_text)
+    monkeypatch.setenv("TINYBUILD_NO_FASTPATH", "1")
+    assert ws.run("build", str(ws.recipe), "--plain", "-j", "2").code == 0
+    assert ("driver", True) in seen and ("driver", False) not in seen, seen
+    seen.clear()
+    ws.edit("epochs = 3", "epochs = 4")
+    remote = tmp_path / "remote"
+    assert ws.run("build", str(ws.recipe), "--plain", "--remote-cache", remote.as_uri()).code == 0
+    assert seen and all(on for _, on in seen), seen
+    assert gc.isenabled()

@@ -174,10 +174,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing partial was cached", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if not _reader_gone():
+            raise
+        return _quiet_exit()
     finally:
         signal.signal(signal.SIGTERM, previous)
         if collecting:
             gc.enable()
+
+
+#: exit status of a command whose reader went away (128 + SIGPIPE, as git and the shell give)
+EXIT_PIPE_CLOSED = 141
+
+
+def _reader_gone() -> bool:
+    """Whether our stdout or stderr is a pipe whose reader has closed it
+    (``tinybuild plan | head -3``); a broken pipe of anything else (a worker's)
+    is a real error and is raised."""
+    import select
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            poller = select.poll()
+            poller.register(stream.fileno(), select.POLLOUT)
+            if any(events & select.POLLERR for _, events in poller.poll(0)):
+                return True
+        except (AttributeError, OSError, ValueError):  # no file descriptor (captured output)
+            continue
+    return False
+
+
+def _quiet_exit() -> int:
+    """Stop as other Unix tools do when their reader goes away: no traceback,
+    and nothing more written (the interpreter's final flush would fail again)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            pass
+    return EXIT_PIPE_CLOSED
 
 
 

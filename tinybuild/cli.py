@@ -46,8 +46,6 @@ class _Formatter(argparse.HelpFormatter):
     formatter each time an argument is added, help or not."""
 
     def __init__(self, prog: str, **kwargs: Any) -> None:
-        import os
-
         try:
             columns = int(os.environ.get("COLUMNS", ""))
         except ValueError:
@@ -161,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # reference cycles), the driver of -j and Ray builds (observers replaying
     # every forwarded event), and a remote cache's clients (fsspec's asyncio).
     collecting = gc.isenabled()
-    if not (getattr(args, "remote_cache", None) or os.environ.get("TINYBUILD_REMOTE_CACHE")):
+    if not _remote_url(args):
         gc.disable()
     try:
         _check_paths(args)
@@ -217,7 +215,6 @@ def _quiet_exit() -> int:
     return EXIT_PIPE_CLOSED
 
 
-
 _PATH_OPTIONS = (("recipe", "recipe"), ("cache_dir", "--cache-dir"), ("out", "--out"), ("lock", "--lock"))
 
 
@@ -252,8 +249,6 @@ def _error_text(exc: TinybuildError) -> str:
 def _project(args: argparse.Namespace, extra: Sequence[tuple[str, Any]] = (), record: bool = False):
     """The full load (plugins, pydantic); with ``record``, its resolution is
     kept in the configuration cache for the next ``plan``/``build``."""
-    import os
-
     from .project import load_project
 
     project = load_project(args.recipe, cache_dir=args.cache_dir, out_dir=args.out, lock=args.lock,
@@ -264,7 +259,7 @@ def _project(args: argparse.Namespace, extra: Sequence[tuple[str, Any]] = (), re
         if configcache.enabled(os.environ):
             configcache.record(project, configcache.entry_path(Path(args.recipe), args.cache_dir, args.out,
                                                                args.disable_plugin, os.environ, args.lock))
-    url = args.remote_cache or os.environ.get("TINYBUILD_REMOTE_CACHE")
+    url = _remote_url(args)
     if url:
         from .remote import RemoteCache, secret_from_env
 
@@ -281,7 +276,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     recipe = Path(args.recipe)
     stamp = fastpath.stamp_path(recipe, args.cache_dir, args.out, args.disable_plugin, _environ(), args.lock)
-    eligible = not (args.only or args.force or args.remote_cache or _environ().get("TINYBUILD_REMOTE_CACHE"))
+    eligible = not (args.only or args.force or _remote_url(args))
     eligible = eligible and _is_regular_file(recipe)  # else loading the recipe says why
     if eligible and not args.verbose:
         summary = fastpath.try_noop(recipe, args.cache_dir, args.out, args.disable_plugin, lock=args.lock)
@@ -373,8 +368,6 @@ def _build(args: argparse.Namespace, project: Any, make_executor: Any, stamp: Pa
 def _replayable(args: argparse.Namespace) -> bool:
     """Whether a build may be replayed from the configuration cache: only cache
     hits are, so nothing that forces a run, selects steps or runs elsewhere."""
-    import os
-
     env = os.environ
     jobs = args.jobs if args.jobs is not None else env.get("TINYBUILD_JOBS") or 1
     return (not (args.only or args.force or args.ray_address) and str(jobs) == "1"
@@ -383,11 +376,9 @@ def _replayable(args: argparse.Namespace) -> bool:
 
 def _recorded_project(args: argparse.Namespace, build: bool = False) -> Any:
     """The project from the configuration cache, or None (a miss, a remote cache, any doubt)."""
-    import os
-
     from . import configcache
 
-    if args.remote_cache or os.environ.get("TINYBUILD_REMOTE_CACHE") or not configcache.enabled(os.environ):
+    if _remote_url(args) or not configcache.enabled(os.environ):
         return None
     return configcache.load(Path(args.recipe), cache_dir=args.cache_dir, out=args.out, lock=args.lock,
                             disabled=args.disable_plugin, build=build)
@@ -404,8 +395,6 @@ def _warn(message: str) -> None:
 def _check_build_folder(folder: Path) -> None:
     """The build folder is rewritten and cleaned: never through a link."""
     if folder.is_symlink():
-        import os
-
         raise UsageError(f"the build folder {folder} is a symbolic link (to {os.readlink(folder)}); tinybuild never "
                          f"writes or deletes through links. Remove the link (`tinybuild clean` does) or choose another --out")
     if folder.exists() and not folder.is_dir():
@@ -437,8 +426,6 @@ def _jobs(text: str) -> int:
 
 def _scheduler(args: argparse.Namespace, project: Any):
     """None (serial, in this process), local worker processes, or Ray."""
-    import os
-
     executor = args.executor or os.environ.get("TINYBUILD_EXECUTOR") or "local"
     if executor not in ("local", "ray"):
         raise UsageError(f"$TINYBUILD_EXECUTOR={executor}: choose local or ray")
@@ -461,9 +448,12 @@ def _scheduler(args: argparse.Namespace, project: Any):
     return local_scheduler(project.cache.tmp, jobs)
 
 
-def _environ() -> dict[str, str]:
-    import os
+def _remote_url(args: argparse.Namespace) -> str | None:
+    """The remote cache's URL: ``--remote-cache``, else ``$TINYBUILD_REMOTE_CACHE``; None for none."""
+    return getattr(args, "remote_cache", None) or os.environ.get("TINYBUILD_REMOTE_CACHE") or None
 
+
+def _environ() -> dict[str, str]:
     return dict(os.environ)
 
 
@@ -583,20 +573,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from . import locks
-    from .cache import Cache
     from .housekeeping import QUARANTINE_DAYS, collect_garbage
 
-    import os
-
-    from .cache import ENV_CACHE_DIR
-
-    if args.cache_dir:
-        cache = Cache(Path(args.cache_dir).expanduser().resolve())
-    elif args.recipe is None and os.environ.get(ENV_CACHE_DIR):
-        cache = Cache(Path(os.environ[ENV_CACHE_DIR]).expanduser().resolve())
-    else:
-        args.recipe = args.recipe or DEFAULT_RECIPE
-        cache = _project(args).cache
+    cache = _standalone_cache(args)
     with locks.cache_access(cache.root, exclusive=True, wait=not args.no_wait, notify=_note):
         report = collect_garbage(cache, dry_run=args.dry_run)
     for skipped in report.skipped:
@@ -610,8 +589,6 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def _standalone_cache(args: argparse.Namespace):
     """The cache a cache-only command works on: --cache-dir, else
     $TINYBUILD_CACHE_DIR when no recipe is named, else the recipe's."""
-    import os
-
     from .cache import ENV_CACHE_DIR, Cache
 
     if args.cache_dir:

@@ -91,7 +91,6 @@ class Delta:
         """(artifact, lock entry) of every untouched step, from the lock file the stamp vouched for;
         metrics only for the inputs of touched steps (the only readers)."""
         from .api import Artifact
-
         from .keys import step_input_paths
 
         project = self.project

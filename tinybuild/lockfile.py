@@ -21,16 +21,13 @@ FORMAT = 1
 MAX_LOCK_BYTES = 64 << 20
 
 
-#: what this process last read or wrote, per lock file: (identity, steps). A
-#: build reads its lock file three times (claiming the build folder, planning,
-#: stamping); at thousands of steps each parse is a tenth of a second. The
-#: identity includes the inode, and every write replaces the file (new inode),
-#: so another writer's file is never mistaken for the remembered one.
-_seen: dict[str, tuple[list[int], dict[str, dict[str, Any]]]] = {}
-#: the text of the lock file last read, per path (see :func:`entry_texts`)
-_texts: dict[str, tuple[list[int], str]] = {}
-
-
+#: what this process last read or wrote, per lock file: (identity, steps, text;
+#: the text for :func:`entry_texts`). A build reads its lock file three times
+#: (claiming the build folder, planning, stamping); at thousands of steps each
+#: parse is a tenth of a second. The identity includes the inode, and every
+#: write replaces the file (new inode), so another writer's file is never
+#: mistaken for the remembered one.
+_seen: dict[str, tuple[list[int], dict[str, dict[str, Any]], str]] = {}
 
 
 def read_lock(path: Path) -> dict[str, dict[str, Any]]:
@@ -60,9 +57,7 @@ def read_lock(path: Path) -> dict[str, dict[str, Any]]:
     if not isinstance(steps, dict):
         return {}
     steps = {name: entry for name, entry in steps.items() if _well_formed(entry)}  # a hand-edited entry: absent
-    identity = stat_signature(st)
-    _seen[str(path)] = (identity, steps)
-    _texts[str(path)] = (identity, text)
+    _seen[str(path)] = (stat_signature(st), steps, text)
     return steps
 
 
@@ -80,7 +75,7 @@ def _well_formed(entry: Any) -> bool:
 
 def entry_texts(path: Path) -> dict[str, str]:
     """Each step's entry as JSON text, cut from the lock file's lines as last
-    read, if it is still that file; else empty. Only for a caller that knows
+    read or written, if it is still that file; else empty. Only for a caller that knows
     the file is one :func:`lock_text` wrote (a delta rebuild: the no-op stamp
     vouched for its signature), so that each line is exactly one step's
     canonical entry: :func:`write_lock` then reuses the text of the entries
@@ -89,11 +84,11 @@ def entry_texts(path: Path) -> dict[str, str]:
         identity = stat_signature(os.stat(path))
     except OSError:
         return {}
-    known = _texts.get(str(path))
+    known = _seen.get(str(path))
     if known is None or known[0] != identity:
         return {}
     out = {}
-    for line in known[1].split("\n"):
+    for line in known[2].split("\n"):
         end = line.find('":{')
         if line.startswith('"') and end > 0:
             out[line[1:end]] = line[end + 2:].removesuffix(",")
@@ -122,9 +117,10 @@ def lock_text(recipe_name: str, steps: dict[str, dict[str, Any]], reuse: dict[st
 
 
 def write_lock(path: Path, recipe_name: str, steps: dict[str, dict[str, Any]], reuse: dict[str, str] | None = None) -> None:
-    atomic_write_bytes(path, lock_text(recipe_name, steps, reuse).encode("utf-8"))
+    text = lock_text(recipe_name, steps, reuse)
+    atomic_write_bytes(path, text.encode("utf-8"))
     try:
-        _seen[str(path)] = (stat_signature(os.stat(path)), {name: steps[name] for name in sorted(steps)})
+        _seen[str(path)] = (stat_signature(os.stat(path)), {name: steps[name] for name in sorted(steps)}, text)
     except OSError:
         _seen.pop(str(path), None)
 

@@ -65,13 +65,10 @@ def loads(text: str) -> dict[str, Any]:
     crash the compiled parser. Raises :class:`TOMLDecodeError`,
     ``RecursionError``, or ``ValueError`` (an integer over Python's digit limit)."""
     if could_nest_deeper(text):
-        import tomllib
-
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise TOMLDecodeError(exc) from None
+        import tomllib as parser
+    else:
+        parser = tomli
     try:
-        return tomli.loads(text)
-    except tomli.TOMLDecodeError as exc:
+        return parser.loads(text)
+    except parser.TOMLDecodeError as exc:
         raise TOMLDecodeError(exc) from None

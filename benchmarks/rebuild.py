@@ -82,19 +82,84 @@ def bench_toy(steps: int, runs: int, tinybuild: list[str], base_env: dict[str, s
     timed(build, env, folder)  # the full build
     timed(build, env, folder)  # writes the stamp, warms the OS caches
     out: dict[str, list[float]] = {k: [] for k in ("python -c pass", "no-op fast", "no-op normal", "plan",
-                                                     "one leaf changed", "  of which the step")}
-    for r in range(runs):
-        out["python -c pass"].append(timed([sys.executable, "-c", "pass"], env, folder)[0])
-        out["no-op fast"].append(timed(build, env, folder)[0])
-        out["no-op normal"].append(timed(build, slow_env, folder)[0])
-        out["plan"].append(timed([*tinybuild, "plan", str(recipe)], env, folder)[0])
-        recipe.write_text(toy_recipe(steps, note=f"round {r}"))
-        seconds, err = timed(build, env, folder)
-        if len(re.findall(r"built in", err)) != 1:
-            sys.exit(f"expected exactly one step to rerun, got:\n{err[-2000:]}")
-        out["one leaf changed"].append(seconds)
-        out["  of which the step"].append(built_seconds(err))
+                                                     "one leaf changed", "  of which the step", "one leaf, --watch",
+                                                     "  of which the step ")}
+    watcher = Watcher(work / f"watch{steps}", steps, tinybuild, env)
+    try:
+        for r in range(runs):
+            _round(r, steps, out, build, slow_env, env, recipe, folder, tinybuild, watcher)
+    finally:
+        watcher.stop()
     return out
+
+
+def _round(r: int, steps: int, out: dict[str, list[float]], build: list[str], slow_env: dict[str, str],
+           env: dict[str, str], recipe: Path, folder: Path, tinybuild: list[str], watcher: Watcher) -> None:
+    """One interleaved round: every column once."""
+    out["python -c pass"].append(timed([sys.executable, "-c", "pass"], env, folder)[0])
+    out["no-op fast"].append(timed(build, env, folder)[0])
+    out["no-op normal"].append(timed(build, slow_env, folder)[0])
+    out["plan"].append(timed([*tinybuild, "plan", str(recipe)], env, folder)[0])
+    recipe.write_text(toy_recipe(steps, note=f"round {r}"))
+    seconds, err = timed(build, env, folder)
+    if len(re.findall(r"built in", err)) != 1:
+        sys.exit(f"expected exactly one step to rerun, got:\n{err[-2000:]}")
+    out["one leaf changed"].append(seconds)
+    out["  of which the step"].append(built_seconds(err))
+    seconds, step = watcher.edit(f"round {r}")
+    out["one leaf, --watch"].append(seconds)
+    out["  of which the step "].append(step)
+
+
+class Watcher:
+    """A ``tinybuild build --watch`` kept running on its own copy of the
+    recipe (its own cache and build folder: the fresh-process rounds must
+    not wake it); each round edits its recipe and times until the watch is
+    back to waiting, stamp and configuration entry written."""
+
+    def __init__(self, folder: Path, steps: int, tinybuild: list[str], env: dict[str, str]):
+        import queue
+        import threading
+
+        folder.mkdir()
+        (folder / "numbers.txt").write_text("1 2 3\n")
+        self.steps, self.recipe = steps, folder / "recipe.toml"
+        self.recipe.write_text(toy_recipe(steps))
+        timed([*tinybuild, "build", str(self.recipe), "--plain"], env, folder)  # the full build, not timed
+        self.lines: "queue.Queue[tuple[float, str]]" = queue.Queue()
+        self.proc = subprocess.Popen([*tinybuild, "build", str(self.recipe), "--plain", "--watch"], env=env, cwd=folder,
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+        self.wait_until_watching()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.put((time.perf_counter(), line))
+
+    def wait_until_watching(self) -> tuple[float, str]:
+        seen = []
+        while True:
+            at, line = self.lines.get(timeout=120)
+            seen.append(line)
+            if line.startswith("watching "):
+                return at, "".join(seen)
+
+    def edit(self, note: str) -> tuple[float, float]:
+        """(seconds from the edit to waiting again, of which the step)."""
+        start = time.perf_counter()
+        self.recipe.write_text(toy_recipe(self.steps, note=note))
+        at, output = self.wait_until_watching()
+        if len(re.findall(r"built in", output)) != 1 or "restarting" in output:
+            sys.exit(f"--watch: expected exactly one step to rerun in the same process, got:\n{output[-2000:]}")
+        return at - start, built_seconds(output)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.system(f"py-spy dump --pid {self.proc.pid}; cat /proc/{self.proc.pid}/status | head -12")
+            raise
 
 
 def bench_example(runs: int, tinybuild: list[str], base_env: dict[str, str], work: Path) -> dict[str, list[float]]:
@@ -150,7 +215,8 @@ def main() -> int:
 
     print(f"runs: {args.runs} (interleaved; medians in seconds)   cores: {os.cpu_count()}   command: {' '.join(tinybuild)}"
           + (f"   tinybuild from: {args.pythonpath}" if args.pythonpath else ""))
-    columns = ["python -c pass", "no-op fast", "no-op normal", "plan", "one leaf changed", "  of which the step"]
+    columns = ["python -c pass", "no-op fast", "no-op normal", "plan", "one leaf changed", "  of which the step",
+               "one leaf, --watch", "  of which the step "]
     print(f"{'recipe':<16}" + "".join(f"{c.strip():>20}" for c in columns) + f"{'fast / python':>15}")
     for label, values in rows:
         cells = "".join(f"{statistics.median(values[c]):>20.3f}" if values.get(c) else f"{'-':>20}" for c in columns)

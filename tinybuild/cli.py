@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the fast path
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ from . import __version__
 from .errors import TinybuildError, UsageError
 
 DEFAULT_RECIPE = "recipe.toml"
+#: when this command started (before it imported any plugin): `build --watch` trusts no source changed since
+STARTED_NS = time.time_ns()
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -75,6 +78,8 @@ def make_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--force", action="append", default=[], metavar="STEP", help="rerun STEP even if cached (repeatable)")
         p.add_argument("--keep-going", action="store_true", help="after a failure, keep building independent branches")
         p.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
+        p.add_argument("--watch", action="store_true",
+                       help="after the build, rebuild whenever a file it depends on changes (Ctrl-C to stop)")
         p.add_argument("-v", "--verbose", action="store_true", help="also list cached steps, and the bytes and time of remote-cache transfers")
         _no_wait(p, "another build of the same build folder, or gc, is running")
         p.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
@@ -145,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = words[0] if words and words[0] == "build" and not {"-h", "--help"} & set(words) else None
     parser = make_parser(only)
     args = parser.parse_args(words)
+    args.restartable = argv is None  # `build --watch` restarts as this same command line when code changes
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
@@ -272,6 +278,32 @@ def _project(args: argparse.Namespace, extra: Sequence[tuple[str, Any]] = (), re
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    if not args.watch:
+        return _build_command(args)
+    from . import fastpath, watch
+
+    recipe = Path(args.recipe)
+    stamp = fastpath.stamp_path(recipe, args.cache_dir, args.out, args.disable_plugin, _environ(), args.lock)
+    return watch.watch(recipe, stamp, lambda: _watched_build(args), can_restart=args.restartable,
+                       started_ns=STARTED_NS, note=_note)
+
+
+def _watched_build(args: argparse.Namespace) -> int:
+    """One build of a watch: its errors are printed, and the watch goes on."""
+    try:
+        return _build_command(args)
+    except TinybuildError as exc:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        print(_error_text(exc), file=sys.stderr, flush=True)
+        return exc.exit_code
+
+
+def _build_command(args: argparse.Namespace) -> int:
+    """``tinybuild build``: the no-op fast path, a delta rebuild, the
+    configuration cache or the full load, the first that applies."""
     from . import fastpath
 
     recipe = Path(args.recipe)

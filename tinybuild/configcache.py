@@ -488,6 +488,18 @@ def _holds(data: Any, raw: bytes, environ: Mapping[str, str]) -> bool:
     return environment_holds(data, raw.decode("utf-8"), environ)
 
 
+#: whether the plugin modules this process already imported are known to be the
+#: files' own code, unpatched and unchanged since (``build --watch`` checks that
+#: before each build); otherwise a process that has them takes the full load
+_imported_as_on_disk = False
+
+
+def trust_imported_modules() -> None:
+    """Let records be replayed although the plugins are already imported (see above)."""
+    global _imported_as_on_disk
+    _imported_as_on_disk = True
+
+
 def environment_holds(data: Any, recipe_text: str, environ: Mapping[str, str]) -> bool:
     """Everything :func:`_holds` checks but the recipe's bytes: the variables
     ``recipe_text`` interpolates, the code, the import path, the data files and
@@ -498,7 +510,7 @@ def environment_holds(data: Any, recipe_text: str, environ: Mapping[str, str]) -
         return False
     if data["env"] != env_refs(recipe_text, environ) or data["control"] != _control_env(environ):
         return False
-    if any(m in sys.modules for m in data["plugin_modules"]):
+    if not _imported_as_on_disk and any(m in sys.modules for m in data["plugin_modules"]):
         return False  # this process already has the plugins (and maybe patched them): use them
     if not folders_unchanged(data["folders"], data.get("modules") or {}):
         return False

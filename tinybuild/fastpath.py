@@ -181,6 +181,16 @@ def check_edited(stamp: Path, recipe: Path, recipe_text: str, environ: Mapping[s
         return None
 
 
+def depended_on(stamp: Path) -> tuple[list[str], list[str]] | None:
+    """The files and folders a stamp covers (``build --watch`` polls them), or
+    None without a readable stamp."""
+    data = _read_stamp(stamp)
+    try:
+        return [entry[0] for entry in data["files"]], [folder for folder, _ in data["folders"]]
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
 def try_noop(recipe: Path, cache_dir: str | None, out: str | None, disabled: Iterable[str],
              environ: Mapping[str, str] | None = None, lock: str | None = None) -> dict[str, Any] | None:
     env = os.environ if environ is None else environ

@@ -494,10 +494,12 @@ def _holds(data: Any, raw: bytes, environ: Mapping[str, str]) -> bool:
 _imported_as_on_disk = False
 
 
-def trust_imported_modules() -> None:
-    """Let records be replayed although the plugins are already imported (see above)."""
+def trust_imported_modules(trusted: bool) -> bool:
+    """Whether records may be replayed although the plugins are already
+    imported (see above); returns the previous setting, to restore."""
     global _imported_as_on_disk
-    _imported_as_on_disk = True
+    previous, _imported_as_on_disk = _imported_as_on_disk, trusted
+    return previous
 
 
 def environment_holds(data: Any, recipe_text: str, environ: Mapping[str, str]) -> bool:

@@ -196,8 +196,8 @@ def watch(recipe: Path, stamp: Path, build: Callable[[], int], *, can_restart: b
     last build's exit code instead. ``started_ns``: when this process
     started (no later than it imported anything it runs)."""
     _Stop.requested = False
-    configcache.trust_imported_modules()  # every build here checks them first (Snapshot.stale)
     previous = {sig: signal.signal(sig, _Stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    trusted = configcache.trust_imported_modules(True)  # a source changed since its import restarts (Snapshot.stale)
     try:
         code = build()
         while True:
@@ -219,6 +219,7 @@ def watch(recipe: Path, stamp: Path, build: Callable[[], int], *, can_restart: b
             note(f"{_shown(changed)} changed: rebuilding")
             code = build()
     finally:
+        configcache.trust_imported_modules(trusted)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

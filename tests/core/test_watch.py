@@ -1,0 +1,192 @@
+"""``tinybuild build --watch``: rebuilds in one process, restarts for new code, stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from toyenv import BUILTIN_PLUGINS
+
+# A plugin of its own (a file the test edits), which logs when it is imported
+# and each time a step's params are validated: a delta rebuild validates only
+# the edited step, the full load every step.
+PLUGIN = '''
+import os
+from pathlib import Path
+
+from pydantic import field_validator
+
+from tinybuild.api import Kind, Params, StepType, hookimpl
+
+LOG = Path(os.environ["WATCH_LOG"])
+VERSION = "v1"
+with LOG.open("a") as log:
+    log.write("imported\\n")
+
+
+class NoteParams(Params):
+    note: str = ""
+
+    @field_validator("note")
+    @classmethod
+    def _validated(cls, value):
+        with LOG.open("a") as log:
+            log.write(f"validated {value}\\n")
+        return value
+
+
+def run_data(ctx, inputs, params):
+    (ctx.out_dir / "data.txt").write_text(params.note + "\\n")
+
+
+def run_leaf(ctx, inputs, params):
+    (ctx.out_dir / "leaf.txt").write_text(f"{params.note} {VERSION}\\n")
+
+
+@hookimpl
+def tinybuild_step_types():
+    return [StepType("w-data", "1.0", Kind.DATASET, run_data, params=NoteParams, arity=(0, 0), uses_names=False),
+            StepType("w-leaf", "1.0", Kind.REPORT, run_leaf, params=NoteParams, arity=(0, 0), uses_dataset=True,
+                     uses_names=False)]
+'''
+
+RECIPE = """\
+[recipe]
+name = "w"
+
+[dataset]
+use = "w-data"
+note = "d"
+
+[steps.a]
+use = "w-leaf"
+note = "{a}"
+
+[steps.b]
+use = "w-leaf"
+note = "b"
+"""
+
+
+class Watching:
+    """A ``tinybuild build --watch`` subprocess and the lines it writes."""
+
+    def __init__(self, root: Path, env: dict[str, str]):
+        self.proc = subprocess.Popen([sys.executable, "-m", "tinybuild", "build", "recipe.toml", "--plain", "--watch"],
+                                     cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def until_watching(self) -> str:
+        """Everything written up to the next "watching ..." line."""
+        seen = []
+        while True:
+            line = self.lines.get(timeout=120)
+            assert line is not None, "the watch ended:\n" + "".join(seen)
+            seen.append(line)
+            if line.startswith("watching "):
+                return "".join(seen)
+
+    def rest(self) -> str:
+        seen = []
+        while (line := self.lines.get(timeout=60)) is not None:
+            seen.append(line)
+        return "".join(seen)
+
+
+@pytest.fixture
+def watched(tmp_path):
+    (tmp_path / "wplugin.py").write_text(PLUGIN)
+    (tmp_path / "recipe.toml").write_text(RECIPE.format(a="a1"))
+    log = tmp_path / "plugin.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBUILD_")}
+    env.update(PYTHONPATH=str(tmp_path), WATCH_LOG=str(log), TINYBUILD_PLUGINS="w=wplugin",
+               TINYBUILD_DISABLE_PLUGINS=",".join(BUILTIN_PLUGINS))
+    time.sleep(0.1)  # sources changed within a filesystem tick of the start are not trusted (a restart)
+    w = Watching(tmp_path, env)
+    yield w, tmp_path, log
+    if w.proc.poll() is None:
+        w.proc.kill()
+        w.proc.wait()
+
+
+def test_watch_rebuilds_edits_in_one_process_and_restarts_for_new_code(watched):
+    w, root, log = watched
+    first = w.until_watching()
+    assert "ok: 3 built, 0 cached" in first and "restarting" not in first
+    leaf = root / "build" / "w" / "a" / "leaf.txt"
+    assert leaf.read_text() == "a1 v1\n"
+
+    # an edit of one step: rebuilt here (the plugin is not imported again) as a delta (only it is validated)
+    log.write_text("")
+    (root / "recipe.toml").write_text(RECIPE.format(a="a2"))
+    out = w.until_watching()
+    assert "recipe.toml changed: rebuilding" in out and "ok: 1 built, 2 cached" in out, out
+    assert log.read_text() == "validated a2\n"
+    assert leaf.read_text() == "a2 v1\n"
+
+    # an output removed by hand is put back
+    (root / "build" / "w" / "b" / "leaf.txt").unlink()
+    out = w.until_watching()
+    assert "changed: rebuilding" in out and "ok: 0 built, 3 cached" in out, out
+    assert (root / "build" / "w" / "b" / "leaf.txt").read_text() == "b v1\n"
+
+    # a broken recipe is reported, and the watch goes on
+    (root / "recipe.toml").write_text(RECIPE.format(a="a3") + "[steps.c\n")
+    out = w.until_watching()
+    assert "invalid TOML" in out and "Traceback" not in out, out
+    (root / "recipe.toml").write_text(RECIPE.format(a="a3"))
+    out = w.until_watching()
+    assert "ok: 1 built, 2 cached" in out, out
+    assert leaf.read_text() == "a3 v1\n"
+
+    # new plugin code: the process restarts, imports it, and builds with it
+    log.write_text("")
+    plugin = root / "wplugin.py"
+    plugin.write_text(plugin.read_text().replace('VERSION = "v1"', 'VERSION = "v2"'))
+    out = w.until_watching()
+    assert "wplugin.py changed: restarting" in out and "ok: 3 built, 0 cached" in out, out
+    assert log.read_text().startswith("imported\n")
+    assert leaf.read_text() == "a3 v2\n"
+
+    w.proc.send_signal(signal.SIGINT)
+    assert w.proc.wait(timeout=60) == 130
+    assert "stopped watching" in w.rest()
+
+
+def test_sigterm_stops_a_watch_right_after_a_rebuild(watched):
+    """A signal that lands while the collector runs finalizers after a build
+    used to be swallowed, and the watch went on."""
+    w, root, _ = watched
+    w.until_watching()
+    for note in ("x1", "x2", "x3"):
+        (root / "recipe.toml").write_text(RECIPE.format(a=note))
+        w.until_watching()
+    w.proc.terminate()
+    assert w.proc.wait(timeout=60) == 130
+
+
+def test_a_watch_started_in_process_ends_when_code_changes(tmp_path, capsys):
+    """``cli.main(argv)`` cannot replace its caller's process: new code ends the watch instead."""
+    from tinybuild import watch
+
+    notes: list[str] = []
+    builds = []
+    code = watch.watch(tmp_path / "recipe.toml", tmp_path / "stamp.json", lambda: builds.append(1) or 0,
+                       can_restart=False, started_ns=0, note=notes.append)  # every source is newer
+    assert code == 0 and builds == [1]
+    assert notes[-1].endswith("changed: run the command again to build with the new code")

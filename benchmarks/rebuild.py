@@ -155,11 +155,7 @@ class Watcher:
 
     def stop(self) -> None:
         self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.system(f"py-spy dump --pid {self.proc.pid}; cat /proc/{self.proc.pid}/status | head -12")
-            raise
+        self.proc.wait(timeout=30)
 
 
 def bench_example(runs: int, tinybuild: list[str], base_env: dict[str, str], work: Path) -> dict[str, list[float]]:

@@ -168,13 +168,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not _remote_url(args):
         gc.disable()
     try:
+        if os.environ.get("TINYBUILD_WATCH_RESTARTED"):  # watch.RESTARTED, without importing it here
+            from .watch import after_restart
+
+            after_restart()
         _check_paths(args)
         return int(COMMANDS[args.command](args) or 0)
     except TinybuildError as exc:
         if getattr(args, "debug", False):
             raise
-        print(_error_text(exc), file=sys.stderr)
-        return exc.exit_code
+        return _report(exc)
     except KeyboardInterrupt:
         print("interrupted: nothing partial was cached", file=sys.stderr)
         return 130
@@ -242,6 +245,12 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _report(exc: TinybuildError) -> int:
+    """Print an error as a message (no traceback); its exit code."""
+    print(_error_text(exc), file=sys.stderr, flush=True)
+    return exc.exit_code
+
+
 def _error_text(exc: TinybuildError) -> str:
     from .errors import RecipeError
 
@@ -280,34 +289,39 @@ def _project(args: argparse.Namespace, extra: Sequence[tuple[str, Any]] = (), re
 def cmd_build(args: argparse.Namespace) -> int:
     if not args.watch:
         return _build_command(args)
-    from . import fastpath, watch
+    from . import watch
 
     recipe = Path(args.recipe)
-    stamp = fastpath.stamp_path(recipe, args.cache_dir, args.out, args.disable_plugin, _environ(), args.lock)
-    return watch.watch(recipe, stamp, lambda: _watched_build(args), can_restart=args.restartable,
+    stamp = _stamp(args)
+    return watch.watch(recipe, stamp, lambda: _watched_build(args, stamp), can_restart=args.restartable,
                        started_ns=STARTED_NS, note=_note)
 
 
-def _watched_build(args: argparse.Namespace) -> int:
+def _watched_build(args: argparse.Namespace, stamp: Path) -> int:
     """One build of a watch: its errors are printed, and the watch goes on."""
     try:
-        return _build_command(args)
+        return _build_command(args, stamp)
     except TinybuildError as exc:
         if args.debug:
             import traceback
 
             traceback.print_exc()
-        print(_error_text(exc), file=sys.stderr, flush=True)
-        return exc.exit_code
+        return _report(exc)
 
 
-def _build_command(args: argparse.Namespace) -> int:
+def _stamp(args: argparse.Namespace) -> Path:
+    from . import fastpath
+
+    return fastpath.stamp_path(Path(args.recipe), args.cache_dir, args.out, args.disable_plugin, _environ(), args.lock)
+
+
+def _build_command(args: argparse.Namespace, stamp: Path | None = None) -> int:
     """``tinybuild build``: the no-op fast path, a delta rebuild, the
     configuration cache or the full load, the first that applies."""
     from . import fastpath
 
     recipe = Path(args.recipe)
-    stamp = fastpath.stamp_path(recipe, args.cache_dir, args.out, args.disable_plugin, _environ(), args.lock)
+    stamp = stamp or _stamp(args)
     eligible = not (args.only or args.force or _remote_url(args))
     eligible = eligible and _is_regular_file(recipe)  # else loading the recipe says why
     if eligible and not args.verbose:

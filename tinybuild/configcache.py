@@ -55,6 +55,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .hashing import path_signature
 from .shapes import BOM, CORE_STEP_KEYS, TOP_LEVEL_KEYS, RecipeLocation, StepDependencies
 
 FORMAT = 2
@@ -267,15 +268,6 @@ def code_files() -> list[str]:
     return sorted(files)
 
 
-def _signature(path: str) -> list[int] | None:
-    from .hashing import stat_signature
-
-    try:
-        return stat_signature(os.stat(path))
-    except OSError:
-        return None
-
-
 def _control_env(environ: Mapping[str, str]) -> dict[str, str | None]:
     return {"HOME": environ.get("HOME")}
 
@@ -394,7 +386,7 @@ def _record(project: Any, entry: Path, environ: Mapping[str, str] | None) -> boo
     code = []
     limit = STARTED_NS - SETTLE_NS
     for path in sorted(set(code_files()) | set(sources)):
-        sig = _signature(path)
+        sig = path_signature(path)
         if sig is None or sig[2] >= limit:
             return False  # changed while (or just before) this process ran: the next full load records
         code.append([path, sig])
@@ -488,9 +480,11 @@ def _holds(data: Any, raw: bytes, environ: Mapping[str, str]) -> bool:
     return environment_holds(data, raw.decode("utf-8"), environ)
 
 
-#: whether the plugin modules this process already imported are known to be the
-#: files' own code, unpatched and unchanged since (``build --watch`` checks that
-#: before each build); otherwise a process that has them takes the full load
+#: whether the plugin modules this process already imported are known to be
+#: their files' code: under ``build --watch`` (the CLI's own process, which
+#: nothing patches; ``watch.Sources`` checks every source against what was
+#: imported before each build). Otherwise a process that has them (a test
+#: that patched a plugin) takes the full load
 _imported_as_on_disk = False
 
 
@@ -517,7 +511,7 @@ def environment_holds(data: Any, recipe_text: str, environ: Mapping[str, str]) -
     if not folders_unchanged(data["folders"], data.get("modules") or {}):
         return False
     for path, sig in data["code"]:
-        if _signature(path) != sig:
+        if path_signature(path) != sig:
             return False
     if not all(_file_ok(entry) for entry in data["data"]):
         return False

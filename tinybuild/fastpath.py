@@ -181,12 +181,13 @@ def check_edited(stamp: Path, recipe: Path, recipe_text: str, environ: Mapping[s
         return None
 
 
-def depended_on(stamp: Path) -> tuple[list[str], list[str]] | None:
-    """The files and folders a stamp covers (``build --watch`` polls them), or
-    None without a readable stamp."""
+def stamped_signatures(stamp: Path) -> tuple[dict[str, list[int]], list[list[Any]]] | None:
+    """The files a stamp covers with their signatures as the build read or
+    wrote them, and its folders with their mtimes (``build --watch`` measures
+    changes against them); None without a readable stamp."""
     data = _read_stamp(stamp)
     try:
-        return [entry[0] for entry in data["files"]], [folder for folder, _ in data["folders"]]
+        return {entry[0]: entry[1] for entry in data["files"]}, [[f, m] for f, m in data["folders"]]
     except (AttributeError, KeyError, TypeError, ValueError, IndexError):
         return None
 

@@ -55,6 +55,14 @@ def stat_signature(st: os.stat_result) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size]
 
 
+def path_signature(path: str) -> list[int] | None:
+    """:func:`stat_signature` of the file at ``path`` now; None when it cannot be stat'ed."""
+    try:
+        return stat_signature(os.stat(path))
+    except OSError:
+        return None
+
+
 def list_files(root: Path) -> list[str]:
     """Relative POSIX paths of every regular file below ``root``, sorted."""
     out = []

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pydantic import field_validator
 
-from tinybuild.api import Kind, Params, StepType, hookimpl
+from tinybuild.api import InputFile, Kind, Params, StepError, StepType, hookimpl
 
 LOG = Path(os.environ["WATCH_LOG"])
 VERSION = "v1"
@@ -44,17 +44,28 @@ class NoteParams(Params):
         return value
 
 
+class DataParams(NoteParams):
+    file: InputFile | None = None
+
+
 def run_data(ctx, inputs, params):
-    (ctx.out_dir / "data.txt").write_text(params.note + "\\n")
+    text = params.file.read_text() if params.file else ""
+    if "bad" in text:
+        raise StepError(f"{params.file}: bad data")
+    (ctx.out_dir / "data.txt").write_text(params.note + text + "\\n")
 
 
 def run_leaf(ctx, inputs, params):
+    if params.note.startswith("slow"):
+        import time
+
+        time.sleep(1.5)
     (ctx.out_dir / "leaf.txt").write_text(f"{params.note} {VERSION}\\n")
 
 
 @hookimpl
 def tinybuild_step_types():
-    return [StepType("w-data", "1.0", Kind.DATASET, run_data, params=NoteParams, arity=(0, 0), uses_names=False),
+    return [StepType("w-data", "1.0", Kind.DATASET, run_data, params=DataParams, arity=(0, 0), uses_names=False),
             StepType("w-leaf", "1.0", Kind.REPORT, run_leaf, params=NoteParams, arity=(0, 0), uses_dataset=True,
                      uses_names=False)]
 '''
@@ -66,6 +77,7 @@ name = "w"
 [dataset]
 use = "w-data"
 note = "d"
+file = "numbers.txt"
 
 [steps.a]
 use = "w-leaf"
@@ -111,6 +123,7 @@ class Watching:
 @pytest.fixture
 def watched(tmp_path):
     (tmp_path / "wplugin.py").write_text(PLUGIN)
+    (tmp_path / "numbers.txt").write_text("1 2\n")
     (tmp_path / "recipe.toml").write_text(RECIPE.format(a="a1"))
     log = tmp_path / "plugin.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBUILD_")}
@@ -154,6 +167,12 @@ def test_watch_rebuilds_edits_in_one_process_and_restarts_for_new_code(watched):
     assert "ok: 1 built, 2 cached" in out, out
     assert leaf.read_text() == "a3 v1\n"
 
+    # an editor's swap file beside the recipe (a folder on the import path too) changes nothing
+    (root / ".recipe.toml.swp").write_text("swap")
+    (root / "recipe.toml").write_text(RECIPE.format(a="a4"))
+    out = w.until_watching()
+    assert "restarting" not in out and "ok: 1 built, 2 cached" in out, out
+
     # new plugin code: the process restarts, imports it, and builds with it
     log.write_text("")
     plugin = root / "wplugin.py"
@@ -161,11 +180,66 @@ def test_watch_rebuilds_edits_in_one_process_and_restarts_for_new_code(watched):
     out = w.until_watching()
     assert "wplugin.py changed: restarting" in out and "ok: 3 built, 0 cached" in out, out
     assert log.read_text().startswith("imported\n")
-    assert leaf.read_text() == "a3 v2\n"
+    assert leaf.read_text() == "a4 v2\n"
+
+    # the plugin and the recipe changed at once (a checkout): never the old code with the new recipe
+    plugin.write_text(plugin.read_text().replace('VERSION = "v2"', 'VERSION = "v3"'))
+    (root / "recipe.toml").write_text(RECIPE.format(a="a5"))
+    out = w.until_watching()
+    assert "restarting" in out and " v2" not in leaf.read_text(), out
+    if "ok:" not in out:  # the recipe was seen first: rebuilt after the restart
+        out = w.until_watching()
+    assert leaf.read_text() == "a5 v3\n", out
 
     w.proc.send_signal(signal.SIGINT)
     assert w.proc.wait(timeout=60) == 130
     assert "stopped watching" in w.rest()
+
+
+def test_what_changes_while_a_build_runs_is_built_next(watched):
+    w, root, _ = watched
+    w.until_watching()
+    (root / "recipe.toml").write_text(RECIPE.format(a="slow1"))  # the step sleeps 1.5 s
+    while "run [w-leaf]" not in (line := w.lines.get(timeout=60)):
+        pass
+    (root / "recipe.toml").write_text(RECIPE.format(a="a6"))
+    w.until_watching()  # the slow build
+    out = w.until_watching()
+    assert "ok: 1 built, 2 cached" in out, out
+    assert (root / "build" / "w" / "a" / "leaf.txt").read_text() == "a6 v1\n"
+    w.proc.terminate()
+    assert w.proc.wait(timeout=60) == 130
+
+
+def test_after_a_failed_build_fixing_the_data_in_place_rebuilds(watched):
+    w, root, _ = watched
+    w.until_watching()
+    numbers = root / "numbers.txt"
+    numbers.write_text("bad\n")
+    out = w.until_watching()
+    assert "bad data" in out and "ok:" not in out, out
+    numbers.write_text("3 4\n")  # in place: the folder's mtime stays
+    out = w.until_watching()
+    assert "ok: 3 built, 0 cached" in out, out
+    assert (root / "build" / "w" / "dataset" / "data.txt").read_text() == "d3 4\n\n"
+    w.proc.terminate()
+    assert w.proc.wait(timeout=60) == 130
+
+
+def test_a_fifo_for_a_recipe_is_an_error_not_a_hang(watched):
+    w, root, _ = watched
+    w.until_watching()
+    recipe = root / "recipe.toml"
+    recipe.unlink()
+    os.mkfifo(recipe)
+    out = w.until_watching()
+    assert "recipe.toml" in out and "ok:" not in out, out
+    recipe.unlink()
+    recipe.write_text(RECIPE.format(a="a7"))
+    out = w.until_watching()
+    assert "ok: 1 built, 2 cached" in out, out
+    w.proc.terminate()
+    assert w.proc.wait(timeout=60) == 130
 
 
 def test_sigterm_stops_a_watch_right_after_a_rebuild(watched):
@@ -180,13 +254,36 @@ def test_sigterm_stops_a_watch_right_after_a_rebuild(watched):
     assert w.proc.wait(timeout=60) == 130
 
 
-def test_a_watch_started_in_process_ends_when_code_changes(tmp_path, capsys):
-    """``cli.main(argv)`` cannot replace its caller's process: new code ends the watch instead."""
+def test_a_watch_started_in_process_ends_when_code_changes_under_a_build(tmp_path, monkeypatch):
+    """``cli.main(argv)`` cannot replace its caller's process: a source
+    edited after its import (here, while a build runs) ends the watch."""
     from tinybuild import watch
 
+    module = tmp_path / "edited_under_watch.py"
+    module.write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import edited_under_watch  # noqa: F401
+
+    time.sleep(0.1)  # older than the watch by more than a filesystem tick
     notes: list[str] = []
     builds = []
-    code = watch.watch(tmp_path / "recipe.toml", tmp_path / "stamp.json", lambda: builds.append(1) or 0,
-                       can_restart=False, started_ns=0, note=notes.append)  # every source is newer
+
+    def build() -> int:
+        builds.append(1)
+        module.write_text("X = 22\n")
+        return 0
+
+    code = watch.watch(tmp_path / "recipe.toml", tmp_path / "stamp.json", build, can_restart=False,
+                       started_ns=time.time_ns(), note=notes.append)
     assert code == 0 and builds == [1]
-    assert notes[-1].endswith("changed: run the command again to build with the new code")
+    assert notes == [f"{module} changed: run the command again to build with the new code"]
+
+
+def test_changed_paths_are_shown_even_when_the_current_folder_is_gone(tmp_path, monkeypatch):
+    from tinybuild.watch import _shown
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert _shown(["/a/b.py", "/c/d.py"]) == "/a/b.py, /c/d.py"

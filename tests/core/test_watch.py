@@ -287,3 +287,23 @@ def test_changed_paths_are_shown_even_when_the_current_folder_is_gone(tmp_path, 
     monkeypatch.chdir(gone)
     gone.rmdir()
     assert _shown(["/a/b.py", "/c/d.py"]) == "/a/b.py, /c/d.py"
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to see the exec happen")
+def test_a_signal_during_a_restart_still_stops_the_watch_cleanly(watched):
+    """Sent while the new process starts (before it has handlers: the
+    default SIGTERM would kill it, status -15): the signals are blocked across
+    execv, then handled as any other stop."""
+    w, root, _ = watched
+    w.until_watching()
+    plugin = root / "wplugin.py"
+    plugin.write_text(plugin.read_text() + "\n# edited\n")
+    while "changed: restarting" not in w.lines.get(timeout=60):
+        pass
+    environ = Path(f"/proc/{w.proc.pid}/environ")
+    deadline = time.monotonic() + 30
+    while b"TINYBUILD_WATCH_RESTARTED=1" not in environ.read_bytes():  # the new process exists
+        assert time.monotonic() < deadline
+    w.proc.terminate()
+    assert w.proc.wait(timeout=60) == 130
+    assert "Traceback" not in w.rest()

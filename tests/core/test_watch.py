@@ -113,7 +113,10 @@ class Watching:
             if line.startswith("watching "):
                 return "".join(seen)
 
-    def rest(self) -> str:
+    def stop(self, signum: int = signal.SIGTERM) -> str:
+        """Send ``signum``; the watch must end with status 130. What it wrote meanwhile."""
+        self.proc.send_signal(signum)
+        assert self.proc.wait(timeout=60) == 130
         seen = []
         while (line := self.lines.get(timeout=60)) is not None:
             seen.append(line)
@@ -191,9 +194,7 @@ def test_watch_rebuilds_edits_in_one_process_and_restarts_for_new_code(watched):
         out = w.until_watching()
     assert leaf.read_text() == "a5 v3\n", out
 
-    w.proc.send_signal(signal.SIGINT)
-    assert w.proc.wait(timeout=60) == 130
-    assert "stopped watching" in w.rest()
+    assert "stopped watching" in w.stop(signal.SIGINT)
 
 
 def test_what_changes_while_a_build_runs_is_built_next(watched):
@@ -207,8 +208,7 @@ def test_what_changes_while_a_build_runs_is_built_next(watched):
     out = w.until_watching()
     assert "ok: 1 built, 2 cached" in out, out
     assert (root / "build" / "w" / "a" / "leaf.txt").read_text() == "a6 v1\n"
-    w.proc.terminate()
-    assert w.proc.wait(timeout=60) == 130
+    w.stop()
 
 
 def test_after_a_failed_build_fixing_the_data_in_place_rebuilds(watched):
@@ -222,8 +222,7 @@ def test_after_a_failed_build_fixing_the_data_in_place_rebuilds(watched):
     out = w.until_watching()
     assert "ok: 3 built, 0 cached" in out, out
     assert (root / "build" / "w" / "dataset" / "data.txt").read_text() == "d3 4\n\n"
-    w.proc.terminate()
-    assert w.proc.wait(timeout=60) == 130
+    w.stop()
 
 
 def test_a_fifo_for_a_recipe_is_an_error_not_a_hang(watched):
@@ -238,8 +237,7 @@ def test_a_fifo_for_a_recipe_is_an_error_not_a_hang(watched):
     recipe.write_text(RECIPE.format(a="a7"))
     out = w.until_watching()
     assert "ok: 1 built, 2 cached" in out, out
-    w.proc.terminate()
-    assert w.proc.wait(timeout=60) == 130
+    w.stop()
 
 
 def test_sigterm_stops_a_watch_right_after_a_rebuild(watched):
@@ -250,8 +248,7 @@ def test_sigterm_stops_a_watch_right_after_a_rebuild(watched):
     for note in ("x1", "x2", "x3"):
         (root / "recipe.toml").write_text(RECIPE.format(a=note))
         w.until_watching()
-    w.proc.terminate()
-    assert w.proc.wait(timeout=60) == 130
+    w.stop()
 
 
 def test_a_watch_started_in_process_ends_when_code_changes_under_a_build(tmp_path, monkeypatch):
@@ -304,6 +301,4 @@ def test_a_signal_during_a_restart_still_stops_the_watch_cleanly(watched):
     deadline = time.monotonic() + 30
     while b"TINYBUILD_WATCH_RESTARTED=1" not in environ.read_bytes():  # the new process exists
         assert time.monotonic() < deadline
-    w.proc.terminate()
-    assert w.proc.wait(timeout=60) == 130
-    assert "Traceback" not in w.rest()
+    assert "Traceback" not in w.stop()

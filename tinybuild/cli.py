@@ -291,16 +291,14 @@ def cmd_build(args: argparse.Namespace) -> int:
         return _build_command(args)
     from . import watch
 
-    recipe = Path(args.recipe)
-    stamp = _stamp(args)
-    return watch.watch(recipe, stamp, lambda: _watched_build(args, stamp), can_restart=args.restartable,
-                       started_ns=STARTED_NS, note=_note)
+    return watch.watch(Path(args.recipe), lambda: _stamp(args), lambda: _watched_build(args),
+                       can_restart=args.restartable, started_ns=STARTED_NS, note=_note)
 
 
-def _watched_build(args: argparse.Namespace, stamp: Path) -> int:
+def _watched_build(args: argparse.Namespace) -> int:
     """One build of a watch: its errors are printed, and the watch goes on."""
     try:
-        return _build_command(args, stamp)
+        return _build_command(args)
     except TinybuildError as exc:
         if args.debug:
             import traceback
@@ -315,13 +313,13 @@ def _stamp(args: argparse.Namespace) -> Path:
     return fastpath.stamp_path(Path(args.recipe), args.cache_dir, args.out, args.disable_plugin, _environ(), args.lock)
 
 
-def _build_command(args: argparse.Namespace, stamp: Path | None = None) -> int:
+def _build_command(args: argparse.Namespace) -> int:
     """``tinybuild build``: the no-op fast path, a delta rebuild, the
     configuration cache or the full load, the first that applies."""
     from . import fastpath
 
     recipe = Path(args.recipe)
-    stamp = stamp or _stamp(args)
+    stamp = _stamp(args)
     eligible = not (args.only or args.force or _remote_url(args))
     eligible = eligible and _is_regular_file(recipe)  # else loading the recipe says why
     if eligible and not args.verbose:

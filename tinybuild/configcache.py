@@ -224,10 +224,14 @@ def entry_path(recipe: Path, cache_dir: str | None, out: str | None, disabled: I
                environ: Mapping[str, str], lock: str | None = None) -> Path:
     """``<cache>/config/<id>.json``: the id covers what :func:`fastpath.stamp_path`
     covers (recipe path, folders, plugin choices, interpreter, import path)."""
-    from .fastpath import cache_root, stamp_path
+    from .fastpath import stamp_path
 
-    stamp = stamp_path(recipe, cache_dir, out, disabled, environ, lock)
-    return cache_root(recipe, cache_dir, environ) / "config" / stamp.name
+    return entry_beside(stamp_path(recipe, cache_dir, out, disabled, environ, lock))
+
+
+def entry_beside(stamp: Path) -> Path:
+    """The configuration entry of the invocation whose no-op stamp is ``stamp`` (same cache, same id)."""
+    return stamp.parent.parent / "config" / stamp.name
 
 
 def sha(data: bytes) -> str:
@@ -465,6 +469,25 @@ def table_digests(recipe_text: str, parsed: Mapping[str, Any] | None = None) -> 
 
 
 # -- answering from an entry ----------------------------------------------------------
+
+
+def recorded_inputs(entry: Path) -> tuple[list[str], list[str]]:
+    """The data files (file params, declared input files) and listed folders
+    an entry records: what the last full load resolved, also when its build
+    then failed. Empty when unreadable."""
+    data = read_entry(entry)
+    files: list[str] = []
+    folders: list[str] = []
+    try:
+        for rec in data["steps"]:
+            for value in [*rec["file_fields"].values(), *(rec["input_files"] or {}).values()]:
+                files.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
+            folders.extend(str(f) for f in rec["input_folders"] or [])
+        files.extend(str(row[0]) for row in data["data"])
+        folders.extend(str(row[0]) for row in data["listed"])
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        return [], []
+    return files, folders
 
 
 def read_entry(path: Path) -> Any:

@@ -133,12 +133,14 @@ def check(stamp: Path, recipe_text: str, environ: Mapping[str, str], first: str 
     """The stamp's summary if nothing it depends on changed, else None (also
     when the stamp is damaged or of the wrong shape: it is never trusted).
     ``first``: the file to check before all others (the recipe: the likeliest
-    to have changed, so an edit is found with one ``stat``, not thousands)."""
+    to have changed, so an edit is found with one ``stat``, not thousands); a
+    stamp that does not cover it is not this recipe's (a symlinked recipe
+    retargeted) and never holds."""
     data = _read_stamp(stamp)
     try:
         if first is not None and isinstance(data, dict):
             entry = next((e for e in data["files"] if e[0] == first), None)
-            if entry is not None and not _file_ok(entry):
+            if entry is None or not _file_ok(entry):
                 return None
         return _check(data, recipe_text, environ)
     except (AttributeError, KeyError, TypeError, ValueError, IndexError):
@@ -257,8 +259,8 @@ def folders_unchanged(folders: Iterable[Any], modules: Mapping[str, Any]) -> boo
 
 def module_names(folder: str) -> list[str]:
     """What in ``folder`` an import could find: files with an importable
-    suffix (``.py``, ``.pyc``, extension modules) and folders holding an
-    ``__init__`` (a plain folder is at most a namespace portion, which never
+    suffix (``.py``, ``.pyc``, extension modules) after a module name, and
+    such folders holding an ``__init__`` (a plain folder is at most a namespace portion, which never
     shadows a module found later on the path).
 
     Why: ``python -m tinybuild`` and ``python -c`` put the current folder on
@@ -271,9 +273,12 @@ def module_names(folder: str) -> list[str]:
     names = []
     with os.scandir(folder or ".") as entries:
         for entry in entries:
-            if entry.name.endswith(suffixes):
-                names.append(entry.name)
-            elif entry.is_dir() and any(os.path.exists(os.path.join(entry.path, "__init__" + s)) for s in suffixes):
+            suffix = next((x for x in suffixes if entry.name.endswith(x)), None)
+            if suffix is not None:
+                if entry.name[:-len(suffix)].isidentifier():  # not an editor's `.#x.py` lock or `x.py~`
+                    names.append(entry.name)
+            elif (entry.name.isidentifier() and entry.is_dir()
+                  and any(os.path.exists(os.path.join(entry.path, "__init__" + s)) for s in suffixes)):
                 names.append(entry.name + "/")
     return sorted(names)
 

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import configcache, fastpath
+from . import configcache, fastpath, keys
 from .hashing import path_signature
 
 RECIPE_POLL_S = 0.02
@@ -56,6 +56,18 @@ POLL_SHARE = 0.01  # of one core, for polling every watched file
 #: set in the environment of a restarted watch: SIGINT and SIGTERM arrive blocked
 #: (a signal sent during the restart waits for the new process's handlers)
 RESTARTED = "TINYBUILD_WATCH_RESTARTED"
+
+
+def source_signature(path: str) -> list[int] | None:
+    """A source's signature; for a module inside a zip or egg on ``sys.path``,
+    the archive's (its member has no signature of its own)."""
+    sig = path_signature(path)
+    parent = os.path.dirname(path)
+    while sig is None and parent and parent != os.path.dirname(parent):
+        if os.path.isfile(parent):
+            return path_signature(parent)
+        parent = os.path.dirname(parent)
+    return sig
 
 
 class Sources:
@@ -76,17 +88,17 @@ class Sources:
         now = time.time_ns()
         for path in configcache.code_files():
             if path not in self.imported:
-                sig = path_signature(path)
+                sig = source_signature(path)
                 self.imported[path] = sig
                 if sig is None or sig[3] >= self.since_ns - fastpath.RACY_NS:
                     self.unsure.append(path)
         self.since_ns = now
-        return self.unsure + [p for p, sig in self.imported.items() if p not in self.unsure and path_signature(p) != sig]
+        return self.unsure + [p for p, sig in self.imported.items() if p not in self.unsure and source_signature(p) != sig]
 
     def settle(self, changed: list[str]) -> None:
         """Before a restart: let one filesystem tick pass after the newest change, so that the new
         process, started after it, does not find the same files changed "after it started"."""
-        times = [sig[3] for sig in map(path_signature, changed) if sig]
+        times = [sig[3] for sig in map(source_signature, changed) if sig]
         wait_ns = max(times, default=0) + fastpath.RACY_NS - time.time_ns()
         if wait_ns > 0:
             time.sleep(min(wait_ns / 1e9, 1.0))
@@ -154,10 +166,11 @@ class Baseline:
         if stamped is not None:
             files, folders = stamped
             self.folders = [[f, m] for f, m in folders if f not in path_folders]
-        else:  # no stamp: the last one's files as they are now, and the recipe's folder
-            files = {path: path_signature(path) for path in last.get("files", {})}
-            folder = str(recipe.recipe.resolve().parent)
-            self.folders = [[f, _mtime(f)] for f in {folder, *(f for f, _ in last.get("folders", []))}]
+        else:  # no stamp: as they are now, the last stamp's files, the recorded data files, the recipe's folder
+            data, listed = configcache.recorded_inputs(configcache.entry_beside(stamp))
+            files = {path: path_signature(path) for path in [*last.get("files", {}), *data]}
+            folders = {str(recipe.recipe.resolve().parent), *(f for f, _ in last.get("folders", [])), *listed}
+            self.folders = [[f, _mtime(f)] for f in sorted(folders - path_folders)]
         recipe_path = str(recipe.recipe.resolve())
         self.files = {p: sig for p, sig in files.items() if p not in sources.imported and p != recipe_path}
 
@@ -266,18 +279,20 @@ def after_restart() -> None:
         pass
 
 
-def watch(recipe: Path, stamp: Path, build: Callable[[], int], *, can_restart: bool, started_ns: int,
-          note: Callable[[str], None]) -> int:
+def watch(recipe: Path, stamp_of: Callable[[], Path], build: Callable[[], int], *, can_restart: bool,
+          started_ns: int, note: Callable[[str], None]) -> int:
     """Build, then rebuild after every change until interrupted (Ctrl-C or
     SIGTERM: exit 130, also while a build runs: nothing partial is cached).
     ``build`` runs one build and returns its exit code; errors are its to
-    print. ``started_ns``: no later than this process imported anything it
-    runs. Without ``can_restart`` (``cli.main`` called with its own argument
+    print. ``stamp_of``: the no-op stamp's path for the recipe as it
+    resolves now (a symlinked recipe can be retargeted). ``started_ns``: no
+    later than this process imported anything it runs. Without ``can_restart`` (``cli.main`` called with its own argument
     list), a change of code ends the watch with the last build's exit code."""
     _Stop.requested = False
     previous = {sig: signal.signal(sig, _Stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     trusted = configcache.trust_imported_modules(True)  # Sources vouches for them before every build
     sources = Sources(started_ns)
+    guarded, keys.IMPORTED_SOURCES = keys.IMPORTED_SOURCES, sources.imported  # and keys refuse what differs
     last: dict[str, Any] = {}
     code = 0
     try:
@@ -291,13 +306,16 @@ def watch(recipe: Path, stamp: Path, build: Callable[[], int], *, can_restart: b
                 sources.settle(changed)
                 restart()
             state = RecipeState(recipe)
+            before = fastpath.stamped_signatures(stamp_of())  # its files are watched if this build writes no stamp
+            if before is not None:
+                last = {"files": before[0], "folders": before[1]}
             code = build()
             _Stop.check()
             try:
                 changed = sources.changed()  # what the build imported
                 if changed:
                     continue
-                baseline = Baseline(state, stamp, sources, last)
+                baseline = Baseline(state, stamp_of(), sources, last)
                 last = baseline.watched
                 note(f"watching {len(baseline.files) + len(sources.imported) + 1:,} files for changes (Ctrl-C to stop)")
                 gc.collect()  # the last build's cycles (the CLI keeps the collector off while it works)
@@ -311,6 +329,7 @@ def watch(recipe: Path, stamp: Path, build: Callable[[], int], *, can_restart: b
             else:
                 changed = what
     finally:
+        keys.IMPORTED_SOURCES = guarded
         configcache.trust_imported_modules(trusted)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -123,21 +123,40 @@ class Watching:
         return "".join(seen)
 
 
-@pytest.fixture
-def watched(tmp_path):
-    (tmp_path / "wplugin.py").write_text(PLUGIN)
-    (tmp_path / "numbers.txt").write_text("1 2\n")
-    (tmp_path / "recipe.toml").write_text(RECIPE.format(a="a1"))
+def start(tmp_path: Path, recipe: str | None = RECIPE.format(a="a1"), files: dict[str, str] | None = None):
+    """A watch of ``recipe.toml`` (``recipe``, unless None: made by the caller)
+    with the plugin, ``numbers.txt`` and ``files`` written first."""
+    for name, text in {"wplugin.py": PLUGIN, "numbers.txt": "1 2\n", **(files or {})}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    if recipe is not None:
+        (tmp_path / "recipe.toml").write_text(recipe)
     log = tmp_path / "plugin.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBUILD_")}
     env.update(PYTHONPATH=str(tmp_path), WATCH_LOG=str(log), TINYBUILD_PLUGINS="w=wplugin",
                TINYBUILD_DISABLE_PLUGINS=",".join(BUILTIN_PLUGINS))
     time.sleep(0.1)  # sources changed within a filesystem tick of the start are not trusted (a restart)
-    w = Watching(tmp_path, env)
-    yield w, tmp_path, log
-    if w.proc.poll() is None:
-        w.proc.kill()
-        w.proc.wait()
+    return Watching(tmp_path, env), tmp_path, log
+
+
+@pytest.fixture
+def watched(tmp_path):
+    started = start(tmp_path)
+    yield started
+    if started[0].proc.poll() is None:
+        started[0].proc.kill()
+        started[0].proc.wait()
+
+
+@pytest.fixture
+def starter(tmp_path):
+    """start(...) with other files; the watch is killed at the end."""
+    started = []
+    yield lambda **kw: started.append(start(tmp_path, **kw)) or started[-1]
+    for w, _, _ in started:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
 
 
 def test_watch_rebuilds_edits_in_one_process_and_restarts_for_new_code(watched):
@@ -270,7 +289,7 @@ def test_a_watch_started_in_process_ends_when_code_changes_under_a_build(tmp_pat
         module.write_text("X = 22\n")
         return 0
 
-    code = watch.watch(tmp_path / "recipe.toml", tmp_path / "stamp.json", build, can_restart=False,
+    code = watch.watch(tmp_path / "recipe.toml", lambda: tmp_path / "stamps" / "s.json", build, can_restart=False,
                        started_ns=time.time_ns(), note=notes.append)
     assert code == 0 and builds == [1]
     assert notes == [f"{module} changed: run the command again to build with the new code"]
@@ -302,3 +321,80 @@ def test_a_signal_during_a_restart_still_stops_the_watch_cleanly(watched):
     while b"TINYBUILD_WATCH_RESTARTED=1" not in environ.read_bytes():  # the new process exists
         assert time.monotonic() < deadline
     assert "Traceback" not in w.stop()
+
+
+def test_a_plugin_saved_just_after_the_recipe_is_never_built_as_the_old_code(watched):
+    """A checkout or "save all" writes the plugin a moment after the recipe:
+    the rebuild may start in between. Its keys are never computed from the
+    new source while the old module runs (the cache would keep old code's
+    output under the new code's key): the process restarts and builds anew."""
+    w, root, _ = watched
+    w.until_watching()
+    plugin = root / "wplugin.py"
+    (root / "recipe.toml").write_text(RECIPE.format(a="a8"))
+    time.sleep(0.03)
+    plugin.write_text(plugin.read_text().replace('VERSION = "v1"', 'VERSION = "v9"'))
+    seen = ""
+    while "restarting" not in seen:  # the restarted process's build is in the same part
+        seen += w.until_watching()
+    assert (root / "build" / "w" / "a" / "leaf.txt").read_text() == "a8 v9\n", seen
+    assert (root / "build" / "w" / "b" / "leaf.txt").read_text() == "b v9\n", seen
+    w.stop()
+
+
+def test_a_retargeted_symlinked_recipe_is_never_a_false_no_op(starter, tmp_path):
+    """The no-op stamp is named after the recipe as it resolves at each build, not at the start."""
+    (tmp_path / "r1.toml").write_text(RECIPE.format(a="a1"))
+    (tmp_path / "r2.toml").write_text(RECIPE.format(a="a1").replace('note = "b"', 'note = "b-two"'))
+    link = tmp_path / "recipe.toml"
+    link.symlink_to("r1.toml")
+    w, _, _ = starter(recipe=None)
+    w.until_watching()
+    leaf = tmp_path / "build" / "w" / "b" / "leaf.txt"
+    for target, expected in (("r2.toml", "b-two v1\n"), ("r1.toml", "b v1\n")):
+        link.unlink()
+        link.symlink_to(target)
+        out = w.until_watching()
+        assert "nothing changed" not in out and leaf.read_text() == expected, out
+    w.stop()
+
+
+def test_a_data_fix_after_a_first_build_that_failed_rebuilds(starter):
+    """No stamp was ever written; the configuration entry's data files are watched."""
+    recipe = RECIPE.format(a="a1").replace('file = "numbers.txt"', 'file = "data/numbers.txt"')
+    w, root, _ = starter(recipe=recipe, files={"data/numbers.txt": "bad\n"})
+    out = w.until_watching()
+    assert "bad data" in out, out
+    (root / "data" / "numbers.txt").write_text("5 6\n")  # in a subfolder, in place: no folder changes
+    out = w.until_watching()
+    assert "ok: 3 built, 0 cached" in out, out
+    w.stop()
+
+
+def test_only_importable_names_on_the_import_path_count(tmp_path):
+    """An editor's lock file (`.#x.py`, a dangling link) or a script with a dash cannot be imported:
+    creating one is no reason to restart a watch or to miss the no-op fast path."""
+    from tinybuild.fastpath import module_names
+
+    (tmp_path / "good.py").write_text("")
+    (tmp_path / "not-a-module.py").write_text("")
+    (tmp_path / ".#good.py").symlink_to("user@host.1234:1")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "__init__.py").write_text("")
+    assert module_names(str(tmp_path)) == ["good.py", "pkg/"]
+
+
+def test_a_module_inside_a_zip_is_watched_through_its_archive(tmp_path):
+    """Its member has no signature of its own; without the archive's, a watch restarted forever."""
+    import zipfile
+
+    from tinybuild.hashing import path_signature
+    from tinybuild.watch import source_signature
+
+    archive = tmp_path / "helpers.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("zhelper.py", "X = 1\n")
+    assert source_signature(str(archive / "zhelper.py")) == path_signature(str(archive)) is not None
+    assert source_signature(str(tmp_path / "gone.py")) is None

@@ -15,7 +15,10 @@ imported (:class:`Sources`), and when one differs from that, or a
 installed), the process restarts itself (``os.execv`` with the same command
 line): that build is a new command's build. This is checked again right
 before every build in this process, so a source and the recipe changed
-together (a ``git checkout``) are never built with the old code.
+together (a ``git checkout``) are never built with the old code, and
+:mod:`tinybuild.keys` refuses to key a step from a source that differs from
+what was imported (``keys.IMPORTED_SOURCES``): a source saved while a build
+runs stops it, and the process restarts.
 
 Every other change is rebuilt here. What the next change is measured against
 (:class:`Baseline`) is what the build read, not what is there after it: the
@@ -23,7 +26,8 @@ recipe's signature taken before the build, and the signatures the build's
 no-op stamp recorded for the lock file, data files, cached objects and
 outputs (as read or as written). An edit made while a build runs is
 therefore built next. After a build that wrote no stamp (it failed; or
-``--only``, ``--force``, a remote cache) the files of the last stamp are
+``--only``, ``--force``, a remote cache, a plugin observing builds) the files
+of the last stamp and the data files the configuration entry records are
 watched from their state after the build, with the recipe's folder (a data
 file the build missed may be created there).
 

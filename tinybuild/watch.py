@@ -94,7 +94,8 @@ class Sources:
             if path not in self.imported:
                 sig = source_signature(path)
                 self.imported[path] = sig
-                if sig is None or sig[3] >= self.since_ns - fastpath.RACY_NS:
+                # no file (a module made in memory): nothing on disk to differ from, until one appears
+                if sig is not None and sig[3] >= self.since_ns - fastpath.RACY_NS:
                     self.unsure.append(path)
         self.since_ns = now
         return self.unsure + [p for p, sig in self.imported.items() if p not in self.unsure and source_signature(p) != sig]

@@ -503,20 +503,14 @@ def _holds(data: Any, raw: bytes, environ: Mapping[str, str]) -> bool:
     return environment_holds(data, raw.decode("utf-8"), environ)
 
 
-#: whether the plugin modules this process already imported are known to be
-#: their files' code: under ``build --watch`` (the CLI's own process, which
-#: nothing patches; ``watch.Sources`` checks every source against what was
-#: imported before each build). Otherwise a process that has them (a test
-#: that patched a plugin) takes the full load
-_imported_as_on_disk = False
-
-
-def trust_imported_modules(trusted: bool) -> bool:
-    """Whether records may be replayed although the plugins are already
-    imported (see above); returns the previous setting, to restore."""
-    global _imported_as_on_disk
-    previous, _imported_as_on_disk = _imported_as_on_disk, trusted
-    return previous
+#: under ``build --watch``: each imported module's source signature as this
+#: process imported it (``watch.Sources``, which checks every source against it
+#: before each build and restarts the process when one differs); None otherwise.
+#: While set, records are replayed although the plugins are already imported
+#: (the CLI's own process: nothing patches them), and ``keys`` refuses to key a
+#: step from a source that differs (it would name code that is not what runs).
+#: Unset, a process that has the plugins (a test that patched one) takes the full load.
+imported_sources: dict[str, list[int] | None] | None = None
 
 
 def environment_holds(data: Any, recipe_text: str, environ: Mapping[str, str]) -> bool:
@@ -529,7 +523,7 @@ def environment_holds(data: Any, recipe_text: str, environ: Mapping[str, str]) -
         return False
     if data["env"] != env_refs(recipe_text, environ) or data["control"] != _control_env(environ):
         return False
-    if not _imported_as_on_disk and any(m in sys.modules for m in data["plugin_modules"]):
+    if imported_sources is None and any(m in sys.modules for m in data["plugin_modules"]):
         return False  # this process already has the plugins (and maybe patched them): use them
     if not folders_unchanged(data["folders"], data.get("modules") or {}):
         return False

@@ -260,8 +260,9 @@ def folders_unchanged(folders: Iterable[Any], modules: Mapping[str, Any]) -> boo
 def module_names(folder: str) -> list[str]:
     """What in ``folder`` an import could find: files with an importable
     suffix (``.py``, ``.pyc``, extension modules) after a module name, and
-    such folders holding an ``__init__`` (a plain folder is at most a namespace portion, which never
-    shadows a module found later on the path).
+    such folders holding an ``__init__`` (a plain folder is at most a
+    namespace portion, which never shadows a module found later on the
+    path).
 
     Why: ``python -m tinybuild`` and ``python -c`` put the current folder on
     ``sys.path``. Its mtime changes whenever any file is created there (a log,

@@ -44,6 +44,7 @@ if typing.TYPE_CHECKING:
     from .api import GraphPass, Params
     from .resolve import ResolvedStep
 
+from . import configcache
 from .api import INPUT_FILE
 from .configcache import RecordedParams
 from .errors import TinybuildError
@@ -148,22 +149,15 @@ _SOURCES: dict[tuple[str, int, int], str] = {}
 SOURCE_READS: dict[str, tuple[list[int], str, int]] = {}
 
 
-#: under ``build --watch``: each imported module's source signature as this
-#: process imported it (``watch.Sources``). A key computed from a file that
-#: differs would name code that is not the code that runs, so it is refused.
-#: None otherwise: tests edit and patch plugins between in-process builds.
-IMPORTED_SOURCES: dict[str, list[int] | None] | None = None
-
-
 class SourceChanged(TinybuildError):
-    """A source changed after this process imported it (see ``IMPORTED_SOURCES``)."""
+    """A source changed after this process imported it (see ``configcache.imported_sources``)."""
 
 
 def _source_digest(path: str) -> str:
     """Digest of a source file, memoized on (path, mtime, size)."""
     st = os.stat(path)
-    if IMPORTED_SOURCES is not None:
-        imported = IMPORTED_SOURCES.get(path)
+    if configcache.imported_sources is not None:
+        imported = configcache.imported_sources.get(path)
         if imported is not None and imported != stat_signature(st):
             raise SourceChanged(f"{path} changed after this process imported it: no key is computed from a "
                                 f"source that is not the code that runs (the watch restarts to read it)")

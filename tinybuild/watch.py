@@ -17,7 +17,7 @@ line): that build is a new command's build. This is checked again right
 before every build in this process, so a source and the recipe changed
 together (a ``git checkout``) are never built with the old code, and
 :mod:`tinybuild.keys` refuses to key a step from a source that differs from
-what was imported (``keys.IMPORTED_SOURCES``): a source saved while a build
+what was imported (``configcache.imported_sources``): a source saved while a build
 runs stops it, and the process restarts.
 
 Every other change is rebuilt here. What the next change is measured against
@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import configcache, fastpath, keys
+from . import configcache, fastpath
 from .hashing import path_signature
 
 RECIPE_POLL_S = 0.02
@@ -291,13 +291,14 @@ def watch(recipe: Path, stamp_of: Callable[[], Path], build: Callable[[], int], 
     ``build`` runs one build and returns its exit code; errors are its to
     print. ``stamp_of``: the no-op stamp's path for the recipe as it
     resolves now (a symlinked recipe can be retargeted). ``started_ns``: no
-    later than this process imported anything it runs. Without ``can_restart`` (``cli.main`` called with its own argument
-    list), a change of code ends the watch with the last build's exit code."""
+    later than this process imported anything it runs. Without
+    ``can_restart`` (``cli.main`` called with its own argument list), a
+    change of code ends the watch with the last build's exit code."""
     _Stop.requested = False
     previous = {sig: signal.signal(sig, _Stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    trusted = configcache.trust_imported_modules(True)  # Sources vouches for them before every build
     sources = Sources(started_ns)
-    guarded, keys.IMPORTED_SOURCES = keys.IMPORTED_SOURCES, sources.imported  # and keys refuse what differs
+    # records replay with the plugins imported, and keys refuse a source that differs from its import
+    previous_sources, configcache.imported_sources = configcache.imported_sources, sources.imported
     last: dict[str, Any] = {}
     code = 0
     try:
@@ -334,7 +335,6 @@ def watch(recipe: Path, stamp_of: Callable[[], Path], build: Callable[[], int], 
             else:
                 changed = what
     finally:
-        keys.IMPORTED_SOURCES = guarded
-        configcache.trust_imported_modules(trusted)
+        configcache.imported_sources = previous_sources
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -398,3 +398,18 @@ def test_a_module_inside_a_zip_is_watched_through_its_archive(tmp_path):
         z.writestr("zhelper.py", "X = 1\n")
     assert source_signature(str(archive / "zhelper.py")) == path_signature(str(archive)) is not None
     assert source_signature(str(tmp_path / "gone.py")) is None
+
+
+def test_keys_refuse_a_source_that_differs_from_what_the_watch_imported(tmp_path, monkeypatch):
+    """What closes the race of a plugin saved while a build runs: its key would name new code run by the old."""
+    from tinybuild import configcache, keys
+    from tinybuild.hashing import path_signature
+
+    source = tmp_path / "edited_plugin.py"
+    source.write_text("X = 1\n")
+    as_imported = path_signature(str(source))
+    source.write_text("X = 22\n")
+    assert len(keys._source_digest(str(source))) == 64  # outside a watch: keyed as it is
+    monkeypatch.setattr(configcache, "imported_sources", {str(source): as_imported})
+    with pytest.raises(keys.SourceChanged, match="changed after this process imported it"):
+        keys._source_digest(str(source))

@@ -220,7 +220,7 @@ def test_what_changes_while_a_build_runs_is_built_next(watched):
     w, root, _ = watched
     w.until_watching()
     (root / "recipe.toml").write_text(RECIPE.format(a="slow1"))  # the step sleeps 1.5 s
-    while "run [w-leaf]" not in (line := w.lines.get(timeout=60)):
+    while "run [w-leaf]" not in w.lines.get(timeout=60):
         pass
     (root / "recipe.toml").write_text(RECIPE.format(a="a6"))
     w.until_watching()  # the slow build
